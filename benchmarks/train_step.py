@@ -1,0 +1,164 @@
+"""Speed of a TimeSformer training step, against this machine's matmul rate.
+
+A step is forward, backward and an SGD-momentum update, jitted with the
+state donated. The script prints, per configuration, the step time, the
+analytic FLOPs of the step (3x the forward count of cover_jax.models.flops)
+and their rate, and divides that rate by the fp32 rate of one large `a @ b`
+measured in the same run (on CPU), or by the device's peak (MFU, on GPU).
+
+    python benchmarks/train_step.py                  # the two CPU configs
+    python benchmarks/train_step.py --preset=gpu     # B/16 and L/16, bf16, 8x224
+    python benchmarks/train_step.py --json=out.json  # also write the figures
+    python benchmarks/train_step.py --default_allocator  # without host tuning
+
+Figures from earlier runs are in benchmarks/RESULTS.md.
+"""
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cover_jax import host
+from cover_jax.models import TimeSformer, flops, init_params, variant
+
+# name -> (model fields, batch)
+PRESETS = {
+    "cpu": [
+        ("d384x4 8x112", dict(width=384, depth=4, num_heads=6, mlp_dim=1536,
+                              patch_size=16, num_frames=8, image_size=112), 4),
+        ("d768x2 8x224", dict(width=768, depth=2, num_heads=12, mlp_dim=3072,
+                              patch_size=16, num_frames=8, image_size=224), 2),
+    ],
+    "gpu": [
+        ("B/16 8x224", dict(variant("B/16"), num_frames=8, image_size=224), 32),
+        ("L/16 8x224", dict(variant("L/16"), num_frames=8, image_size=224), 16),
+    ],
+}
+# Dense bf16 peak FLOP/s of accelerators we report MFU for.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def time_call(fn, *args, repeats: int):
+  """Median seconds of `fn(*args)` after one warm-up call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def matmul_rate(n: int, dtype, repeats: int) -> float:
+  """FLOP/s of one `n x n @ n x n` product."""
+  a = jnp.asarray(np.random.randn(n, n), dtype)
+  b = jnp.asarray(np.random.randn(n, n), dtype)
+  seconds = time_call(jax.jit(jnp.matmul), a, b, repeats=repeats)
+  return 2 * n**3 / seconds
+
+
+def make_train_step(model, optimizer):
+  def loss_fn(params, video, labels):
+    logits = model.apply({"params": params}, video, train=True)["bench"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  def train_step(params, opt_state, video, labels):
+    loss, grads = jax.value_and_grad(loss_fn)(params, video, labels)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return jax.jit(train_step, donate_argnums=(0, 1))
+
+
+def bench_config(name, fields, batch, dtype, repeats):
+  model = TimeSformer(heads={"bench": 400}, dtype=dtype, **fields)
+  params = init_params(model, jax.random.PRNGKey(0))
+  optimizer = optax.sgd(5e-3, momentum=0.9)
+  opt_state = optimizer.init(params)
+  rng = np.random.default_rng(0)
+  video = jnp.asarray(rng.standard_normal(
+      (batch, model.num_frames, model.image_size, model.image_size, 3)),
+                      jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 400, batch), jnp.int32)
+  step = make_train_step(model, optimizer)
+  state = {"params": params, "opt": opt_state}
+
+  def run():
+    state["params"], state["opt"], loss = step(state["params"], state["opt"],
+                                               video, labels)
+    return loss
+
+  seconds = time_call(run, repeats=repeats)
+  step_flops = flops.train_step_flops(model, batch=batch)
+  return dict(config=name, batch=batch, dtype=jnp.dtype(dtype).name,
+              step_seconds=seconds, step_tflop=step_flops / 1e12,
+              tflops_per_second=step_flops / seconds / 1e12)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                      help="default: gpu on a GPU, else cpu")
+  parser.add_argument("--dtype", default=None,
+                      help="compute dtype; float32 on CPU, bfloat16 on GPU")
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--matmul_size", type=int, default=4096)
+  parser.add_argument("--json", default=None, help="also write figures here")
+  parser.add_argument("--default_allocator", action="store_true",
+                      help="leave glibc's allocator as it is (see cover_jax/host.py)")
+  args = parser.parse_args()
+  # Before anything starts JAX's runtime threads.
+  allocator = "glibc default"
+  if not args.default_allocator and host.retain_freed_host_memory():
+    allocator = "freed memory retained (cover_jax.host)"
+  args.preset = args.preset or ("gpu" if jax.default_backend() == "gpu"
+                                else "cpu")
+  dtype = jnp.dtype(args.dtype or ("bfloat16" if args.preset == "gpu"
+                                   else "float32"))
+
+  device = jax.devices()[0]
+  machine = (f"{device.device_kind} ({jax.default_backend()}), "
+             f"{jax.local_device_count()} device(s); host {platform.processor() or platform.machine()}")
+  if jax.default_backend() == "cpu":
+    # The matmul rate drifts by several percent between runs on a shared
+    # machine: take the median of three measurements.
+    reference = float(np.median([
+        matmul_rate(args.matmul_size, jnp.float32, args.repeats)
+        for _ in range(3)]))
+    reference_name = f"measured fp32 {args.matmul_size}^3 matmul"
+  else:
+    kind = next((k for k in PEAK_FLOPS if k in device.device_kind), None)
+    if kind is None:
+      raise SystemExit(f"No peak FLOP/s known for {device.device_kind!r}; add "
+                       "it to PEAK_FLOPS in benchmarks/train_step.py.")
+    reference = PEAK_FLOPS[kind]
+    reference_name = f"{kind} dense bf16 peak"
+  print(f"machine: {machine}; allocator: {allocator}")
+  print(f"reference: {reference_name} = {reference / 1e12:.3f} TFLOP/s")
+
+  results = []
+  for name, fields, batch in PRESETS[args.preset]:
+    r = bench_config(name, fields, batch, dtype, args.repeats)
+    r["fraction_of_reference"] = r["tflops_per_second"] * 1e12 / reference
+    results.append(r)
+    print(f"{name:14s} batch {batch:3d} {r['dtype']:8s} "
+          f"step {r['step_seconds'] * 1e3:9.1f} ms  "
+          f"{r['step_tflop']:8.4f} TFLOP/step  "
+          f"{r['tflops_per_second']:7.3f} TFLOP/s  "
+          f"{r['fraction_of_reference']:.3f} of reference")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(dict(machine=machine, allocator=allocator,
+                     reference=reference_name,
+                     reference_tflops=reference / 1e12, results=results), f,
+                indent=2)
+
+
+if __name__ == "__main__":
+  main()

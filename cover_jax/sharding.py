@@ -1,0 +1,133 @@
+"""Device meshes and the logical-axis rules that place arrays on them.
+
+The model names every parameter axis and its main activations with logical
+names ("embed", "heads", "mlp", "activation_batch", ...). Rules map those names
+onto the axes of a `("data", "fsdp", "tensor")` mesh:
+
+- data: pure data parallelism (parameters replicated);
+- fsdp: data parallelism with parameters sharded along their "embed" axis;
+- tensor: Megatron-style sharding of attention heads and the MLP hidden axis.
+
+Usage::
+
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    shardings = sharding.param_shardings(model, mesh)
+    params = jax.device_put(params, shardings)
+    with sharding.use(mesh):
+      logits = jax.jit(apply, in_shardings=...)(params, video)
+"""
+
+import contextlib
+import math
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axis (or axes, or None for replicated).
+DEFAULT_RULES = (
+    # Activations.
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_time", None),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    # Parameters.
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("embed_out", None),
+    ("classes", None),
+    ("layers", None),
+    ("length", None),
+    ("time", None),
+    ("patch_height", None),
+    ("patch_width", None),
+    ("channels", None),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+              devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:
+  """A `("data", "fsdp", "tensor")` mesh; one size may be -1 (all the rest)."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = [data, fsdp, tensor]
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(
+        f"Mesh sizes data={data}, fsdp={fsdp}, tensor={tensor}: use positive "
+        "sizes, with at most one -1 for 'all remaining devices'.")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if len(devices) % known:
+      raise ValueError(
+          f"{len(devices)} devices cannot be split into a mesh with "
+          f"{known} devices per data index (fsdp x tensor); choose sizes that "
+          "divide the device count.")
+    shape[shape.index(-1)] = len(devices) // known
+  if math.prod(shape) != len(devices):
+    raise ValueError(
+        f"Mesh data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} = "
+        f"{math.prod(shape)} devices, but {len(devices)} are available; make "
+        "the product equal the device count (or use -1 for one axis).")
+  return jax.make_mesh(
+      tuple(shape), MESH_AXES,
+      axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+      devices=devices)
+
+
+@contextlib.contextmanager
+def use(mesh: jax.sharding.Mesh, rules=DEFAULT_RULES):
+  """Context in which the model's activation constraints apply on `mesh`."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def _check_divisible(path, shape, spec, mesh):
+  for dim, axes in zip(shape, spec):
+    if axes is None:
+      continue
+    axes = (axes,) if isinstance(axes, str) else axes
+    size = math.prod(mesh.shape[a] for a in axes)
+    if dim % size:
+      raise ValueError(
+          f"Parameter {jax.tree_util.keystr(path)} has shape {tuple(shape)}: "
+          f"its dimension {dim} cannot be split over mesh axes {axes} of size "
+          f"{size}. Choose mesh sizes that divide it, or map that logical "
+          "axis to None in the sharding rules.")
+
+
+def param_shardings(model: nn.Module, mesh: jax.sharding.Mesh,
+                    rules=DEFAULT_RULES, *, frames: Optional[int] = None):
+  """`NamedSharding`s for the parameters of `model` (a TimeSformer).
+
+  Computed from the logical axis names without allocating parameters; raises
+  a clear error when a sharded dimension does not divide its mesh axes.
+  """
+  video = jax.ShapeDtypeStruct(
+      (1, frames or model.num_frames, model.image_size, model.image_size, 3),
+      jnp.float32)
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), video)
+  logical = nn.get_partition_spec(abstract)["params"]
+  mesh_specs = nn.logical_to_mesh(logical, rules)
+  shapes = nn.unbox(abstract)["params"]
+  jax.tree_util.tree_map_with_path(
+      lambda path, x, spec: _check_divisible(path, x.shape, spec, mesh),
+      shapes, mesh_specs,
+      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return jax.tree.map(
+      lambda spec: jax.sharding.NamedSharding(mesh, spec), mesh_specs,
+      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int,
+                   rules=DEFAULT_RULES) -> jax.sharding.NamedSharding:
+  """Sharding of an input batch: leading axis over the batch axes, rest replicated."""
+  spec = nn.logical_to_mesh_axes(("activation_batch",) + (None,) * (ndim - 1),
+                                 rules)
+  return jax.sharding.NamedSharding(mesh, spec)
+

@@ -1,0 +1,1 @@
+"""TFDS builders of the datasets cover-jax trains on (see README)."""

@@ -1,0 +1,67 @@
+"""cover-jax command line.
+
+    python main.py --config=configs/cover_mini.py --workdir=/tmp/cover
+
+`--mode=describe` (today's only mode) prints what the config builds: the
+model, its parameters and its cost per clip and per training step, and saves
+the resolved config in the workdir. Training and evaluation arrive with the
+training loop (see README).
+"""
+
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from cover_jax import host
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for the resolved config, "
+                    "checkpoints and logs.")
+flags.DEFINE_enum("mode", "describe", ["describe"],
+                  "describe: report the model and its cost.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def describe(config) -> dict:
+  """Model size and cost for `config` (no parameters are allocated)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from cover_jax.models import create, flops  # pylint: disable=import-outside-toplevel
+
+  model = create(config.heads, **config.model)
+  model.validate()
+  video = jax.ShapeDtypeStruct(
+      (1, model.num_frames, model.image_size, model.image_size, 3), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), video)
+  count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+  return dict(
+      model=dict(width=model.width, depth=model.depth,
+                 num_heads=model.num_heads, mlp_dim=model.mlp_dim,
+                 patch_size=model.patch_size, num_frames=model.num_frames,
+                 image_size=model.image_size, heads=dict(model.heads)),
+      parameters=count,
+      gflops_per_clip=flops.forward_flops(model) / 1e9,
+      gflops_per_image=flops.forward_flops(model, num_frames=1) / 1e9,
+      tflops_per_step_all_video=flops.train_step_flops(
+          model, batch=config.batch_size) / 1e12)
+
+
+def main(argv):
+  del argv
+  host.retain_freed_host_memory()
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
+    f.write(FLAGS.config.to_json_best_effort(indent=2))
+  report = describe(FLAGS.config)
+  print(json.dumps(report, indent=2))
+  print(f"Resolved config saved to {os.path.join(FLAGS.workdir, 'config.json')}")
+
+
+if __name__ == "__main__":
+  app.run(main)

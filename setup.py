@@ -1,0 +1,32 @@
+"""cover-jax: CoVeR (co-training videos and images) with a TimeSformer in JAX."""
+
+import pathlib
+
+import setuptools
+
+HERE = pathlib.Path(__file__).parent
+
+
+def requirements():
+  lines = (HERE / "requirements.txt").read_text().splitlines()
+  return [l.split("#")[0].strip() for l in lines if l.split("#")[0].strip()]
+
+
+setuptools.setup(
+    name="cover-jax",
+    version="0.1.0",
+    description="Co-training TimeSformer on video and image datasets (CoVeR) "
+                "in JAX/Flax.",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["cover_jax", "cover_jax.*",
+                                               "data", "data.*"]),
+    install_requires=requirements(),
+    extras_require={
+        # Reading official TimeSformer .pyth checkpoints.
+        "torch": ["torch>=2.1"],
+        # Tests: torch pinned to the CPU build that test machines carry.
+        "dev": ["pytest>=8", "torch==2.13.0"],
+    },
+)

@@ -1,0 +1,282 @@
+"""Checkpoint import, checked against independent reference implementations."""
+
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage
+
+from cover_jax import checkpoints
+from cover_jax.checkpoints import CheckpointError
+from tests import reference_vit
+
+torch = pytest.importorskip("torch")
+from tests import reference_timesformer  # noqa: E402  (needs torch)
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.abs(a - b).max() / np.abs(b).max()
+
+
+def write_npz(tmp_path, arrays, name="vit.npz"):
+  path = tmp_path / name
+  np.savez(path, **arrays)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def vit():
+  return reference_vit.random_vit(np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def images():
+  return np.random.default_rng(1).standard_normal((2, 16, 16, 3)).astype(np.float32)
+
+
+def to64(tree):
+  if isinstance(tree, dict):
+    return {k: to64(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return [to64(v) for v in tree]
+  return np.asarray(tree, np.float64) if isinstance(tree, np.ndarray) else tree
+
+
+# ----------------------------------------------------------------------------
+# ViT .npz
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["original", "linen", "big_vision",
+                                    "big_vision_scanned"])
+def test_vit_one_frame_equals_the_vit(tmp_path, vit, images, layout):
+  path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, layout))
+  model, params = checkpoints.load_vit_npz(
+      path, num_frames=4, image_size=16, heads={"imagenet": 10})
+  assert (model.width, model.depth, model.num_heads, model.mlp_dim,
+          model.patch_size) == (32, 2, 4, 64, 4)
+  assert model.gelu_approximate
+  ours = model.apply({"params": params}, images[:, None])["imagenet"]
+  expected = reference_vit.vit_logits(
+      to64(vit), images.astype(np.float64),
+      cls_pos=not layout.startswith("big_vision"))
+  assert rel_err(ours, expected) <= 1e-5
+
+
+def test_vit_pre_logits_and_scanned_model(tmp_path, images):
+  vit = reference_vit.random_vit(np.random.default_rng(2),
+                                 representation_size=24)
+  path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "original"))
+  model, params = checkpoints.load_vit_npz(
+      path, num_frames=2, image_size=16, heads={"imagenet": 10},
+      scan_layers=True)
+  assert model.representation_size == 24
+  assert params["encoderblock"]["mlp"]["Dense_0"]["kernel"].shape == (2, 32, 64)
+  ours = model.apply({"params": params}, images[:, None])["imagenet"]
+  assert rel_err(ours, reference_vit.vit_logits(to64(vit), images.astype(
+      np.float64))) <= 1e-5
+
+
+def test_vit_temporal_layers_start_as_timesformer(tmp_path, vit):
+  path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "linen"))
+  _, params = checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+                                       heads={"imagenet": 10})
+  block = params["encoderblock_1"]
+  for proj in ("query", "key", "value", "out"):
+    np.testing.assert_array_equal(block["temporal_attention"][proj]["kernel"],
+                                  vit["blocks"][1]["attn"][proj]["kernel"])
+  np.testing.assert_array_equal(block["temporal_norm"]["scale"],
+                                vit["blocks"][1]["ln1"]["scale"])
+  assert not block["temporal_fc"]["kernel"].any()
+  assert not block["temporal_fc"]["bias"].any()
+  assert not params["time_embedding"].any()
+  assert params["time_embedding"].shape == (4, 32)
+
+
+def test_vit_video_input_runs_and_differs_from_single_frames(tmp_path, vit):
+  path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "linen"))
+  model, params = checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+                                           heads={"imagenet": 10})
+  video = np.random.default_rng(3).standard_normal((1, 4, 16, 16, 3))
+  out = model.apply({"params": params}, video)["imagenet"]
+  assert out.shape == (1, 10) and np.isfinite(out).all()
+
+
+def test_vit_position_embedding_resampled_as_a_grid(tmp_path, vit):
+  path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "original"))
+  _, params = checkpoints.load_vit_npz(path, num_frames=4, image_size=28,
+                                       heads={"imagenet": 10})
+  pos = params["pos_embedding"]
+  assert pos.shape == (1 + 7 * 7, 32)
+  np.testing.assert_array_equal(pos[0], vit["pos"][0, 0])
+  grid = vit["pos"][0, 1:].reshape(4, 4, 32)
+  expected = scipy.ndimage.zoom(grid, (7 / 4, 7 / 4, 1), order=1)
+  np.testing.assert_allclose(pos[1:].reshape(7, 7, 32), expected, atol=1e-6)
+
+
+def test_vit_heads_initialised_from_checkpoint_only_when_sizes_match(
+    tmp_path, vit):
+  path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "original"))
+  _, params = checkpoints.load_vit_npz(
+      path, num_frames=4, image_size=16,
+      heads={"imagenet": 10, "in1k": 10, "kinetics": 7})
+  for name in ("imagenet", "in1k"):
+    np.testing.assert_array_equal(params["heads"][name]["kernel"],
+                                  vit["head"]["kernel"])
+    np.testing.assert_array_equal(params["heads"][name]["bias"],
+                                  vit["head"]["bias"])
+  fresh = params["heads"]["kinetics"]["kernel"]
+  assert fresh.shape == (32, 7) and 0 < np.abs(fresh).std() < 0.1
+
+
+def test_vit_missing_key_is_named(tmp_path, vit):
+  arrays = reference_vit.vit_npz_arrays(vit, "original")
+  del arrays["Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias"]
+  path = write_npz(tmp_path, arrays)
+  with pytest.raises(CheckpointError,
+                     match="missing key 'Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias'"):
+    checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+                             heads={"imagenet": 10})
+
+
+def test_vit_wrong_shape_names_key_and_shapes(tmp_path, vit):
+  arrays = reference_vit.vit_npz_arrays(vit, "linen")
+  arrays["Transformer/encoder_norm/scale"] = np.ones(31, np.float32)
+  path = write_npz(tmp_path, arrays)
+  with pytest.raises(CheckpointError, match=r"'Transformer/encoder_norm/scale' "
+                     r"has shape \(31,\).*expects \(32,\)"):
+    checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+                             heads={"imagenet": 10})
+
+
+def test_vit_without_class_token_is_refused(tmp_path, vit):
+  arrays = reference_vit.vit_npz_arrays(vit, "big_vision")
+  del arrays["params/cls"]
+  path = write_npz(tmp_path, arrays)
+  with pytest.raises(CheckpointError, match="no class token"):
+    checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+                             heads={"imagenet": 10})
+
+
+def test_vit_unknown_layout_is_refused(tmp_path):
+  path = write_npz(tmp_path, {"weights": np.zeros(3, np.float32)})
+  with pytest.raises(CheckpointError, match="no 'embedding/kernel'"):
+    checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+                             heads={"imagenet": 10})
+
+
+def test_vit_unreadable_file(tmp_path):
+  path = tmp_path / "broken.npz"
+  path.write_bytes(b"not a zip file")
+  with pytest.raises(CheckpointError, match="not a readable .npz"):
+    checkpoints.load_vit_npz(str(path), num_frames=4, image_size=16,
+                             heads={"imagenet": 10})
+
+
+# ----------------------------------------------------------------------------
+# Official TimeSformer .pyth
+# ----------------------------------------------------------------------------
+
+
+def write_pyth(tmp_path, sd, prefix="model.", name="ts.pyth"):
+  path = tmp_path / name
+  torch.save({"epoch": 3, "model_state": {prefix + k: v for k, v in sd.items()},
+              "cfg": "TRAIN:\n  ENABLE: True\n"}, path)
+  return str(path)
+
+
+def torch_logits(sd, video, num_heads=4):
+  sd64 = {k: v.double() for k, v in sd.items()}
+  x = torch.from_numpy(np.asarray(video, np.float64)).permute(0, 4, 1, 2, 3)
+  with torch.no_grad():
+    return reference_timesformer.logits(sd64, x, num_heads).numpy()
+
+
+@pytest.mark.parametrize("divided,prefix", [(True, "model."),
+                                            (True, "module.model."),
+                                            (False, "model.")])
+def test_pyth_logits_equal_reference(tmp_path, divided, prefix):
+  sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(0),
+                                               divided=divided)
+  path = write_pyth(tmp_path, sd, prefix)
+  model, params = checkpoints.load_timesformer_pyth(path, num_heads=4)
+  assert set(model.heads) == {"timesformer"} and not model.gelu_approximate
+  assert model.attention_type == ("divided_space_time" if divided
+                                  else "space_only")
+  assert model.image_size == 12 and (model.num_frames == 4 or not divided)
+  video = np.random.default_rng(0).standard_normal((2, 4, 12, 12, 3))
+  ours = model.apply({"params": params}, video)["timesformer"]
+  assert rel_err(ours, torch_logits(sd, video)) <= 1e-5
+
+
+@pytest.mark.parametrize("frames,size", [(8, 12), (2, 20), (1, 8)])
+def test_pyth_other_input_sizes_follow_the_official_resizing(tmp_path, frames,
+                                                             size):
+  sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(1))
+  model, params = checkpoints.load_timesformer_pyth(write_pyth(tmp_path, sd),
+                                                    num_heads=4)
+  video = np.random.default_rng(1).standard_normal((2, frames, size, size, 3))
+  ours = model.apply({"params": params}, video)["timesformer"]
+  assert rel_err(ours, torch_logits(sd, video)) <= 1e-5
+
+
+def test_pyth_overrides_resize_embeddings_at_load(tmp_path):
+  sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(2))
+  model, params = checkpoints.load_timesformer_pyth(
+      write_pyth(tmp_path, sd), num_heads=4, num_frames=8, image_size=20)
+  assert params["time_embedding"].shape == (8, 32)
+  assert params["pos_embedding"].shape == (1 + 25, 32)
+  video = np.random.default_rng(2).standard_normal((1, 8, 20, 20, 3))
+  ours = model.apply({"params": params}, video)["timesformer"]
+  assert rel_err(ours, torch_logits(sd, video)) <= 1e-5
+
+
+def test_pyth_new_heads(tmp_path):
+  sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(3))
+  _, params = checkpoints.load_timesformer_pyth(
+      write_pyth(tmp_path, sd), num_heads=4, heads={"k400": 7, "ssv2": 5})
+  np.testing.assert_array_equal(params["heads"]["k400"]["kernel"],
+                                sd["head.weight"].numpy().T)
+  assert params["heads"]["ssv2"]["kernel"].shape == (32, 5)
+
+
+def test_pyth_bad_files(tmp_path):
+  sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(4))
+  bad = dict(sd)
+  bad["blocks.0.attn.qkv.weight"] = bad["blocks.0.attn.qkv.weight"][:10]
+  with pytest.raises(CheckpointError, match=r"'blocks.0.attn.qkv.weight' has "
+                     r"shape \(10, 32\); expected \(96, 32\)"):
+    checkpoints.load_timesformer_pyth(write_pyth(tmp_path, bad), num_heads=4)
+  extra = dict(sd, **{"blocks.0.extra_layer.weight": torch.zeros(3)})
+  with pytest.raises(CheckpointError, match="keys not understood.*extra_layer"):
+    checkpoints.load_timesformer_pyth(write_pyth(tmp_path, extra), num_heads=4)
+  missing = {k: v for k, v in sd.items() if k != "blocks.1.mlp.fc2.bias"}
+  with pytest.raises(CheckpointError, match="missing key 'blocks.1.mlp.fc2.bias'"):
+    checkpoints.load_timesformer_pyth(write_pyth(tmp_path, missing), num_heads=4)
+  with pytest.raises(ValueError, match="not divisible by num_heads 5"):
+    checkpoints.load_timesformer_pyth(write_pyth(tmp_path, sd), num_heads=5)
+  garbage = tmp_path / "garbage.pyth"
+  garbage.write_bytes(b"\x00\x01 not a pickle")
+  with pytest.raises(CheckpointError, match="could not be read by torch.load"):
+    checkpoints.load_timesformer_pyth(str(garbage))
+
+
+def test_pyth_without_torch_explains_the_extra(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)
+  with pytest.raises(ImportError, match=r"pip install 'cover-jax\[torch\]'"):
+    checkpoints.load_timesformer_pyth(str(tmp_path / "any.pyth"))
+
+
+def test_bf16_model_from_checkpoint_close_to_fp32(tmp_path):
+  sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(5))
+  path = write_pyth(tmp_path, sd)
+  model, params = checkpoints.load_timesformer_pyth(path, num_heads=4)
+  bf16, _ = checkpoints.load_timesformer_pyth(path, num_heads=4,
+                                              dtype=jnp.bfloat16)
+  video = np.random.default_rng(5).standard_normal((2, 4, 12, 12, 3))
+  full = model.apply({"params": params}, video)["timesformer"]
+  half = bf16.apply({"params": params}, video)["timesformer"]
+  assert half.dtype == jnp.float32
+  assert rel_err(half, full) < 0.05

@@ -1,0 +1,284 @@
+"""TimeSformer model: shapes, equivalences between its execution modes, errors."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cover_jax.models import (TimeSformer, init_params, scan_params,
+                              unscan_params, variant)
+from cover_jax.models import timesformer
+
+SMALL = dict(width=32, depth=3, num_heads=4, mlp_dim=64, patch_size=4,
+             num_frames=4, image_size=16)
+HEADS = {"kinetics": 7, "imagenet": 5}
+
+
+def perturbed(params, seed=1, scale=0.05):
+  """Parameters with every leaf non-zero (the init zeroes temporal_fc)."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [
+      x + scale * jax.random.normal(k, x.shape, x.dtype)
+      for x, k in zip(leaves, keys)])
+
+
+@pytest.fixture(scope="module")
+def model():
+  return TimeSformer(heads=HEADS, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def params(model):
+  return perturbed(init_params(model, jax.random.PRNGKey(0)))
+
+
+@pytest.fixture(scope="module")
+def video():
+  return jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 16, 16, 3)),
+                     jnp.float32)
+
+
+def apply(model, params, video, **kwargs):
+  return model.apply({"params": params}, video, **kwargs)
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.abs(a - b).max() / np.abs(b).max()
+
+
+def test_output_is_one_logits_array_per_head(model, params, video):
+  out = apply(model, params, video)
+  assert set(out) == set(HEADS)
+  for name, classes in HEADS.items():
+    assert out[name].shape == (2, classes) and out[name].dtype == jnp.float32
+
+
+def test_images_are_one_frame_videos_through_the_same_parameters(
+    model, params, video):
+  out = apply(model, params, video[:, :1])
+  assert out["imagenet"].shape == (2, 5)
+  # No parameter exists only for images: the image pass uses a subset.
+  names = {"/".join(str(k.key) for k in path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(params)[0]}
+  assert not any("image" in n and "heads/" not in n for n in names)
+
+
+def test_variants():
+  assert variant("L/16") == dict(width=1024, depth=24, num_heads=16,
+                                 mlp_dim=4096, patch_size=16)
+  assert variant("B/16")["width"] == 768 and variant("H/14")["patch_size"] == 14
+  with pytest.raises(ValueError, match="Unknown TimeSformer variant 'X/16'"):
+    variant("X/16")
+
+
+def test_parameter_count_of_b16_matches_timesformer():
+  """TimeSformer-B/16 (8x224, 400 classes) has 121.4M parameters."""
+  model = TimeSformer(heads={"k400": 400}, **variant("B/16"))
+  shapes = jax.eval_shape(
+      functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+      jax.ShapeDtypeStruct((1, 8, 224, 224, 3), jnp.float32))
+  count = sum(np.prod(x.shape) for x in jax.tree.leaves(shapes))
+  official = (3 * 768 * 256 + 768 + 768 + 197 * 768 + 8 * 768  # embeddings
+              + 12 * (2 * (3 * 768 * 768 + 3 * 768 + 768 * 768 + 768)  # attns
+                      + 768 * 768 + 768  # temporal_fc
+                      + 3 * 2 * 768  # norms
+                      + 2 * 768 * 3072 + 3072 + 768)  # mlp
+              + 2 * 768 + 768 * 400 + 400)
+  assert count == official
+
+
+def test_scan_equals_loop_values_and_gradients(model, params, video):
+  scanned = model.clone(scan_layers=True)
+  sparams = scan_params(params)
+  assert sparams["encoderblock"]["mlp"]["Dense_0"]["kernel"].shape == (3, 32, 64)
+  np.testing.assert_allclose(apply(scanned, sparams, video)["kinetics"],
+                             apply(model, params, video)["kinetics"],
+                             rtol=1e-5, atol=1e-6)
+
+  def loss(m, p):
+    return sum(jnp.sum(jnp.sin(v)) for v in apply(m, p, video).values())
+
+  g_loop = jax.grad(functools.partial(loss, model))(params)
+  g_scan = unscan_params(jax.grad(functools.partial(loss, scanned))(sparams))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6),
+               g_loop, g_scan)
+  roundtrip = unscan_params(sparams)
+  jax.tree.map(np.testing.assert_array_equal, roundtrip, params)
+
+
+@pytest.mark.parametrize("policy", ["nothing_saveable",
+                                    "dots_with_no_batch_dims_saveable"])
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_equals_no_remat(model, params, video, policy, scan):
+  plain = model.clone(scan_layers=scan)
+  remat = model.clone(scan_layers=scan, remat_policy=policy)
+  p = scan_params(params) if scan else params
+  loss = lambda m, p: apply(m, p, video)["kinetics"].sum()
+  np.testing.assert_allclose(loss(remat, p), loss(plain, p), rtol=1e-6)
+  g1 = jax.grad(functools.partial(loss, plain))(p)
+  g2 = jax.grad(functools.partial(loss, remat))(p)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-7), g1, g2)
+
+
+def test_bf16_compute_close_to_fp32(model, params, video):
+  half = model.clone(dtype=jnp.bfloat16)
+  out16 = apply(half, params, video)
+  out32 = apply(model, params, video)
+  for name in HEADS:
+    assert out16[name].dtype == jnp.float32
+    assert rel_err(out16[name], out32[name]) < 0.05
+  # Parameters stay fp32 when only the compute dtype changes.
+  p16 = init_params(half, jax.random.PRNGKey(0))
+  assert {x.dtype for x in jax.tree.leaves(p16)} == {jnp.dtype(jnp.float32)}
+
+
+def test_every_parameter_receives_a_gradient(model, params, video):
+  def loss(p):
+    return sum(v.sum() for v in apply(model, p, video).values())
+
+  grads = jax.grad(loss)(params)
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert np.abs(np.asarray(g)).max() > 0, jax.tree_util.keystr(path)
+
+
+def test_new_model_starts_as_its_image_model(model, video):
+  """temporal_fc starts at zero, so frames only interact through the class
+  token: shuffling the frames changes nothing at initialisation."""
+  params = init_params(model, jax.random.PRNGKey(0))
+  assert not params["encoderblock_0"]["temporal_fc"]["kernel"].any()
+  out = apply(model, params, video)["kinetics"]
+  shuffled = apply(model, params, video[:, ::-1])["kinetics"]
+  np.testing.assert_allclose(out, shuffled, rtol=1e-5, atol=1e-6)
+
+
+def test_frame_order_matters_once_temporal_layers_are_trained(
+    model, params, video):
+  out = apply(model, params, video)["kinetics"]
+  reversed_ = apply(model, params, video[:, ::-1])["kinetics"]
+  assert np.abs(out - reversed_).max() > 1e-3
+
+
+def test_dropout_and_stochastic_depth_are_random_only_in_training(
+    model, params, video):
+  noisy = model.clone(dropout_rate=0.1, stochastic_depth_rate=0.5)
+  eval_out = apply(noisy, params, video)["kinetics"]
+  np.testing.assert_allclose(eval_out, apply(model, params, video)["kinetics"],
+                             rtol=1e-6)
+  train = lambda seed: apply(noisy, params, video, train=True,
+                             rngs={"dropout": jax.random.PRNGKey(seed)})
+  a, b, a2 = train(0), train(1), train(0)
+  assert np.abs(a["kinetics"] - b["kinetics"]).max() > 1e-4
+  np.testing.assert_array_equal(a["kinetics"], a2["kinetics"])
+  # Scanned blocks draw a different mask per block and still train.
+  scanned = noisy.clone(scan_layers=True)
+  out = apply(scanned, scan_params(params), video, train=True,
+              rngs={"dropout": jax.random.PRNGKey(0)})
+  assert np.isfinite(out["kinetics"]).all()
+
+
+def test_stochastic_depth_drops_whole_branches_per_example():
+  """A branch dropped with probability 1 leaves its block an identity."""
+  model = TimeSformer(heads=HEADS, **dict(SMALL, depth=1))
+  params = perturbed(init_params(model, jax.random.PRNGKey(0)))
+  video = jnp.ones((2, 4, 16, 16, 3))
+  # Rates grow linearly from 0: block 0 is always kept, block 1 always dropped.
+  two = model.clone(depth=2, stochastic_depth_rate=1.0)
+  p2 = dict(params, encoderblock_1=params["encoderblock_0"])
+  out = apply(two, p2, video, train=True,
+              rngs={"dropout": jax.random.PRNGKey(0)})["kinetics"]
+  expected = apply(model, params, video)["kinetics"]
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_space_only_is_a_per_frame_vit_averaged_over_frames(video):
+  model = TimeSformer(heads=HEADS, attention_type="space_only", **SMALL)
+  params = perturbed(init_params(model, jax.random.PRNGKey(0)))
+  assert "time_embedding" not in params
+  assert "temporal_attention" not in params["encoderblock_0"]
+  out = apply(model, params, video)["kinetics"]
+  np.testing.assert_allclose(out, apply(model, params, video[:, ::-1])["kinetics"],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_other_resolution_and_frame_count_resample_embeddings(
+    model, params):
+  """A model sized for 24 px / 6 frames whose embeddings were resampled by
+  hand gives the same logits as the 16 px / 4 frame model fed 24 px, 6 frames."""
+  big = model.clone(image_size=24, num_frames=6)
+  grid = np.asarray(params["pos_embedding"][1:]).reshape(4, 4, -1)
+  pos6 = np.stack([np.stack([_lerp2(grid, r * 3 / 5, c * 3 / 5)
+                             for c in range(6)]) for r in range(6)])
+  time = np.asarray(params["time_embedding"])
+  time6 = np.stack([_lerp1(time, t * 3 / 5) for t in range(6)])
+  big_params = dict(params, pos_embedding=np.concatenate(
+      [params["pos_embedding"][:1], pos6.reshape(36, -1)]), time_embedding=time6)
+  video = jnp.asarray(np.random.default_rng(3).standard_normal((1, 6, 24, 24, 3)),
+                      jnp.float32)
+  np.testing.assert_allclose(apply(model, params, video)["kinetics"],
+                             apply(big, big_params, video)["kinetics"],
+                             rtol=1e-5, atol=1e-5)
+
+
+def _lerp1(x, pos):
+  lo = int(np.floor(pos))
+  hi = min(lo + 1, len(x) - 1)
+  return x[lo] + (x[hi] - x[lo]) * (pos - lo)
+
+
+def _lerp2(grid, r, c):
+  return _lerp1(np.stack([_lerp1(grid[:, j], r) for j in range(grid.shape[1])]), c)
+
+
+def test_pre_logits_layer():
+  model = TimeSformer(heads=HEADS, representation_size=24, **SMALL)
+  params = init_params(model, jax.random.PRNGKey(0))
+  assert params["pre_logits"]["kernel"].shape == (32, 24)
+  assert params["heads"]["kinetics"]["kernel"].shape == (24, 7)
+
+
+@pytest.mark.parametrize("shape,match", [
+    ((2, 16, 16, 3), r"expects video float \[batch, frames, height, width, 3\].*"
+     r"got shape \(2, 16, 16, 3\)"),
+    ((2, 4, 16, 16, 1), r"got shape \(2, 4, 16, 16, 1\)"),
+    ((2, 4, 18, 16, 3), "18x16 is not a multiple of the patch size 4"),
+])
+def test_bad_input_shapes(model, params, shape, match):
+  with pytest.raises(ValueError, match=match):
+    apply(model, params, jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("fields,match", [
+    (dict(num_heads=5), "width 32 is not divisible by num_heads 5"),
+    (dict(image_size=18), "image_size 18 is not a multiple of patch_size 4"),
+    (dict(attention_type="joint"), "attention_type 'joint' is not one of"),
+    (dict(attention_implementation="cudnn"), "needs dtype bfloat16 or float16"),
+    (dict(remat_policy="sometimes"), "remat_policy 'sometimes' is not"),
+    (dict(posemb_interpolation="cubic"), "posemb_interpolation 'cubic'"),
+    (dict(heads={}), "needs at least one head"),
+    (dict(heads={"a": 0}), "Head 'a' has 0 classes"),
+])
+def test_bad_configs(fields, match):
+  model = TimeSformer(**{"heads": HEADS, **SMALL, **fields})
+  with pytest.raises(ValueError, match=match):
+    model.validate()
+
+
+def test_scan_converters_refuse_the_wrong_layout(params):
+  with pytest.raises(ValueError, match="already unscanned"):
+    unscan_params(params)
+  with pytest.raises(ValueError, match="already scanned"):
+    scan_params(scan_params(params))
+
+
+def test_gelu_matches_jax_exact_and_tanh_forms():
+  x = jnp.linspace(-8, 8, 1001)
+  np.testing.assert_allclose(timesformer.gelu(x, False),
+                             jax.nn.gelu(x, approximate=False), atol=1e-6)
+  np.testing.assert_array_equal(timesformer.gelu(x, True),
+                                jax.nn.gelu(x, approximate=True))
