@@ -18,7 +18,8 @@ Internally the tokens are held as `[batch, time, 1 + space, width]` with the
 class token replicated in slot 0 of every frame. The copies stay identical (the
 spatial update of the class token is averaged over frames and the temporal
 branch leaves it alone), so values and gradients equal the official model's,
-while every block works on one dense array with no concatenation.
+while every block works on one dense array instead of splitting off the class
+token and concatenating it back in every branch.
 
 Images are 1-frame videos through the same parameters: the temporal attention
 of a single frame reduces to a feed-forward layer (paper, appendix A).
@@ -31,7 +32,8 @@ and CoVeR train with it off).
 """
 
 import functools
-from typing import Any, Callable, Mapping, Optional
+import math
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -82,13 +84,6 @@ def _layer_norm(name, dtype, param_dtype):
       bias_init=_zeros(("embed",)))
 
 
-def create(heads: Mapping[str, int], variant_name: Optional[str] = None,
-           **fields) -> "TimeSformer":
-  """A TimeSformer from a named variant ("B/16") and any field overrides."""
-  base = variant(variant_name) if variant_name else {}
-  return TimeSformer(heads=dict(heads), **{**base, **fields})
-
-
 def _drop_path(x, rate, deterministic: bool, module: nn.Module):
   """Stochastic depth: drops the whole branch of an example with prob. `rate`."""
   if deterministic:
@@ -105,27 +100,31 @@ def gelu(x, approximate: bool):
   it costs half of jax.nn.gelu's erfc form and differs from it by < 1e-6."""
   if approximate:
     return nn.gelu(x, approximate=True)
-  return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1.0 / np.sqrt(2.0))))
+  # Python-float constants keep bf16 activations in bf16.
+  return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
-class DenseAxes(nn.Module):
+class Linear(nn.Module):
   """Dense layer over the last `contract` axes of its input, with a kernel
   `[*contracted, *features]` whose axes keep their logical names.
 
-  (flax's DenseGeneral initialises a flattened kernel, which breaks logical
-  partitioning of kernels with more than two axes.)
+  One layer for every dense map of the model. (flax's DenseGeneral initialises
+  a flattened kernel, which breaks logical partitioning of kernels with more
+  than two axes.)
   """
   features: tuple
   kernel_axes: tuple
   contract: int = 1
   use_bias: bool = True
+  zero_init: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     lead, contracted = x.shape[:-self.contract], x.shape[-self.contract:]
-    kernel = self.param("kernel", _dense_init(self.kernel_axes),
+    init = _zeros if self.zero_init else _dense_init
+    kernel = self.param("kernel", init(self.kernel_axes),
                         contracted + tuple(self.features), self.param_dtype)
     kernel = kernel.astype(self.dtype).reshape(int(np.prod(contracted)), -1)
     y = x.astype(self.dtype).reshape(lead + (-1,)) @ kernel
@@ -161,7 +160,7 @@ class Attention(nn.Module):
     width = tokens.shape[-1]
     head_dim = width // self.num_heads
     dense = functools.partial(
-        DenseAxes, features=(self.num_heads, head_dim),
+        Linear, features=(self.num_heads, head_dim),
         kernel_axes=("embed", "heads", "head_dim"), use_bias=self.qkv_bias,
         dtype=self.dtype, param_dtype=self.param_dtype)
     query, key, value = (
@@ -170,7 +169,7 @@ class Attention(nn.Module):
         for name in ("query", "key", "value"))
     out = jax.nn.dot_product_attention(
         query, key, value, implementation=self.implementation)
-    out = DenseAxes(
+    out = Linear(
         features=(width,), kernel_axes=("heads", "head_dim", "embed"),
         contract=2, dtype=self.dtype, param_dtype=self.param_dtype,
         name="out")(out.reshape(-1, self.num_heads, head_dim))
@@ -189,16 +188,13 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, tokens):
     width = tokens.shape[-1]
-    dense = functools.partial(nn.Dense, dtype=self.dtype,
+    dense = functools.partial(Linear, dtype=self.dtype,
                               param_dtype=self.param_dtype)
-    y = dense(self.mlp_dim, name="Dense_0",
-              kernel_init=_dense_init(("embed", "mlp")),
-              bias_init=_zeros(("mlp",)))(tokens)
+    y = dense((self.mlp_dim,), ("embed", "mlp"), name="Dense_0")(tokens)
     y = nn.with_logical_constraint(gelu(y, self.gelu_approximate),
                                    ("activation_batch", "activation_mlp"))
     y = nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
-    y = dense(width, name="Dense_1", kernel_init=_dense_init(("mlp", "embed")),
-              bias_init=_zeros(("embed",)))(y)
+    y = dense((width,), ("mlp", "embed"), name="Dense_1")(y)
     return nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
 
 
@@ -244,11 +240,10 @@ class Block(nn.Module):
       y = attention(name="temporal_attention")(
           norm("temporal_norm")(tokens(x)), (batch, time, length))
       y = drop_path(y.reshape(x.shape))
-      y = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name="temporal_fc",
-                   # Zero, as in TimeSformer: a new model starts as its image model.
-                   kernel_init=_zeros(("embed", "embed_out")),
-                   bias_init=_zeros(("embed_out",)))(tokens(y))
+      # Zero, as in TimeSformer: a new model starts as its image model.
+      y = Linear((width,), ("embed", "embed_out"), zero_init=True,
+                 dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="temporal_fc")(tokens(y))
       # The class token (slot 0) takes no part in the temporal branch.
       is_patch = (jnp.arange(length) > 0).astype(y.dtype)[:, None]
       x = constrain(x + y.reshape(x.shape) * is_patch)
@@ -415,11 +410,9 @@ class TimeSformer(nn.Module):
     cls_out = jnp.mean(x[:, :, 0], axis=1) if not divided else x[:, 0, 0]
     feature = _layer_norm("encoder_norm", self.dtype, self.param_dtype)(cls_out)
     if self.representation_size is not None:
-      feature = nn.tanh(nn.Dense(
-          self.representation_size, dtype=self.dtype,
-          param_dtype=self.param_dtype, name="pre_logits",
-          kernel_init=_dense_init(("embed", "mlp")),
-          bias_init=_zeros(("mlp",)))(feature))
+      feature = nn.tanh(Linear(
+          (self.representation_size,), ("embed", "mlp"), dtype=self.dtype,
+          param_dtype=self.param_dtype, name="pre_logits")(feature))
     return Heads(self.heads, dtype=self.dtype, param_dtype=self.param_dtype,
                  name="heads")(feature)
 
@@ -469,9 +462,10 @@ class PatchEmbedding(nn.Module):
   def __call__(self, video):
     p = self.patch_size
     batch, time, height, width_px, channels = video.shape
-    kernel = self.param("kernel", _dense_init(
-        ("patch_height", "patch_width", "channels", "embed")), (p, p, channels, self.width),
-                        self.param_dtype)
+    kernel = self.param(
+        "kernel",
+        _dense_init(("patch_height", "patch_width", "channels", "embed")),
+        (p, p, channels, self.width), self.param_dtype)
     bias = self.param("bias", _zeros(("embed",)), (self.width,),
                       self.param_dtype)
     x = video.astype(self.dtype).reshape(
@@ -489,12 +483,18 @@ class Heads(nn.Module):
   @nn.compact
   def __call__(self, feature):
     return {
-        name: nn.Dense(
-            int(classes), dtype=self.dtype, param_dtype=self.param_dtype,
-            name=name, kernel_init=_dense_init(("embed", "classes")),
-            bias_init=_zeros(("classes",)))(feature).astype(jnp.float32)
+        name: Linear((int(classes),), ("embed", "classes"), dtype=self.dtype,
+                     param_dtype=self.param_dtype,
+                     name=name)(feature).astype(jnp.float32)
         for name, classes in self.heads.items()
     }
+
+
+def create(heads: Mapping[str, int], variant_name: Optional[str] = None,
+           **fields) -> "TimeSformer":
+  """A TimeSformer from a named variant ("B/16") and any field overrides."""
+  base = variant(variant_name) if variant_name else {}
+  return TimeSformer(heads=dict(heads), **{**base, **fields})
 
 
 def _block_names(params) -> list:
