@@ -4,7 +4,8 @@ A step is forward, backward and an SGD-momentum update, jitted with the
 state donated. The script prints, per configuration, the step time, the
 analytic FLOPs of the step (3x the forward count of cover_jax.models.flops)
 and their rate, and divides that rate by the fp32 rate of one large `a @ b`
-measured in the same run (on CPU), or by the device's peak (MFU, on GPU).
+measured just before (on CPU; five rounds, medians), or by the device's peak
+(MFU, on GPU).
 
     python benchmarks/train_step.py                  # the two CPU configs
     python benchmarks/train_step.py --preset=gpu     # B/16 and L/16, bf16, 8x224
@@ -17,6 +18,7 @@ Figures from earlier runs are in benchmarks/RESULTS.md.
 import argparse
 import json
 import platform
+import resource
 import time
 
 import jax
@@ -45,22 +47,24 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def time_call(fn, *args, repeats: int):
-  """Median seconds of `fn(*args)` after one warm-up call."""
-  jax.block_until_ready(fn(*args))
+  """(median seconds, host page faults per call) of `fn(*args)`."""
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+  return float(np.median(times)), faults / repeats
 
 
-def matmul_rate(n: int, dtype, repeats: int) -> float:
-  """FLOP/s of one `n x n @ n x n` product."""
-  a = jnp.asarray(np.random.randn(n, n), dtype)
-  b = jnp.asarray(np.random.randn(n, n), dtype)
-  seconds = time_call(jax.jit(jnp.matmul), a, b, repeats=repeats)
-  return 2 * n**3 / seconds
+def matmul_reference(n: int):
+  """A function measuring the FLOP/s of one fp32 `n x n @ n x n` product."""
+  a = jnp.asarray(np.random.randn(n, n), jnp.float32)
+  b = jnp.asarray(np.random.randn(n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  jax.block_until_ready(matmul(a, b))
+  return lambda: 2 * n**3 / time_call(matmul, a, b, repeats=3)[0]
 
 
 def make_train_step(model, optimizer):
@@ -76,7 +80,9 @@ def make_train_step(model, optimizer):
   return jax.jit(train_step, donate_argnums=(0, 1))
 
 
-def bench_config(name, fields, batch, dtype, repeats):
+def bench_config(name, fields, batch, dtype, rounds, reference):
+  """Step time and its FLOP rate over `reference()`, measured back to back in
+  `rounds` rounds (the machine's speed drifts; ratios of neighbours do not)."""
   model = TimeSformer(heads={"bench": 400}, dtype=dtype, **fields)
   params = init_params(model, jax.random.PRNGKey(0))
   optimizer = optax.sgd(5e-3, momentum=0.9)
@@ -94,11 +100,25 @@ def bench_config(name, fields, batch, dtype, repeats):
                                                video, labels)
     return loss
 
-  seconds = time_call(run, repeats=repeats)
+  # Compilation, then the host heap growing to its steady size.
+  for _ in range(3):
+    jax.block_until_ready(run())
   step_flops = flops.train_step_flops(model, batch=batch)
+  seconds, references, faults = [], [], []
+  for _ in range(rounds):
+    references.append(reference())
+    s, f = time_call(run, repeats=3)
+    seconds.append(s)
+    faults.append(f)
+  fractions = [step_flops / s / r for s, r in zip(seconds, references)]
   return dict(config=name, batch=batch, dtype=jnp.dtype(dtype).name,
-              step_seconds=seconds, step_tflop=step_flops / 1e12,
-              tflops_per_second=step_flops / seconds / 1e12)
+              step_seconds=float(np.median(seconds)),
+              page_faults_per_step=float(np.median(faults)),
+              step_tflop=step_flops / 1e12,
+              tflops_per_second=step_flops / float(np.median(seconds)) / 1e12,
+              reference_tflops=float(np.median(references)) / 1e12,
+              fraction_of_reference=float(np.median(fractions)),
+              fractions=fractions)
 
 
 def main():
@@ -107,7 +127,8 @@ def main():
                       help="default: gpu on a GPU, else cpu")
   parser.add_argument("--dtype", default=None,
                       help="compute dtype; float32 on CPU, bfloat16 on GPU")
-  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--rounds", type=int, default=5,
+                      help="rounds of (reference, 3 steps); medians reported")
   parser.add_argument("--matmul_size", type=int, default=4096)
   parser.add_argument("--json", default=None, help="also write figures here")
   parser.add_argument("--default_allocator", action="store_true",
@@ -126,38 +147,34 @@ def main():
   machine = (f"{device.device_kind} ({jax.default_backend()}), "
              f"{jax.local_device_count()} device(s); host {platform.processor() or platform.machine()}")
   if jax.default_backend() == "cpu":
-    # The matmul rate drifts by several percent between runs on a shared
-    # machine: take the median of three measurements.
-    reference = float(np.median([
-        matmul_rate(args.matmul_size, jnp.float32, args.repeats)
-        for _ in range(3)]))
-    reference_name = f"measured fp32 {args.matmul_size}^3 matmul"
+    reference = matmul_reference(args.matmul_size)
+    reference_name = f"fp32 {args.matmul_size}^3 matmul, measured before each round"
   else:
     kind = next((k for k in PEAK_FLOPS if k in device.device_kind), None)
     if kind is None:
       raise SystemExit(f"No peak FLOP/s known for {device.device_kind!r}; add "
                        "it to PEAK_FLOPS in benchmarks/train_step.py.")
-    reference = PEAK_FLOPS[kind]
+    reference = lambda: PEAK_FLOPS[kind]
     reference_name = f"{kind} dense bf16 peak"
   print(f"machine: {machine}; allocator: {allocator}")
-  print(f"reference: {reference_name} = {reference / 1e12:.3f} TFLOP/s")
+  print(f"reference: {reference_name}")
 
   results = []
   for name, fields, batch in PRESETS[args.preset]:
-    r = bench_config(name, fields, batch, dtype, args.repeats)
-    r["fraction_of_reference"] = r["tflops_per_second"] * 1e12 / reference
+    r = bench_config(name, fields, batch, dtype, args.rounds, reference)
     results.append(r)
     print(f"{name:14s} batch {batch:3d} {r['dtype']:8s} "
           f"step {r['step_seconds'] * 1e3:9.1f} ms  "
           f"{r['step_tflop']:8.4f} TFLOP/step  "
           f"{r['tflops_per_second']:7.3f} TFLOP/s  "
-          f"{r['fraction_of_reference']:.3f} of reference")
+          f"reference {r['reference_tflops']:.3f} TFLOP/s  "
+          f"{r['fraction_of_reference']:.3f} of it "
+          f"(rounds: {', '.join(f'{x:.3f}' for x in r['fractions'])})  "
+          f"{r['page_faults_per_step']:.0f} page faults/step")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(dict(machine=machine, allocator=allocator,
-                     reference=reference_name,
-                     reference_tflops=reference / 1e12, results=results), f,
-                indent=2)
+                     reference=reference_name, results=results), f, indent=2)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 XLA's CPU runtime allocates each step's temporary buffer (hundreds of MB for a
 training step) on a worker thread. glibc serves a request that large from a
 fresh `mmap` and unmaps it when freed, so every step touches every page of it
-again: about 100k page faults per step of the CPU benchmark model, 10-15% of
-its step time. Keeping all threads on the main heap with `mmap` off and no
-trimming lets the memory be reused across steps.
+again: about 100k page faults per step of the CPU benchmark model, 10-20% of
+its step time. Keeping all threads on the main heap with `mmap` off and
+trimming off (mallopt's -1) lets the memory be reused across steps.
 """
 
 import ctypes
@@ -34,4 +34,4 @@ def retain_freed_host_memory() -> bool:
     logging.info("No glibc mallopt; host allocator left as it is.")
     return False
   return all(mallopt(param, value) == 1 for param, value in (
-      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
