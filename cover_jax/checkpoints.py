@@ -65,9 +65,9 @@ class _Filler:
     heads = Heads(model.heads, param_dtype=model.param_dtype).init(
         jax.random.PRNGKey(seed), jnp.zeros((1, feature), jnp.float32))
     self.params["heads"] = jax.tree.map(np.asarray, nn.unbox(heads)["params"])
-    self.unset = {"/".join(str(k.key) for k in key_path) for key_path, _ in
-                  jax.tree_util.tree_flatten_with_path(self.params)[0]}
-    self.unset = {k for k in self.unset if not k.startswith("heads/")}
+    names = ("/".join(str(k.key) for k in key_path) for key_path, _ in
+             jax.tree_util.tree_flatten_with_path(self.params)[0])
+    self.unset = {n for n in names if not n.startswith("heads/")}
 
   def _node(self, dest: str, source: str):
     *parents, leaf = dest.split("/")
