@@ -280,3 +280,10 @@ def test_bf16_model_from_checkpoint_close_to_fp32(tmp_path):
   half = bf16.apply({"params": params}, video)["timesformer"]
   assert half.dtype == jnp.float32
   assert rel_err(half, full) < 0.05
+
+
+def test_vit_override_adding_a_layer_the_checkpoint_lacks(tmp_path, vit):
+  path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "original"))
+  with pytest.raises(CheckpointError, match="missing key 'pre_logits/kernel'"):
+    checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+                             heads={"imagenet": 10}, representation_size=16)
