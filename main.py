@@ -29,16 +29,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def describe(config) -> dict:
   """Model size and cost for `config` (no parameters are allocated)."""
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from cover_jax.models import create, flops  # pylint: disable=import-outside-toplevel
+  from cover_jax.models import abstract_variables, create, flops  # pylint: disable=import-outside-toplevel
 
   model = create(config.heads, **config.model)
   model.validate()
-  video = jax.ShapeDtypeStruct(
-      (1, model.num_frames, model.image_size, model.image_size, 3), jnp.float32)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), video)
+  shapes = abstract_variables(model)
   count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
   return dict(
       model=dict(width=model.width, depth=model.depth,

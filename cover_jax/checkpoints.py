@@ -11,7 +11,6 @@ Both return `(model, params)` with `params` in the loop layout (or scanned if
 `CheckpointError` that names the key and the shapes involved.
 """
 
-import functools
 import re
 from typing import Mapping, Optional
 
@@ -21,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cover_jax.models import posemb
-from cover_jax.models.timesformer import Heads, TimeSformer, scan_params
+from cover_jax.models.timesformer import (Heads, TimeSformer,
+                                          abstract_variables, scan_params)
 
 
 class CheckpointError(ValueError):
@@ -53,13 +53,8 @@ class _Filler:
 
   def __init__(self, model: TimeSformer, seed: int, path: str):
     self.path = path
-    loop_model = model.clone(scan_layers=False)
-    video = jax.ShapeDtypeStruct(
-        (1, model.num_frames, model.image_size, model.image_size, 3),
-        jnp.float32)
-    shapes = nn.unbox(jax.eval_shape(
-        functools.partial(loop_model.init, train=False),
-        jax.random.PRNGKey(0), video))["params"]
+    shapes = nn.unbox(abstract_variables(
+        model.clone(scan_layers=False)))["params"]
     self.params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     feature = model.representation_size or model.width
     heads = Heads(model.heads, param_dtype=model.param_dtype).init(

@@ -23,7 +23,8 @@ from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+
+from cover_jax.models import timesformer
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -108,10 +109,7 @@ def param_shardings(model: nn.Module, mesh: jax.sharding.Mesh,
   Computed from the logical axis names without allocating parameters; raises
   a clear error when a sharded dimension does not divide its mesh axes.
   """
-  video = jax.ShapeDtypeStruct(
-      (1, frames or model.num_frames, model.image_size, model.image_size, 3),
-      jnp.float32)
-  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), video)
+  abstract = timesformer.abstract_variables(model, frames=frames)
   logical = nn.get_partition_spec(abstract)["params"]
   mesh_specs = nn.logical_to_mesh(logical, rules)
   shapes = nn.unbox(abstract)["params"]

@@ -1,8 +1,9 @@
 """TimeSformer model, its variants and its FLOP count."""
 
-from cover_jax.models.timesformer import (VARIANTS, TimeSformer, create,
+from cover_jax.models.timesformer import (VARIANTS, TimeSformer,
+                                          abstract_variables, create,
                                           init_params, scan_params,
                                           unscan_params, variant)
 
-__all__ = ["VARIANTS", "TimeSformer", "create", "init_params", "scan_params",
-           "unscan_params", "variant"]
+__all__ = ["VARIANTS", "TimeSformer", "abstract_variables", "create",
+           "init_params", "scan_params", "unscan_params", "variant"]

@@ -525,6 +525,18 @@ def unscan_params(params):
   return params
 
 
+def abstract_variables(model: TimeSformer, *, frames: Optional[int] = None):
+  """The variables of `model` as shapes, boxed with their logical axis names.
+
+  No parameter is allocated and nothing is compiled (`jax.eval_shape`).
+  """
+  video = jax.ShapeDtypeStruct(
+      (1, frames or model.num_frames, model.image_size, model.image_size, 3),
+      jnp.float32)
+  return jax.eval_shape(functools.partial(model.init, train=False),
+                        jax.random.PRNGKey(0), video)
+
+
 def init_params(model: TimeSformer, rng, *, batch: int = 1, frames=None):
   """Unboxed fp parameters of `model`, initialised from `rng` on a dummy input."""
   video = jnp.zeros((batch, frames or model.num_frames, model.image_size,
