@@ -1,0 +1,7 @@
+"""Input pipeline: frame sampling, decoding, augmentation, the co-training mix."""
+
+from cover_jax.input.pipeline import (PARTS, Preprocessing, TrainIterator,
+                                      check_sources, eval_batches,
+                                      eval_num_batches, preprocess_eval,
+                                      split_batch, to_global)
+from cover_jax.input.source import Source, open_source

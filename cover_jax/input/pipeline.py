@@ -1,0 +1,342 @@
+"""The co-training mixture and the evaluation views, as tf.data pipelines.
+
+A training batch is `{"video": part, "image": part}`; each part holds
+`frames` float32 `[b, T, crop, crop, 3]` (T = 1 for images), `label` int32
+`[b]` and `dataset` int32 `[b]` (the index of the example's dataset in
+`TrainIterator.names`, which is also the order of the heads' losses).
+
+Determinism: every random choice is a stateless function of the seed and of
+counters (the step, and how many examples of each dataset this process has
+read), so the iterator state is those integers and a restored iterator
+yields exactly the batches the original would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from cover_jax.input import ops
+from cover_jax.input.source import Source
+
+PARTS = ("video", "image")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """How examples become model inputs (config.input).
+
+  Attributes:
+    num_frames: frames sampled per video (images are 1 frame).
+    crop_size: square crop fed to the model.
+    scale_range: training scale jitter, as multiples of crop_size the short
+      side is resized to before the random crop.
+    eval_short_side: evaluation resize of the short side (None: crop_size).
+    eval_views: spatial crops per video at evaluation (paper: 3).
+    mean, std: per-channel normalisation of [0, 1] pixel values.
+  """
+  num_frames: int
+  crop_size: int
+  scale_range: tuple[float, float] = (1.0, 1.25)
+  eval_short_side: int | None = None
+  eval_views: int = 3
+  mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+  std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+  def frames_of(self, source: Source) -> int:
+    return self.num_frames if source.kind == "video" else 1
+
+
+def check_sources(sources: Sequence[Source], preprocessing: Preprocessing,
+                  flips: Sequence[bool]) -> None:
+  """Refuses, before any compute, settings the stored data cannot honour."""
+  for source, flip in zip(sources, flips):
+    if source.short_side and preprocessing.crop_size > source.short_side:
+      raise ValueError(
+          f"Dataset {source.name!r} ({source.dataset}) stores frames with a "
+          f"short side of {source.short_side} px, smaller than the crop "
+          f"{preprocessing.crop_size}. Prepare it again with "
+          f"--short_side={preprocessing.crop_size} or more, or lower "
+          f"config.input.crop_size.")
+    if flip and source.flip_changes_label:
+      raise ValueError(
+          f"Dataset {source.name!r} has classes that a horizontal flip "
+          f"changes (left/right); set flip=False for it.")
+
+
+def split_batch(global_batch: int, video_weight: float, image_weight: float,
+                granule: int = 1, video_share: float | None = None
+                ) -> dict[str, int]:
+  """Examples per part: in proportion to the parts' weights (or video_share).
+
+  Each part gets a multiple of `granule` (the number of batch shards), and a
+  part with datasets gets at least one granule.
+  """
+  if global_batch % granule:
+    raise ValueError(f"Batch size {global_batch} is not divisible by the "
+                     f"{granule} batch shards of the mesh; choose a multiple "
+                     f"of {granule}.")
+  if video_share is None:
+    video_share = video_weight / (video_weight + image_weight)
+  units = global_batch // granule
+  video = int(round(units * video_share))
+  if video_weight > 0:
+    video = max(video, 1)
+  if image_weight > 0:
+    video = min(video, units - 1)
+  if video < 0 or (image_weight > 0 and video >= units) or (
+      video_weight > 0 and video < 1):
+    raise ValueError(f"Batch size {global_batch} cannot hold one shard of "
+                     f"{granule} examples per part; raise it.")
+  return {"video": video * granule, "image": (units - video) * granule}
+
+
+def _preprocess_train(encoded, seed, *, num_frames: int, flip,
+                      prep: Preprocessing):
+  seed_time, seed_crop, seed_flip = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 3))
+  indices = ops.sample_frame_indices(tf.shape(encoded)[0], num_frames,
+                                     training=True, seed=seed_time)
+  encoded = tf.gather(encoded, indices)
+  height, width = ops.frame_shape(encoded)
+  window = ops.random_crop_window(height, width, prep.crop_size,
+                                  prep.scale_range, seed_crop)
+  frames = ops.resize(ops.decode_frames(encoded, window), prep.crop_size)
+  frames = tf.cond(flip, lambda: ops.random_flip(frames, seed_flip),
+                   lambda: frames)
+  return ops.normalize(frames, prep.mean, prep.std)
+
+
+def preprocess_eval(encoded, *, num_frames: int, prep: Preprocessing,
+                    reverse: bool = False):
+  """float32 [views, T, crop, crop, 3]: middle frames of each segment, views."""
+  indices = ops.sample_frame_indices(tf.shape(encoded)[0], num_frames,
+                                     training=False)
+  if reverse:
+    indices = tf.reverse(indices, axis=[0])
+  frames = ops.decode_frames(tf.gather(encoded, indices))
+  height, width = tf.shape(frames)[1], tf.shape(frames)[2]
+  windows = ops.view_windows(height, width, prep.crop_size,
+                             prep.eval_short_side or prep.crop_size,
+                             prep.eval_views)
+  views = ops.crop_views(frames, windows, prep.crop_size)
+  return ops.normalize(views, prep.mean, prep.std)
+
+
+class _Records:
+  """Process-local shards of several sources, read by (source, position).
+
+  Process p of P owns records p, p + P, p + 2P, ...: the shards are disjoint
+  and together complete. Position j of a shard is record
+  `shuffle_epoch(j % n) * P + p` in training (a fresh permutation every
+  epoch), record `j * P + p` at evaluation.
+  """
+
+  def __init__(self, sources: Sequence[Source], process_index: int,
+               process_count: int):
+    self.sources = list(sources)
+    self.process_index, self.process_count = process_index, process_count
+    self.shard_sizes = [len(range(process_index, s.num_examples,
+                                  process_count)) for s in sources]
+    empty = [s.name for s, n in zip(sources, self.shard_sizes) if n == 0]
+    if empty:
+      raise ValueError(f"Datasets {empty} have fewer examples than the "
+                       f"{process_count} processes reading them.")
+    self._readers = [s.reader() for s in sources]
+
+  def record(self, source, position, shuffle_seed=None):
+    """Record index (int64) of a shard position; shuffled if seeded."""
+    n = tf.gather(tf.constant(self.shard_sizes, tf.int64), source)
+    local = position % n
+    if shuffle_seed is not None:
+      epoch = position // n
+      epoch_seed = tf.random.experimental.stateless_fold_in(
+          tf.stack([tf.cast(shuffle_seed, tf.int64),
+                    tf.cast(source, tf.int64)]), epoch)
+      local = tf.random.experimental.index_shuffle(local, seed=epoch_seed,
+                                                   max_index=n - 1)
+    return local * self.process_count + self.process_index
+
+  def read(self, source, record):
+    """(encoded frames [N] string, label int32) of one record."""
+    serialized = tf.py_function(
+        lambda s, r: self._readers[int(s)][int(r)], [source, record],
+        tf.string)
+    serialized.set_shape([])
+    branches = [lambda src=src: src.parse(serialized)
+                for src in self.sources]
+    return tf.switch_case(tf.cast(source, tf.int32), branches)
+
+
+class TrainIterator:
+  """Endless co-training batches of this process, with a saveable position.
+
+  Inside each part, every example's dataset is drawn with probability
+  proportional to the dataset's weight (its size, or config weight); each
+  dataset is read in a fresh random order every epoch and never runs dry.
+
+  Args:
+    sources: the training splits, in head order.
+    prep: preprocessing settings.
+    flips: per source, whether training flips horizontally.
+    global_batch: examples per step over all processes.
+    seed: the data seed.
+    weights: per source sampling weight (default: its number of examples).
+    granule: batch shards of the mesh (each part is a multiple of it).
+    video_share: fraction of the batch for videos (default: by weight).
+    process_index, process_count: this process among the readers.
+    state: a `state()` of an earlier iterator, to continue exactly there.
+  """
+
+  def __init__(self, sources: Sequence[Source], prep: Preprocessing, *,
+               flips: Sequence[bool], global_batch: int, seed: int = 0,
+               weights: Sequence[float] | None = None, granule: int = 1,
+               video_share: float | None = None, process_index: int = 0,
+               process_count: int = 1, state: dict | None = None):
+    check_sources(sources, prep, flips)
+    self.names = [s.name for s in sources]
+    weights = [float(s.num_examples) if w is None else float(w) for s, w in
+               zip(sources, weights or [None] * len(sources))]
+    part_weight = {part: sum(w for s, w in zip(sources, weights)
+                             if s.kind == part) for part in PARTS}
+    self.global_batch_sizes = split_batch(
+        global_batch, part_weight["video"], part_weight["image"],
+        granule=max(granule, process_count), video_share=video_share)
+    if global_batch % process_count:
+      raise ValueError(f"Batch size {global_batch} is not divisible by the "
+                       f"{process_count} processes.")
+    self._step = 0
+    self._consumed = {name: 0 for name in self.names}
+    if state is not None:
+      self._restore(state)
+    self._process_index = process_index
+    parts = {}
+    for part in PARTS:
+      ids = [i for i, s in enumerate(sources) if s.kind == part]
+      if not ids:
+        continue
+      parts[part] = self._part(
+          part, ids, sources, prep, flips, weights, seed,
+          self.global_batch_sizes[part] // process_count, process_index,
+          process_count)
+    dataset = tf.data.Dataset.zip(parts).prefetch(2)
+    self._iterator = iter(dataset.as_numpy_iterator())
+
+  def _restore(self, state: dict) -> None:
+    if sorted(state["consumed"]) != sorted(self.names):
+      raise ValueError(f"The saved data state is for datasets "
+                       f"{sorted(state['consumed'])}, not {sorted(self.names)}"
+                       f"; a run cannot resume with a different mixture.")
+    self._step = int(state["step"])
+    self._consumed = {k: int(v) for k, v in state["consumed"].items()}
+
+  def _part(self, part, ids, sources, prep, flips, weights, seed,
+            local_batch, process_index, process_count):
+    records = _Records([sources[i] for i in ids], process_index,
+                       process_count)
+    log_probs = tf.math.log(tf.constant(
+        [[weights[i] / sum(weights[j] for j in ids) for i in ids]]))
+    part_seed = tf.constant([seed, PARTS.index(part) * 65536 + process_index],
+                            tf.int64)
+    global_ids = tf.constant(ids, tf.int32)
+    flip = tf.constant([bool(flips[i]) for i in ids])
+    num_frames = prep.frames_of(sources[ids[0]])
+
+    def draw(step):  # datasets of this step's examples, stateless in step
+      step_seed = tf.random.experimental.stateless_fold_in(part_seed, step)
+      return tf.random.stateless_categorical(log_probs, local_batch,
+                                             seed=step_seed)[0]
+
+    def count(consumed, source):  # the position of this example in its shard
+      return (consumed + tf.one_hot(source, len(ids), dtype=tf.int64),
+              (tf.cast(source, tf.int32), consumed[source]))
+
+    def load(source, position):
+      record = records.record(source, position, shuffle_seed=seed)
+      encoded, label = records.read(source, record)
+      example_seed = tf.random.experimental.stateless_fold_in(
+          tf.random.experimental.stateless_fold_in(
+              part_seed, tf.cast(global_ids[source], tf.int64)), position)
+      frames = _preprocess_train(encoded, example_seed,
+                                 num_frames=num_frames, flip=flip[source],
+                                 prep=prep)
+      return {"frames": frames, "label": label,
+              "dataset": global_ids[source]}
+
+    start = tf.constant([self._consumed[self.names[i]] for i in ids],
+                        tf.int64)
+    return (tf.data.Dataset.range(self._step, 2**62)
+            .map(draw).unbatch()
+            .scan(start, count)
+            .map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
+            .batch(local_batch, drop_remainder=True))
+
+  def __iter__(self) -> Iterator[dict]:
+    return self
+
+  def __next__(self) -> dict:
+    batch = next(self._iterator)
+    self._step += 1
+    for part in batch.values():
+      for i, n in zip(*np.unique(part["dataset"], return_counts=True)):
+        self._consumed[self.names[i]] += int(n)
+    return batch
+
+  def state(self) -> dict:
+    """The position after the last batch returned: {"step", "consumed"}."""
+    return {"step": self._step, "consumed": dict(self._consumed)}
+
+
+def eval_num_batches(source: Source, global_batch: int,
+                     process_count: int = 1) -> int:
+  """Batches every process runs to cover the split once."""
+  largest_shard = math.ceil(source.num_examples / process_count)
+  return math.ceil(largest_shard / (global_batch // process_count))
+
+
+def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
+                 reverse: bool = False, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+  """Every example of the split once, all views of a video together.
+
+  Yields `frames` [b, views, T, crop, crop, 3], `label` [b], `mask` [b] (0 on
+  the padding that fills the last batch) and `record` [b] (the record index).
+  Every process yields the same number of batches.
+  """
+  if global_batch % process_count:
+    raise ValueError(f"Eval batch size {global_batch} is not divisible by "
+                     f"the {process_count} processes.")
+  records = _Records([source], process_index, process_count)
+  local_batch = global_batch // process_count
+  total = eval_num_batches(source, global_batch, process_count) * local_batch
+  shard_size = records.shard_sizes[0]
+  num_frames = prep.frames_of(source)
+
+  def load(position):
+    valid = position < shard_size
+    record = records.record(0, tf.where(valid, position, 0))
+    encoded, label = records.read(0, record)
+    return {"frames": preprocess_eval(encoded, num_frames=num_frames,
+                                      prep=prep, reverse=reverse),
+            "label": label, "mask": tf.cast(valid, tf.int32),
+            "record": tf.cast(record, tf.int32)}
+
+  dataset = (tf.data.Dataset.range(total)
+             .map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=True)
+             .batch(local_batch).prefetch(2))
+  return dataset.as_numpy_iterator()
+
+
+def to_global(local_batch, mesh):
+  """Global jax.Arrays over the mesh's batch axes from every process's part."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cover_jax import sharding  # pylint: disable=import-outside-toplevel
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(
+          sharding.batch_sharding(mesh, x.ndim), x), local_batch)

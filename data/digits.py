@@ -1,0 +1,243 @@
+"""CoVeR-mini: three small datasets made from scikit-learn's bundled digits.
+
+`sklearn.datasets.load_digits` ships 1797 real 8x8 handwritten digits inside
+the package, so these build on any machine with no download, deterministically,
+and go through exactly the same storage and input pipeline as Kinetics:
+
+- `digits_image` (the ImageNet role): one digit on a 40x40 canvas; label: the
+  digit (10 classes).
+- `digits_appearance` (the Kinetics role): a digit drifts on a random bouncing
+  path; label: the digit. Frame order carries no information.
+- `digits_motion` (the SSv2 role): any digit; label: what happens (moves
+  left/right/up/down, grows, shrinks, fades in, fades out). Every class is the
+  time reversal of another, so reversed frames swap the label, and a
+  horizontal flip swaps moving_left and moving_right: never flip it.
+
+All three use the same split of the source images (a fifth held out for
+`test`), so no test digit is ever seen in training by any dataset.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from data import features
+
+CANVAS = 40  # stored frame size (short side); configs crop 32
+SPRITE = 16  # digit size in pixels at scale 1
+TEST_FRACTION = 0.2
+TRAIN_COPIES = 2  # renderings per training source image (different paths)
+FRAMES = (12, 20)  # stored frames per video, inclusive range
+SEED = 20211211
+
+MOTIONS = ("moving_left", "moving_right", "moving_up", "moving_down",
+           "growing", "shrinking", "fading_in", "fading_out")
+# Each motion's time reversal: the label a reversed video truly shows.
+REVERSED = {"moving_left": "moving_right", "moving_right": "moving_left",
+            "moving_up": "moving_down", "moving_down": "moving_up",
+            "growing": "shrinking", "shrinking": "growing",
+            "fading_in": "fading_out", "fading_out": "fading_in"}
+# Each motion's horizontal mirror image.
+MIRRORED = {**{m: m for m in MOTIONS},
+            "moving_left": "moving_right", "moving_right": "moving_left"}
+
+
+def source_digits(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(images [N, 8, 8] in [0, 1], digit labels [N], source ids [N]) of a split.
+
+  The split is a fixed permutation of the 1797 source images: train and test
+  never share one.
+  """
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+  digits = load_digits()
+  order = np.random.default_rng(SEED).permutation(len(digits.target))
+  num_test = int(round(TEST_FRACTION * len(order)))
+  ids = np.sort(order[:num_test] if split == "test" else order[num_test:])
+  return digits.images[ids] / 16.0, digits.target[ids], ids
+
+
+def _sprite(digit: np.ndarray, size: float) -> np.ndarray:
+  """The 8x8 digit resampled to size x size pixels, values in [0, 1]."""
+  size = max(2, int(round(size)))
+  img = Image.fromarray(np.uint8(digit * 255), mode="L")
+  return np.asarray(img.resize((size, size), Image.BILINEAR),
+                    np.float32) / 255.0
+
+
+def render(digit: np.ndarray, *, center: tuple[float, float], size: float,
+           opacity: float, color: np.ndarray,
+           background: np.ndarray) -> np.ndarray:
+  """One uint8 [CANVAS, CANVAS, 3] frame: the digit blended over background."""
+  sprite = _sprite(digit, size)
+  alpha = np.zeros((CANVAS, CANVAS), np.float32)
+  s = sprite.shape[0]
+  top, left = int(round(center[0] - s / 2)), int(round(center[1] - s / 2))
+  # Clip the sprite to the canvas (growing digits may overflow it).
+  y0, x0 = max(top, 0), max(left, 0)
+  y1, x1 = min(top + s, CANVAS), min(left + s, CANVAS)
+  if y1 > y0 and x1 > x0:
+    alpha[y0:y1, x0:x1] = sprite[y0 - top:y1 - top, x0 - left:x1 - left]
+  alpha = (alpha * opacity)[..., None]
+  frame = background * (1 - alpha) + color * alpha
+  return np.uint8(np.clip(frame, 0, 255))
+
+
+def encode_jpeg(frame: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+  return buffer.getvalue()
+
+
+def _look(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """A random bright colour and a dark, noisy background."""
+  color = rng.uniform(150, 255, size=3).astype(np.float32)
+  background = rng.uniform(0, 60, size=(CANVAS, CANVAS, 3)).astype(np.float32)
+  return color, background
+
+
+def _bouncing_path(rng: np.random.Generator, n: int) -> np.ndarray:
+  """[n, 2] centres of a random walk with constant speed, bouncing at walls."""
+  low, high = SPRITE / 2 + 2, CANVAS - SPRITE / 2 - 2
+  pos = rng.uniform(low, high, size=2)
+  vel = rng.uniform(-2.0, 2.0, size=2)
+  path = []
+  for _ in range(n):
+    path.append(pos.copy())
+    pos = pos + vel
+    for axis in range(2):
+      if not low <= pos[axis] <= high:
+        vel[axis] = -vel[axis]
+        pos[axis] = np.clip(pos[axis], low, high)
+  return np.array(path)
+
+
+def motion_frames(digit: np.ndarray, motion: str, n: int,
+                  rng: np.random.Generator) -> list[np.ndarray]:
+  """n frames of `digit` performing `motion`; reversal gives REVERSED[motion]."""
+  color, background = _look(rng)
+  low, high = SPRITE / 2 + 2, CANVAS - SPRITE / 2 - 2
+  mid = CANVAS / 2
+  jitter = rng.uniform(-4, 4, size=2)
+  # Parameters at t in [0, 1]; each twin runs the same path backwards, so the
+  # reversed frames of one class are exactly frames of its twin.
+  forward = {"moving_right": "x", "moving_down": "y", "growing": "size",
+             "fading_in": "opacity"}
+  twin = {v: k for k, v in REVERSED.items()}
+  kind = motion if motion in forward else twin[motion]
+  frames = []
+  for i in range(n):
+    t = i / (n - 1)
+    if motion not in forward:
+      t = 1 - t
+    center = [mid + jitter[0], mid + jitter[1]]
+    size, opacity = SPRITE, 1.0
+    if forward[kind] == "x":
+      center[1] = low + (high - low) * t
+    elif forward[kind] == "y":
+      center[0] = low + (high - low) * t
+    elif forward[kind] == "size":
+      size = SPRITE * (0.4 + 1.1 * t)
+    else:
+      opacity = 0.1 + 0.9 * t
+    frames.append(render(digit, center=tuple(center), size=size,
+                         opacity=opacity, color=color, background=background))
+  return frames
+
+
+class _Digits(tfds.core.GeneratorBasedBuilder):
+  """Shared split logic: TRAIN_COPIES renderings per train image, 1 per test."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  FLIP_CHANGES_LABEL = False
+
+  def _label_names(self) -> list[str]:
+    return [str(d) for d in range(10)]
+
+  def _metadata(self) -> tfds.core.MetadataDict:
+    return features.metadata(short_side=CANVAS,
+                             flip_changes_label=self.FLIP_CHANGES_LABEL)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    return {"train": self._generate_examples("train"),
+            "test": self._generate_examples("test")}
+
+  def _generate_examples(self, split):
+    images, digits, ids = source_digits(split)
+    copies = TRAIN_COPIES if split == "train" else 1
+    for copy in range(copies):
+      for n, (image, digit, source_id) in enumerate(zip(images, digits, ids)):
+        # One generator per example: deterministic whatever the order.
+        rng = np.random.default_rng([SEED, split == "test", copy, source_id])
+        key = f"{source_id}_{copy}"
+        yield key, self._example(image, int(digit), n * copies + copy, rng,
+                                 key)
+
+  def _example(self, image, digit, index, rng, key):
+    raise NotImplementedError
+
+
+class DigitsImage(_Digits):
+  """Digits as images: a digit of random size, place and colour; 10 classes."""
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__,
+        features=features.image_features(self._label_names()),
+        metadata=self._metadata())
+
+  def _example(self, image, digit, index, rng, key):
+    color, background = _look(rng)
+    size = rng.uniform(0.8, 1.3) * SPRITE
+    center = rng.uniform(size / 2 + 1, CANVAS - size / 2 - 1, size=2)
+    frame = render(image, center=tuple(center), size=size, opacity=1.0,
+                   color=color, background=background)
+    return {"image": encode_jpeg(frame), "label": digit, "id": key}
+
+
+class DigitsAppearance(_Digits):
+  """Digits drifting on random paths; the label is the digit (10 classes)."""
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__,
+        features=features.video_features(self._label_names()),
+        metadata=self._metadata())
+
+  def _example(self, image, digit, index, rng, key):
+    color, background = _look(rng)
+    n = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
+    frames = [render(image, center=tuple(c), size=SPRITE, opacity=1.0,
+                     color=color, background=background)
+              for c in _bouncing_path(rng, n)]
+    return {"video": [encode_jpeg(f) for f in frames], "label": digit,
+            "id": key}
+
+
+class DigitsMotion(_Digits):
+  """Any digit doing one of 8 motions; the label is the motion."""
+
+  FLIP_CHANGES_LABEL = True
+
+  def _label_names(self) -> list[str]:
+    return features.sorted_label_names(MOTIONS)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__,
+        features=features.video_features(self._label_names()),
+        metadata=self._metadata())
+
+  def _example(self, image, digit, index, rng, key):
+    del digit  # the label is the motion, whatever the digit
+    names = self._label_names()
+    motion = names[index % len(names)]  # balanced classes
+    n = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
+    frames = motion_frames(image, motion, n, rng)
+    return {"video": [encode_jpeg(f) for f in frames],
+            "label": names.index(motion), "id": key}
