@@ -117,12 +117,14 @@ def load_builder(name: str, data_dir: str | None = None
         f"Dataset {name!r} is not prepared in {data_dir} (no "
         f"{config_dir}/<version>/dataset_info.json). Prepare it once with: "
         f"{_prepare_hint(base, data_dir)}")
-  if base in tfds.list_builders():
+  try:
     builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-      raise ValueError(f"TFDS dataset {name!r} is not prepared in {data_dir}. "
-                       f"Prepare it with tfds (file_format='array_record').")
-    return builder
-  raise ValueError(f"Unknown dataset {name!r}. Known datasets: "
-                   f"{', '.join(known_names(data_dir))}; or any prepared TFDS "
-                   f"dataset name (e.g. imagenet2012).")
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(f"Unknown dataset {name!r}. Known datasets: "
+                     f"{', '.join(known_names(data_dir))}; or any prepared "
+                     f"TFDS dataset name (e.g. imagenet2012).") from None
+  if not builder.is_prepared():
+    raise ValueError(f"TFDS dataset {name!r} is not prepared in {data_dir}. "
+                     f"Prepare it with tfds (file_format="
+                     f"'{features.FILE_FORMAT}').")
+  return builder

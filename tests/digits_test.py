@@ -1,0 +1,91 @@
+"""The built-in mini datasets: splits, labels, and the motion set's symmetries."""
+
+import numpy as np
+
+from data import digits
+from data import registry
+
+
+def test_train_and_test_never_share_a_source_digit():
+  _, _, train = digits.source_digits("train")
+  _, _, test = digits.source_digits("test")
+  assert not set(train) & set(test)
+  assert sorted(set(train) | set(test)) == list(range(1797))
+  assert len(test) == round(0.2 * 1797)
+
+
+def centroid(frame):
+  """(row, column) of the bright digit, and its total brightness."""
+  mass = frame.astype(np.float64).sum(axis=-1)
+  mass = np.where(mass > 3 * 100, mass, 0)  # the background stays below 60
+  assert mass.any(), "no digit in the frame"
+  rows, cols = np.indices(mass.shape)
+  total = mass.sum()
+  return (rows * mass).sum() / total, (cols * mass).sum() / total, total
+
+
+def test_each_motion_reversed_is_its_twin_exactly():
+  image = digits.source_digits("train")[0][0]
+  for motion, twin in digits.REVERSED.items():
+    forward = digits.motion_frames(image, motion, 12,
+                                   np.random.default_rng(1))
+    backward = digits.motion_frames(image, twin, 12,
+                                    np.random.default_rng(1))
+    for a, b in zip(forward, backward[::-1]):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_motions_move_the_way_their_names_say():
+  image = digits.source_digits("train")[0][3]
+  rng = np.random.default_rng(0)
+  first_last = {m: [centroid(f) for f in digits.motion_frames(image, m, 12,
+                                                              rng)[::11]]
+                for m in ("moving_right", "moving_down", "growing")}
+  (y0, x0, _), (y1, x1, _) = first_last["moving_right"]
+  assert x1 - x0 > 10 and abs(y1 - y0) < 2
+  (y0, x0, _), (y1, x1, _) = first_last["moving_down"]
+  assert y1 - y0 > 10 and abs(x1 - x0) < 2
+  assert first_last["growing"][1][2] > 3 * first_last["growing"][0][2]
+  fade = digits.motion_frames(image, "fading_in", 12, rng)
+  assert fade[-1].mean() > fade[0].mean() + 3
+  # A horizontal flip turns moving_right into moving_left: flip changes label.
+  frames = digits.motion_frames(image, "moving_right", 12, rng)
+  mirrored = [centroid(f[:, ::-1])[1] for f in (frames[0], frames[-1])]
+  assert mirrored[1] - mirrored[0] < -10
+  assert digits.MIRRORED["moving_right"] == "moving_left"
+
+
+def test_built_datasets_read_back(digits_dir):
+  sizes = {}
+  for name in registry.BUILT_ON_FIRST_USE:
+    builder = registry.load_builder(name, digits_dir)
+    info = builder.info
+    sizes[name] = {s: info.splits[s].num_examples for s in ("train", "test")}
+    names = info.features["label"].names
+    assert names == sorted(names)
+    assert info.metadata["short_side"] == digits.CANVAS
+    assert info.metadata["flip_changes_label"] == (name == "digits_motion")
+    source = builder.as_data_source("test")
+    examples = [source[i] for i in range(3)]
+    for example in examples:
+      frames = np.asarray(example.get("video", example.get("image")))
+      frames = frames if frames.ndim == 4 else frames[None]
+      assert frames.shape[1:] == (40, 40, 3)
+      assert digits.FRAMES[0] <= len(frames) <= digits.FRAMES[1] or (
+          name == "digits_image")
+  for name in registry.BUILT_ON_FIRST_USE:
+    assert sizes[name] == {"train": 2 * (1797 - 359), "test": 359}
+  motion = registry.load_builder("digits_motion", digits_dir)
+  labels = [int(motion.as_data_source("train")[i]["label"])
+            for i in range(400)]
+  counts = np.bincount(labels, minlength=8)
+  assert counts.min() > 30  # balanced classes (400 / 8 = 50 expected)
+
+
+def test_generation_is_deterministic(tmp_path):
+  builder = digits.DigitsMotion(data_dir=str(tmp_path))
+  image = digits.source_digits("test")[0][5]
+  make = lambda: builder._example(image, 3, 5,  # pylint: disable=protected-access
+                                  np.random.default_rng([1, 2]), "k")
+  a, b = make(), make()
+  assert a["video"] == b["video"] and a["label"] == b["label"]
