@@ -1,18 +1,37 @@
 """CoVeR on the built-in mini datasets: a tiny TimeSformer for a laptop CPU.
 
-The datasets (digits as images, as appearance videos and as motion videos) and
-the training loop land with the data and training issues; today this config
-defines the model that `python main.py --mode=describe` reports on.
+Three datasets made from scikit-learn's digits (data/digits.py), built into
+`data_dir` on first use with no download: digits as images (the ImageNet
+role), as appearance videos (Kinetics) and as motion videos (SSv2: never
+flipped, and time-reversal swaps its classes). The training loop lands with
+the training issue; today `python main.py --mode=describe` reports the model.
 """
 
 import ml_collections
 
 
+def dataset(**fields) -> ml_collections.ConfigDict:
+  spec = dict(dataset=None, train_split="train", eval_split="test", flip=True,
+              sample_weight=None, loss_weight=1.0)
+  spec.update(fields)
+  return ml_collections.ConfigDict(spec)
+
+
 def get_config():
   config = ml_collections.ConfigDict()
+  config.data_dir = None  # None: ~/tensorflow_datasets
+  config.datasets = ml_collections.ConfigDict({
+      "digits_appearance": dataset(),
+      "digits_motion": dataset(flip=False),
+      "digits_image": dataset(loss_weight=0.5),
+  })
   # name -> number of classes; one head per dataset.
   config.heads = {"digits_image": 10, "digits_appearance": 10,
                   "digits_motion": 8}
+  config.input = ml_collections.ConfigDict(dict(
+      num_frames=8, crop_size=32, scale_range=(1.0, 1.25),
+      eval_short_side=None, eval_views=3, mean=(0.5, 0.5, 0.5),
+      std=(0.5, 0.5, 0.5), video_share=None, seed=0))
   config.model = ml_collections.ConfigDict(dict(
       variant_name=None, width=64, depth=4, num_heads=4, mlp_dim=128,
       patch_size=4, num_frames=8, image_size=32))

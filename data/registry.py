@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 
 import tensorflow_datasets as tfds
 
@@ -68,13 +69,14 @@ def _latest_version_dir(config_dir: str) -> str | None:
   """The newest complete version directory under `config_dir`, if any."""
   if not os.path.isdir(config_dir):
     return None
+  # Only finished versions: TFDS writes dataset_info.json into its
+  # "incomplete.*" folder just before renaming it.
   versions = [v for v in os.listdir(config_dir)
-              if os.path.isfile(os.path.join(config_dir, v,
-                                             "dataset_info.json"))]
+              if re.fullmatch(r"\d+\.\d+\.\d+", v) and os.path.isfile(
+                  os.path.join(config_dir, v, "dataset_info.json"))]
   if not versions:
     return None
-  newest = max(versions, key=lambda v: tuple(int(x) for x in v.split(".")
-                                             if x.isdigit()))
+  newest = max(versions, key=lambda v: tuple(map(int, v.split("."))))
   return os.path.join(config_dir, newest)
 
 

@@ -5,3 +5,4 @@ from cover_jax.input.pipeline import (PARTS, Preprocessing, TrainIterator,
                                       eval_num_batches, preprocess_eval,
                                       split_batch, to_global)
 from cover_jax.input.source import Source, open_source
+from cover_jax.input import make

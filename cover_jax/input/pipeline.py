@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Iterator, Sequence
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -127,6 +128,31 @@ def preprocess_eval(encoded, *, num_frames: int, prep: Preprocessing,
   return ops.normalize(views, prep.mean, prep.std)
 
 
+class NumpyStream:
+  """A tf.data pipeline as an iterator of numpy trees, closed before exit.
+
+  Records are fetched by a py_function; one still running in a tf.data
+  thread while the interpreter shuts down can hang the exit, so the iterator
+  is dropped at exit (or by close()) before Python finalises.
+  """
+
+  def __init__(self, dataset: tf.data.Dataset):
+    self._holder = [iter(dataset.as_numpy_iterator())]
+    self._close = weakref.finalize(self, self._holder.clear)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if not self._holder:
+      raise StopIteration
+    return next(self._holder[0])
+
+  def close(self) -> None:
+    """Stops the pipeline's threads; the stream ends."""
+    self._close()
+
+
 class _Records:
   """Process-local shards of several sources, read by (source, position).
 
@@ -223,8 +249,7 @@ class TrainIterator:
           part, ids, sources, prep, flips, weights, seed,
           self.global_batch_sizes[part] // process_count, process_index,
           process_count)
-    dataset = tf.data.Dataset.zip(parts).prefetch(2)
-    self._iterator = iter(dataset.as_numpy_iterator())
+    self._stream = NumpyStream(tf.data.Dataset.zip(parts).prefetch(2))
 
   def _restore(self, state: dict) -> None:
     if sorted(state["consumed"]) != sorted(self.names):
@@ -280,12 +305,16 @@ class TrainIterator:
     return self
 
   def __next__(self) -> dict:
-    batch = next(self._iterator)
+    batch = next(self._stream)
     self._step += 1
     for part in batch.values():
       for i, n in zip(*np.unique(part["dataset"], return_counts=True)):
         self._consumed[self.names[i]] += int(n)
     return batch
+
+  def close(self) -> None:
+    """Stops the pipeline's threads."""
+    self._stream.close()
 
   def state(self) -> dict:
     """The position after the last batch returned: {"step", "consumed"}."""
@@ -301,7 +330,7 @@ def eval_num_batches(source: Source, global_batch: int,
 
 def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
                  reverse: bool = False, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict]:
+                 process_count: int = 1) -> NumpyStream:
   """Every example of the split once, all views of a video together.
 
   Yields `frames` [b, views, T, crop, crop, 3], `label` [b], `mask` [b] (0 on
@@ -330,7 +359,7 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
              .map(load, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
              .batch(local_batch).prefetch(2))
-  return dataset.as_numpy_iterator()
+  return NumpyStream(dataset)
 
 
 def to_global(local_batch, mesh):

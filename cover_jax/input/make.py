@@ -1,0 +1,52 @@
+"""Input iterators from an experiment config (config.datasets, config.input).
+
+    config.datasets.<name>: dataset (prepared dataset, default: name),
+        train_split, eval_split, flip (training horizontal flips),
+        sample_weight (None: the dataset's size), loss_weight (the trainer's)
+    config.input: the fields of `Preprocessing`, plus seed and video_share
+    config.data_dir: where datasets are prepared (None: ~/tensorflow_datasets)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from ml_collections import ConfigDict
+
+from cover_jax.input.pipeline import Preprocessing, TrainIterator
+from cover_jax.input.source import Source, open_source
+
+
+def preprocessing(config: ConfigDict) -> Preprocessing:
+  """The Preprocessing that config.input describes."""
+  fields = {f.name for f in dataclasses.fields(Preprocessing)}
+  unknown = set(config.input) - fields - {"seed", "video_share"}
+  if unknown:
+    raise ValueError(f"Unknown config.input fields {sorted(unknown)}; known: "
+                     f"{sorted(fields | {'seed', 'video_share'})}.")
+  values = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+            for k, v in config.input.items() if k in fields}
+  return Preprocessing(**values)
+
+
+def sources(config: ConfigDict, split_field: str) -> list[Source]:
+  """The config's datasets, in config order, opened at `split_field`."""
+  return [open_source(name, spec[split_field],
+                      dataset=spec.get("dataset") or name,
+                      data_dir=config.get("data_dir"))
+          for name, spec in config.datasets.items()]
+
+
+def for_train(config: ConfigDict, *, granule: int = 1,
+              state: dict | None = None) -> TrainIterator:
+  """This process's training iterator over the config's mixture."""
+  specs = list(config.datasets.values())
+  return TrainIterator(
+      sources(config, "train_split"), preprocessing(config),
+      flips=[bool(s.get("flip", True)) for s in specs],
+      global_batch=config.batch_size, seed=config.input.get("seed", 0),
+      weights=[s.get("sample_weight") for s in specs], granule=granule,
+      video_share=config.input.get("video_share"),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      state=state)

@@ -1,0 +1,236 @@
+"""The co-training mixture and the evaluation iterator, on tiny known data."""
+
+import collections
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cover_jax import input as inp
+from cover_jax import sharding
+from tests import synthetic_data
+
+PREP = inp.Preprocessing(num_frames=8, crop_size=16, scale_range=(1.0, 1.0),
+                         eval_views=3)
+
+
+def source(data_dir, config, split="train", name=None):
+  return inp.open_source(name or config, split,
+                         dataset=f"synthetic_clips/{config}",
+                         data_dir=data_dir)
+
+
+def pixels(frames):
+  """Normalised frames back to 0..255 (PREP's mean and std are 0.5)."""
+  return (np.asarray(frames) * 0.5 + 0.5) * 255
+
+
+def sampled_indices(clip):
+  """Frame index of each frame of [T, H, W, 3], read off its bright side."""
+  bright = pixels(clip)[:, :, -4:].mean(axis=(1, 2, 3))
+  return synthetic_data.frame_index(bright)
+
+
+def mirrored(clip):
+  """Whether the dark columns are on the right: a flipped clip."""
+  p = pixels(clip)
+  return p[..., -2:, :].mean() < p[..., :2, :].mean()
+
+
+def test_training_frames_cover_the_clip_uniformly(synthetic_dir):
+  it = inp.TrainIterator([source(synthetic_dir, "video")], PREP,
+                         flips=[False], global_batch=6)
+  for _ in range(4):
+    batch = next(it)["video"]
+    assert batch["frames"].shape == (6, 8, 16, 16, 3)
+    for clip, label in zip(batch["frames"], batch["label"]):
+      n = synthetic_data.LENGTHS[label]
+      got = sampled_indices(clip)
+      assert not mirrored(clip)  # flip off: never mirrored
+      for segment, index in enumerate(got):
+        assert index < (segment + 1) * n / 8 and index + 1 > segment * n / 8
+
+
+def test_flip_mirrors_about_half_when_allowed(synthetic_dir):
+  it = inp.TrainIterator([source(synthetic_dir, "video_large")], PREP,
+                         flips=[True], global_batch=16)
+  flips = [mirrored(c) for _ in range(8) for c in next(it)["video"]["frames"]]
+  assert 0.3 < np.mean(flips) < 0.7
+
+
+def test_eval_takes_segment_middles_in_order_and_reversed(synthetic_dir):
+  src = source(synthetic_dir, "video", "test")
+  for reverse in (False, True):
+    batches = list(inp.eval_batches(src, PREP, global_batch=4,
+                                    reverse=reverse))
+    for batch in batches:
+      assert batch["frames"].shape == (4, 3, 8, 16, 16, 3)
+      for views, label, mask in zip(batch["frames"], batch["label"],
+                                    batch["mask"]):
+        if not mask:
+          continue
+        n = synthetic_data.LENGTHS[label]
+        expected = [min(int((i + 0.5) * n / 8), n - 1) for i in range(8)]
+        if reverse:
+          expected = expected[::-1]
+        # Views of one video stay together: same frames, different crops.
+        for view in views:
+          np.testing.assert_array_equal(sampled_indices(view), expected)
+        # 24x32 frames, short side to 16, 3 crops of 16: windows of 24 source
+        # columns from x = 0, 4, 8, holding 12, 8, 4 of the dark columns.
+        dark = [np.mean(pixels(v).mean(axis=(0, 1, 3)) < 20) for v in views]
+        np.testing.assert_allclose(dark, [12 / 24, 8 / 24, 4 / 24], atol=0.07)
+
+
+def test_eval_visits_every_example_once_across_processes(synthetic_dir):
+  src = source(synthetic_dir, "video", "test")  # 7 examples
+  seen = []
+  counts = set()
+  for p in range(3):
+    batches = list(inp.eval_batches(src, PREP, global_batch=6, reverse=False,
+                                    process_index=p, process_count=3))
+    counts.add(len(batches))
+    for batch in batches:
+      assert batch["frames"].shape[0] == 2
+      seen += list(batch["record"][batch["mask"] == 1])
+  assert len(counts) == 1  # every process runs the same number of batches
+  assert sorted(seen) == list(range(7))
+
+
+def test_training_shards_are_disjoint_and_complete_every_epoch(synthetic_dir):
+  src = source(synthetic_dir, "video_large")  # 90 examples
+  shards = []
+  for p in range(4):
+    records = inp.pipeline._Records([src], p, 4)  # pylint: disable=protected-access
+    n = records.shard_sizes[0]
+    order = np.array([records.record(tf.constant(0), tf.constant(j, tf.int64),
+                                     shuffle_seed=5).numpy()
+                      for j in range(3 * n)])
+    epochs = order.reshape(3, n)
+    for epoch in epochs:  # each epoch is a permutation of the shard
+      assert sorted(epoch) == sorted(epochs[0])
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled
+    shards.append(set(epochs[0]))
+  assert sorted(set().union(*shards)) == list(range(90))
+  assert sum(len(s) for s in shards) == 90
+
+
+def test_mixture_follows_dataset_sizes(synthetic_dir):
+  sources = [source(synthetic_dir, "video", name="small"),      # 12
+             source(synthetic_dir, "video_large", name="large"),  # 90
+             source(synthetic_dir, "image")]                     # 60
+  it = inp.TrainIterator(sources, PREP, flips=[False, False, True],
+                         global_batch=27)
+  # Parts by size: videos 102 / 162 of the batch -> 17 of 27.
+  assert it.global_batch_sizes == {"video": 17, "image": 10}
+  counts = collections.Counter()
+  steps = 120
+  for _ in range(steps):
+    batch = next(it)
+    assert batch["video"]["frames"].shape == (17, 8, 16, 16, 3)
+    assert batch["image"]["frames"].shape == (10, 1, 16, 16, 3)
+    assert set(batch["image"]["dataset"]) == {2}
+    counts.update(batch["video"]["dataset"].tolist())
+  total = steps * 17
+  expected_small = total * 12 / 102
+  sigma = np.sqrt(total * (12 / 102) * (90 / 102))
+  assert abs(counts[0] - expected_small) < 4 * sigma
+  assert counts[0] + counts[1] == total
+  # Every example of the small set was read many times: it never runs dry.
+  assert it.state()["consumed"]["small"] == counts[0] > 12 * 10
+
+
+def test_mixture_follows_config_weights(synthetic_dir):
+  sources = [source(synthetic_dir, "video", name="small"),
+             source(synthetic_dir, "video_large", name="large")]
+  it = inp.TrainIterator(sources, PREP, flips=[False, False],
+                         global_batch=20, weights=[1.0, 1.0])
+  counts = collections.Counter()
+  for _ in range(60):
+    counts.update(next(it)["video"]["dataset"].tolist())
+  assert abs(counts[0] / 1200 - 0.5) < 4 * np.sqrt(0.25 / 1200)
+  assert "image" not in next(it)
+
+
+def test_restored_iterator_continues_exactly(synthetic_dir):
+  sources = [source(synthetic_dir, "video", name="small"),
+             source(synthetic_dir, "image")]
+  make = lambda state=None, seed=3: inp.TrainIterator(
+      sources, PREP, flips=[True, True], global_batch=8, seed=seed,
+      state=state)
+  first = make()
+  for _ in range(5):
+    next(first)
+  state = first.state()
+  expected = [next(first) for _ in range(3)]
+  resumed = make(state=state)
+  for want in expected:
+    got = next(resumed)
+    for part in want:
+      for key in want[part]:
+        np.testing.assert_array_equal(got[part][key], want[part][key])
+  assert resumed.state() == first.state()
+  # Same seed: same batches from the start; another seed: others.
+  a, b, c = next(make()), next(make()), next(make(seed=4))
+  np.testing.assert_array_equal(a["video"]["frames"], b["video"]["frames"])
+  assert not np.array_equal(a["video"]["frames"], c["video"]["frames"])
+
+
+def test_state_for_another_mixture_is_refused(synthetic_dir):
+  sources = [source(synthetic_dir, "video", name="small")]
+  with pytest.raises(ValueError, match="different mixture"):
+    inp.TrainIterator(sources, PREP, flips=[False], global_batch=4,
+                      state={"step": 3, "consumed": {"other": 5}})
+
+
+def test_split_batch():
+  assert inp.split_batch(32, 3.0, 1.0, granule=8) == {"video": 24, "image": 8}
+  assert inp.split_batch(128, 1.0, 0.0) == {"video": 128, "image": 0}
+  assert inp.split_batch(16, 100.0, 1.0, granule=8) == {"video": 8,
+                                                         "image": 8}
+  assert inp.split_batch(30, 1.0, 1.0, video_share=0.2) == {"video": 6,
+                                                             "image": 24}
+  with pytest.raises(ValueError, match="not divisible by the 8 batch shards"):
+    inp.split_batch(20, 1.0, 1.0, granule=8)
+  with pytest.raises(ValueError, match="cannot hold one shard"):
+    inp.split_batch(8, 1.0, 1.0, granule=8)
+
+
+def test_crop_larger_than_stored_frames_is_refused(synthetic_dir):
+  src = source(synthetic_dir, "small_frames")  # short side 16
+  prep = inp.Preprocessing(num_frames=8, crop_size=24)
+  with pytest.raises(ValueError, match=r"short side of 16 px, smaller than "
+                     r"the crop 24\. Prepare it again with --short_side=24"):
+    inp.TrainIterator([src], prep, flips=[False], global_batch=4)
+
+
+def test_flipping_a_dataset_whose_labels_mirror_is_refused(synthetic_dir):
+  src = source(synthetic_dir, "mirrored_classes", name="ssv2_like")
+  with pytest.raises(ValueError, match="'ssv2_like'.*set flip=False"):
+    inp.TrainIterator([src], PREP, flips=[True], global_batch=4)
+
+
+def test_unknown_dataset_and_split_errors(synthetic_dir):
+  with pytest.raises(ValueError, match=r"Unknown dataset 'kinetcs400'.*"
+                     r"Known datasets: digits_image, .*kinetics400"):
+    inp.open_source("kinetcs400", "train", data_dir=synthetic_dir)
+  with pytest.raises(ValueError, match=r"no split 'validation'.*\['test', "
+                     r"'train'\]"):
+    source(synthetic_dir, "video", "validation")
+  with pytest.raises(ValueError, match=r"'kinetics400' is not prepared.*"
+                     r"python -m data.prepare kinetics400 --manual_dir"):
+    inp.open_source("kinetics400", "train", data_dir=synthetic_dir)
+
+
+def test_global_batch_is_sharded_over_the_mesh(synthetic_dir):
+  mesh = sharding.make_mesh(data=4, fsdp=2)
+  it = inp.TrainIterator([source(synthetic_dir, "video")], PREP,
+                         flips=[False], global_batch=8, granule=8)
+  local = next(it)
+  batch = inp.to_global(local, mesh)
+  frames = batch["video"]["frames"]
+  assert isinstance(frames, jax.Array) and frames.shape == (8, 8, 16, 16, 3)
+  assert len(frames.addressable_shards) == 8
+  assert frames.addressable_shards[0].data.shape == (1, 8, 16, 16, 3)
+  np.testing.assert_array_equal(np.asarray(frames), local["video"]["frames"])
