@@ -36,4 +36,5 @@ def get_config():
       variant_name=None, width=64, depth=4, num_heads=4, mlp_dim=128,
       patch_size=4, num_frames=8, image_size=32))
   config.batch_size = 32
+  config.eval_batch_size = 64
   return config

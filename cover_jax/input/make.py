@@ -14,7 +14,8 @@ import dataclasses
 import jax
 from ml_collections import ConfigDict
 
-from cover_jax.input.pipeline import Preprocessing, TrainIterator
+from cover_jax.input.pipeline import (NumpyStream, Preprocessing,
+                                      TrainIterator, eval_batches)
 from cover_jax.input.source import Source, open_source
 
 
@@ -31,7 +32,10 @@ def preprocessing(config: ConfigDict) -> Preprocessing:
 
 
 def sources(config: ConfigDict, split_field: str) -> list[Source]:
-  """The config's datasets, in config order, opened at `split_field`."""
+  """The config's datasets opened at `split_field`, in name order.
+
+  (ConfigDict iterates its keys sorted; this order is the heads' order.)
+  """
   return [open_source(name, spec[split_field],
                       dataset=spec.get("dataset") or name,
                       data_dir=config.get("data_dir"))
@@ -50,3 +54,16 @@ def for_train(config: ConfigDict, *, granule: int = 1,
       video_share=config.input.get("video_share"),
       process_index=jax.process_index(), process_count=jax.process_count(),
       state=state)
+
+
+def for_eval(config: ConfigDict, source: Source, *,
+             reverse: bool = False) -> NumpyStream:
+  """This process's evaluation batches of one source (every example once).
+
+  Batch size: config.eval_batch_size, else config.batch_size.
+  """
+  return eval_batches(
+      source, preprocessing(config),
+      global_batch=config.get("eval_batch_size") or config.batch_size,
+      reverse=reverse, process_index=jax.process_index(),
+      process_count=jax.process_count())

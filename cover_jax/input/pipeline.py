@@ -216,13 +216,15 @@ class TrainIterator:
     video_share: fraction of the batch for videos (default: by weight).
     process_index, process_count: this process among the readers.
     state: a `state()` of an earlier iterator, to continue exactly there.
+    threads: tf.data threads (None: TF's default, all cores).
   """
 
   def __init__(self, sources: Sequence[Source], prep: Preprocessing, *,
                flips: Sequence[bool], global_batch: int, seed: int = 0,
                weights: Sequence[float] | None = None, granule: int = 1,
                video_share: float | None = None, process_index: int = 0,
-               process_count: int = 1, state: dict | None = None):
+               process_count: int = 1, state: dict | None = None,
+               threads: int | None = None):
     check_sources(sources, prep, flips)
     self.names = [s.name for s in sources]
     weights = [float(s.num_examples) if w is None else float(w) for s, w in
@@ -249,7 +251,12 @@ class TrainIterator:
           part, ids, sources, prep, flips, weights, seed,
           self.global_batch_sizes[part] // process_count, process_index,
           process_count)
-    self._stream = NumpyStream(tf.data.Dataset.zip(parts).prefetch(2))
+    dataset = tf.data.Dataset.zip(parts).prefetch(2)
+    if threads:
+      options = tf.data.Options()
+      options.threading.private_threadpool_size = threads
+      dataset = dataset.with_options(options)
+    self._stream = NumpyStream(dataset)
 
   def _restore(self, state: dict) -> None:
     if sorted(state["consumed"]) != sorted(self.names):

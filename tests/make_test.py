@@ -1,0 +1,76 @@
+"""Input iterators from the experiment config (configs/cover_mini.py)."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from cover_jax import input as inp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def mini_config(data_dir):
+  spec = importlib.util.spec_from_file_location(
+      "cover_mini", os.path.join(ROOT, "configs", "cover_mini.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data_dir = data_dir
+  return config
+
+
+def test_mini_config_trains_on_all_three_datasets(digits_dir):
+  config = mini_config(digits_dir)
+  it = inp.make.for_train(config, granule=8)
+  # Equal sizes: 2 of 3 datasets are videos -> 2/3 of 32, rounded to 8s.
+  assert it.global_batch_sizes == {"video": 24, "image": 8}
+  names = it.names
+  seen = set()
+  for _ in range(5):
+    batch = next(it)
+    assert batch["video"]["frames"].shape == (24, 8, 32, 32, 3)
+    assert batch["image"]["frames"].shape == (8, 1, 32, 32, 3)
+    seen |= {names[i] for part in batch.values() for i in part["dataset"]}
+    labels = batch["video"]["label"][batch["video"]["dataset"] ==
+                                     names.index("digits_motion")]
+    assert np.all((labels >= 0) & (labels < 8))
+  assert seen == set(config.datasets)
+  it.close()
+
+
+def test_motion_set_is_never_flipped_and_flip_is_refused(digits_dir):
+  config = mini_config(digits_dir)
+  config.datasets.digits_motion.flip = True
+  with pytest.raises(ValueError, match="'digits_motion'.*set flip=False"):
+    inp.make.for_train(config)
+
+
+def test_unknown_input_field_is_named(digits_dir):
+  config = mini_config(digits_dir)
+  config.input.unlock()
+  config.input.crop = 32
+  with pytest.raises(ValueError, match=r"Unknown config.input fields "
+                     r"\['crop'\]"):
+    inp.make.preprocessing(config)
+
+
+def test_crop_larger_than_the_mini_frames_is_refused(digits_dir):
+  config = mini_config(digits_dir)
+  config.input.crop_size = 48
+  with pytest.raises(ValueError, match="short side of 40 px, smaller than "
+                     "the crop 48"):
+    inp.make.for_train(config)
+
+
+def test_eval_views_every_test_example_once(digits_dir):
+  config = mini_config(digits_dir)
+  config.eval_batch_size = 128
+  (source,) = [s for s in inp.make.sources(config, "eval_split")
+               if s.name == "digits_image"]
+  batches = list(inp.make.for_eval(config, source))
+  assert len(batches) == 3  # 359 examples, batches of 128
+  assert batches[0]["frames"].shape == (128, 3, 1, 32, 32, 3)
+  records = np.concatenate([b["record"][b["mask"] == 1] for b in batches])
+  assert sorted(records) == list(range(359))
