@@ -81,18 +81,15 @@ def split_batch(global_batch: int, video_weight: float, image_weight: float,
     raise ValueError(f"Batch size {global_batch} is not divisible by the "
                      f"{granule} batch shards of the mesh; choose a multiple "
                      f"of {granule}.")
-  if video_share is None:
-    video_share = video_weight / (video_weight + image_weight)
   units = global_batch // granule
-  video = int(round(units * video_share))
-  if video_weight > 0:
-    video = max(video, 1)
-  if image_weight > 0:
-    video = min(video, units - 1)
-  if video < 0 or (image_weight > 0 and video >= units) or (
-      video_weight > 0 and video < 1):
+  if units < (video_weight > 0) + (image_weight > 0):
     raise ValueError(f"Batch size {global_batch} cannot hold one shard of "
                      f"{granule} examples per part; raise it.")
+  if video_share is None:
+    video_share = video_weight / (video_weight + image_weight)
+  low = 1 if video_weight > 0 else 0  # a part with datasets gets a shard
+  high = units - 1 if image_weight > 0 else units  # and one without, none
+  video = min(max(int(round(units * video_share)), low), high)
   return {"video": video * granule, "image": (units - video) * granule}
 
 
