@@ -153,14 +153,18 @@ class _Digits(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
+  MEDIA = features.VIDEO
   FLIP_CHANGES_LABEL = False
 
   def _label_names(self) -> list[str]:
     return [str(d) for d in range(10)]
 
-  def _metadata(self) -> tfds.core.MetadataDict:
-    return features.metadata(short_side=CANVAS,
-                             flip_changes_label=self.FLIP_CHANGES_LABEL)
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.__doc__,
+        features=features.media_features(self.MEDIA, self._label_names()),
+        metadata=features.metadata(
+            short_side=CANVAS, flip_changes_label=self.FLIP_CHANGES_LABEL))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
@@ -185,11 +189,7 @@ class _Digits(tfds.core.GeneratorBasedBuilder):
 class DigitsImage(_Digits):
   """Digits as images: a digit of random size, place and colour; 10 classes."""
 
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self, description=__doc__,
-        features=features.image_features(self._label_names()),
-        metadata=self._metadata())
+  MEDIA = features.IMAGE
 
   def _example(self, image, digit, index, rng, key):
     color, background = _look(rng)
@@ -202,12 +202,6 @@ class DigitsImage(_Digits):
 
 class DigitsAppearance(_Digits):
   """Digits drifting on random paths; the label is the digit (10 classes)."""
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self, description=__doc__,
-        features=features.video_features(self._label_names()),
-        metadata=self._metadata())
 
   def _example(self, image, digit, index, rng, key):
     color, background = _look(rng)
@@ -226,12 +220,6 @@ class DigitsMotion(_Digits):
 
   def _label_names(self) -> list[str]:
     return features.sorted_label_names(MOTIONS)
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self, description=__doc__,
-        features=features.video_features(self._label_names()),
-        metadata=self._metadata())
 
   def _example(self, image, digit, index, rng, key):
     del digit  # the label is the motion, whatever the digit

@@ -52,6 +52,14 @@ def image_features(label_names: Sequence[str]) -> tfds.features.FeaturesDict:
   })
 
 
+def media_features(media: str, label_names: Sequence[str]
+                   ) -> tfds.features.FeaturesDict:
+  """`video_features` or `image_features`, by `media` (VIDEO or IMAGE)."""
+  if media not in (VIDEO, IMAGE):
+    raise ValueError(f"media must be {VIDEO!r} or {IMAGE!r}, not {media!r}.")
+  return (video_features if media == VIDEO else image_features)(label_names)
+
+
 def metadata(*, short_side: int, fps: float | None = None,
              flip_changes_label: bool = False) -> tfds.core.MetadataDict:
   """Dataset metadata the input pipeline checks its config against."""

@@ -219,12 +219,10 @@ class SourceFileBuilder(tfds.core.GeneratorBasedBuilder,
 
   def _info(self) -> tfds.core.DatasetInfo:
     names = features.sorted_label_names(self._label_names())
-    make_features = (features.video_features if self.MEDIA == features.VIDEO
-                     else features.image_features)
     return tfds.core.DatasetInfo(
         builder=self, description=self.__doc__,
-        features=make_features(names), metadata=self._metadata(),
-        supervised_keys=(self.MEDIA, "label"), homepage=self.HOMEPAGE)
+        features=features.media_features(self.MEDIA, names),
+        metadata=self._metadata(), supervised_keys=(self.MEDIA, "label"), homepage=self.HOMEPAGE)
 
   @property
   def _cache_dir(self) -> str:

@@ -68,10 +68,9 @@ class SyntheticClips(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     names = [f"class{i}" for i in range(len(LENGTHS))]
-    make = (features.video_features if self.builder_config.kind == "video"
-            else features.image_features)
     return tfds.core.DatasetInfo(
-        builder=self, features=make(names),
+        builder=self,
+        features=features.media_features(self.builder_config.kind, names),
         metadata=features.metadata(
             short_side=self.builder_config.short_side,
             flip_changes_label=self.builder_config.flip_changes_label))
