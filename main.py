@@ -3,8 +3,9 @@
     python main.py --config=configs/cover_mini.py --workdir=/tmp/cover
 
 `--mode=describe` (today's only mode) prints what the config builds: the
-model, its parameters and its cost per clip and per training step, and saves
-the resolved config in the workdir. Training and evaluation arrive with the
+model, its parameters and its cost per clip and per training step, the
+datasets (the built-in ones are built on first use) and how a batch splits
+between videos and images, and saves the resolved config in the workdir. Training and evaluation arrive with the
 training loop (see README).
 """
 
@@ -49,6 +50,27 @@ def describe(config) -> dict:
           model, batch=config.batch_size) / 1e12)
 
 
+def describe_data(config) -> dict:
+  """The config's datasets (built on first use if they are the mini ones),
+  checked against the preprocessing, and the split of the batch."""
+  from cover_jax import input as inp  # pylint: disable=import-outside-toplevel
+
+  sources = inp.make.sources(config, "train_split")
+  inp.check_sources(sources, inp.make.preprocessing(config),
+                    [spec.get("flip", True)
+                     for spec in config.datasets.values()])
+  weights = {part: sum(s.num_examples for s in sources if s.kind == part)
+             for part in inp.PARTS}
+  return dict(
+      datasets={s.name: dict(dataset=s.dataset, kind=s.kind,
+                             train_examples=s.num_examples,
+                             classes=s.num_classes, short_side=s.short_side)
+                for s in sources},
+      batch=inp.split_batch(config.batch_size, weights["video"],
+                            weights["image"],
+                            video_share=config.input.get("video_share")))
+
+
 def main(argv):
   del argv
   host.retain_freed_host_memory()
@@ -56,6 +78,8 @@ def main(argv):
   with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
     f.write(FLAGS.config.to_json_best_effort(indent=2))
   report = describe(FLAGS.config)
+  if "datasets" in FLAGS.config:
+    report["data"] = describe_data(FLAGS.config)
   print(json.dumps(report, indent=2))
   print(f"Resolved config saved to {os.path.join(FLAGS.workdir, 'config.json')}")
 

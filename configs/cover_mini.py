@@ -10,16 +10,22 @@ the training issue; today `python main.py --mode=describe` reports the model.
 import ml_collections
 
 
+# Optional fields are typed placeholders (None by default) so that they can be
+# set on the command line, e.g. --config.data_dir=/data/tfds.
+placeholder = ml_collections.config_dict.placeholder
+
+
 def dataset(**fields) -> ml_collections.ConfigDict:
-  spec = dict(dataset=None, train_split="train", eval_split="test", flip=True,
-              sample_weight=None, loss_weight=1.0)
+  spec = dict(dataset=placeholder(str), train_split="train",
+              eval_split="test", flip=True,
+              sample_weight=placeholder(float), loss_weight=1.0)
   spec.update(fields)
   return ml_collections.ConfigDict(spec)
 
 
 def get_config():
   config = ml_collections.ConfigDict()
-  config.data_dir = None  # None: ~/tensorflow_datasets
+  config.data_dir = placeholder(str)  # None: ~/tensorflow_datasets
   config.datasets = ml_collections.ConfigDict({
       "digits_appearance": dataset(),
       "digits_motion": dataset(flip=False),
@@ -30,8 +36,8 @@ def get_config():
                   "digits_motion": 8}
   config.input = ml_collections.ConfigDict(dict(
       num_frames=8, crop_size=32, scale_range=(1.0, 1.25),
-      eval_short_side=None, eval_views=3, mean=(0.5, 0.5, 0.5),
-      std=(0.5, 0.5, 0.5), video_share=None, seed=0))
+      eval_short_side=placeholder(int), eval_views=3, mean=(0.5, 0.5, 0.5),
+      std=(0.5, 0.5, 0.5), video_share=placeholder(float), seed=0))
   config.model = ml_collections.ConfigDict(dict(
       variant_name=None, width=64, depth=4, num_heads=4, mlp_dim=128,
       patch_size=4, num_frames=8, image_size=32))

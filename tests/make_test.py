@@ -74,3 +74,14 @@ def test_eval_views_every_test_example_once(digits_dir):
   assert batches[0]["frames"].shape == (128, 3, 1, 32, 32, 3)
   records = np.concatenate([b["record"][b["mask"] == 1] for b in batches])
   assert sorted(records) == list(range(359))
+
+
+def test_main_describes_the_data_and_placeholders_override(digits_dir):
+  import main  # pylint: disable=import-outside-toplevel
+  config = mini_config(digits_dir)
+  report = main.describe_data(config)
+  assert report["batch"] == {"video": 21, "image": 11}  # 2/3 of 32
+  assert report["datasets"]["digits_motion"]["classes"] == 8
+  assert report["datasets"]["digits_image"]["kind"] == "image"
+  config.input.video_share = 0.25  # a typed placeholder: settable
+  assert main.describe_data(config)["batch"] == {"video": 8, "image": 24}
