@@ -10,6 +10,9 @@ replaced since, or a new short side, is decoded again.
 
 Workers are started with "spawn", never "fork": the parent has TensorFlow
 loaded, which is not fork-safe. This module and `decode` do not import it.
+
+A worker that dies (FFmpeg crashed on a file, or the system killed it for
+memory) costs only that file: see `_decode_in_workers`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import dataclasses
 import hashlib
 import multiprocessing
 import os
-from typing import Callable, Iterable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from typing import Sequence
 
 import numpy as np
 import tqdm
@@ -33,6 +37,9 @@ IMAGE = "image"
 # Jobs queued per worker: enough to keep workers busy, few enough that the
 # queue of a 500k-file dataset does not fill memory.
 _QUEUED_PER_WORKER = 4
+# The problem recorded for a file whose decoding kills its worker process.
+WORKER_DIED = ("decoding it killed the worker process (a crash in FFmpeg, or "
+               "out of memory)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,12 +105,7 @@ def decode_all(paths: Sequence[str], cache_dir: str, decoding: Decoding, *,
       for _ in map(_decode_to_cache, jobs):
         progress.update()
     else:
-      context = multiprocessing.get_context("spawn")
-      with concurrent.futures.ProcessPoolExecutor(
-          num_workers, mp_context=context) as pool:
-        for _ in _bounded_map(pool, _decode_to_cache, jobs,
-                              num_workers * _QUEUED_PER_WORKER):
-          progress.update()
+      _decode_in_workers(jobs, num_workers, progress)
   return files, StageCounts(decoded=len(jobs),
                             from_cache=len(files) - len(jobs))
 
@@ -144,15 +146,89 @@ def _write(entry: CacheEntry, target: str):
   os.replace(temporary, target)
 
 
-def _bounded_map(pool: concurrent.futures.Executor, fn: Callable,
-                 jobs: Iterable, max_queued: int) -> Iterator:
-  """`pool.map` in completion order, with at most `max_queued` jobs queued."""
-  pending = set()
-  for job in jobs:
-    if len(pending) >= max_queued:
-      done, pending = concurrent.futures.wait(
-          pending, return_when=concurrent.futures.FIRST_COMPLETED)
-      yield from (future.result() for future in done)
-    pending.add(pool.submit(fn, job))
-  for future in concurrent.futures.as_completed(pending):
-    yield future.result()
+def _decode_in_workers(jobs: list, num_workers: int, progress: tqdm.tqdm):
+  """Decodes `jobs` in spawned worker processes, whatever kills some.
+
+  A worker that dies breaks its pool, and every job in flight is lost with
+  it, not only the one that killed it. Lost jobs are decoded again one at a
+  time, each alone in a fresh worker: a job that kills that one too is
+  recorded as failed (`WORKER_DIED`), so that a resumed run skips it, and
+  the others go on in a fresh pool.
+  """
+  todo = jobs
+  while todo:
+    lost, todo = _run_pool(todo, num_workers,
+                           num_workers * _QUEUED_PER_WORKER, progress)
+    while lost:
+      # Alone in its worker, a job that kills it is to blame.
+      blamed, lost = _run_pool(lost, 1, 1, progress)
+      for _, target, _ in blamed:
+        if not _worker_runs():
+          raise RuntimeError(
+              "Decode worker processes die even with nothing to decode: "
+              "check that they can start (memory, the Python environment).")
+        _write(CacheEntry([], WORKER_DIED), target)
+        progress.update()
+
+
+def _run_pool(jobs: Sequence, num_workers: int, max_queued: int,
+              progress: tqdm.tqdm) -> tuple[list, Sequence]:
+  """Decodes `jobs` in a fresh pool, at most `max_queued` submitted at once,
+  until they are done or a worker dies.
+
+  Returns:
+    The jobs lost when a worker died (running or queued in the pool) and the
+    jobs not submitted yet; both empty if no worker died.
+  """
+  pending = {}
+  with _pool(num_workers) as pool:
+    for index, job in enumerate(jobs):
+      lost = (_collect(pending, concurrent.futures.FIRST_COMPLETED, progress)
+              if len(pending) >= max_queued else [])
+      if lost or not _submitted(pool, pending, job):
+        # A worker died: the other jobs of the pool end too, now.
+        lost += _collect(pending, concurrent.futures.ALL_COMPLETED, progress)
+        return lost, jobs[index:]
+    return _collect(pending, concurrent.futures.ALL_COMPLETED, progress), []
+
+
+def _submitted(pool: concurrent.futures.Executor, pending: dict,
+               job: tuple[str, str, Decoding]) -> bool:
+  """Submits `job`, adding its future to `pending`; False if the pool is
+  broken (a worker died since the last jobs ended)."""
+  try:
+    pending[pool.submit(_decode_to_cache, job)] = job
+  except BrokenProcessPool:
+    return False
+  return True
+
+
+def _collect(pending: dict, return_when: str, progress: tqdm.tqdm) -> list:
+  """Waits for `pending` {future: job} to end as `concurrent.futures.wait`
+  does and removes those that did; returns the jobs a dead worker lost."""
+  done, _ = concurrent.futures.wait(pending, return_when=return_when)
+  lost = []
+  for future in done:
+    job = pending.pop(future)
+    if isinstance(future.exception(), BrokenProcessPool):
+      lost.append(job)
+    else:
+      future.result()  # Raises any other error of the worker.
+      progress.update()
+  return lost
+
+
+def _worker_runs() -> bool:
+  """Whether a fresh worker runs a job that decodes nothing: if not, workers
+  die whatever they decode, and no file is to blame."""
+  with _pool(1) as pool:
+    try:
+      pool.submit(abs, 0).result()
+    except BrokenProcessPool:
+      return False
+  return True
+
+
+def _pool(num_workers: int) -> concurrent.futures.ProcessPoolExecutor:
+  return concurrent.futures.ProcessPoolExecutor(
+      num_workers, mp_context=multiprocessing.get_context("spawn"))

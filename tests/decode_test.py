@@ -50,8 +50,26 @@ def test_at_rate_shows_the_latest_frame_at_each_time():
   uneven = [(Fraction(5), "a"), (Fraction(5.5), "b"), (Fraction(7), "c")]
   assert [f for _, f in decode.at_rate(uneven, 1)] == ["a", "b", "c", "c"]
   assert [f for _, f in decode.at_rate([(Fraction(0), "x")], 30)] == ["x"]
-  with pytest.raises(decode.DecodeError, match="no timestamps"):
-    list(decode.at_rate([(None, "x")], 10))
+
+
+def test_steady_times_repair_what_at_rate_cannot_use():
+  def steady(times):
+    timed = [(None if t is None else Fraction(str(t)), i)
+             for i, t in enumerate(times)]
+    return [float(t) for t, _ in decode.steady_times(timed, Fraction(1, 10))]
+
+  # Good timestamps, variable rate included, are kept.
+  assert steady([5, 5.04, 5.5, 7]) == [5, 5.04, 5.5, 7]
+  # No timestamps at all (raw streams): the nominal rate from 0.
+  assert steady([None, None, None]) == [0, 0.1, 0.2]
+  # A frame without one sits a period after the previous frame.
+  assert steady([1, None, 1.3]) == [1, 1.1, 1.3]
+  # Going back (a second MPEG-TS segment) or not forward: the following
+  # frames are shifted to go on a period later, their spacing kept.
+  assert steady([1, 1.5, 1, 1.2, 1.2]) == [1, 1.5, 1.6, 1.8, 1.9]
+  # A jump of more than MAX_GAP (a timestamp wrap) is closed the same way.
+  assert steady([0, 0.5, 3600.5, 3600.55]) == [0, 0.5, 0.6, 0.65]
+  assert steady([0, 10]) == [0, 10]  # A gap of MAX_GAP is a long frame.
 
 
 @pytest.mark.parametrize("make, reason", [
@@ -96,11 +114,12 @@ def test_truncated_video_keeps_the_frames_before_the_error(
     tmp_path, monkeypatch, fps):
   path = media_files.write_video(tmp_path / "v.mp4", frames=8, rate=10)
   real_open = av.open
-  monkeypatch.setattr(decode.av, "open", lambda p: _CutAfter(real_open(p), 3))
+  cut_after = lambda n: lambda p, **kw: _CutAfter(real_open(p, **kw), n)
+  monkeypatch.setattr(decode.av, "open", cut_after(3))
   video = decode.decode_video(path, 16, fps=fps)
   assert len(video.frames) == 3
   assert "decoding stopped after 3 frames" in video.truncated
-  monkeypatch.setattr(decode.av, "open", lambda p: _CutAfter(real_open(p), 0))
+  monkeypatch.setattr(decode.av, "open", cut_after(0))
   with pytest.raises(decode.DecodeError, match="no decodable frames"):
     decode.decode_video(path, 16)
 
