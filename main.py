@@ -1,18 +1,23 @@
 """cover-jax command line.
 
     python main.py --config=configs/cover_mini.py --workdir=/tmp/cover
+    python main.py --config=configs/cover_l16_jft.py:k600 --workdir=gs://b/run \
+        --config.batch_size=256
+    python main.py --config=... --workdir=... --mode=eval
 
-`--mode=describe` (today's only mode) prints what the config builds: the
-model, its parameters and its cost per clip and per training step, the
-datasets (the built-in ones are built on first use) and how a batch splits
-between videos and images, and saves the resolved config in the workdir. Training and evaluation arrive with the
-training loop (see README).
+Modes: `train` (default) trains and evaluates, resuming from the workdir's
+last checkpoint when there is one; `eval` evaluates the workdir's last
+checkpoint (or config.init_from) on every dataset; `describe` prints the
+model, its cost and the data mixture without training. Run the same command
+on every host of a pod slice or cluster: jax.distributed finds the others
+(TPU, SLURM, Open MPI), or pass --coordinator_address, --num_processes and
+--process_id.
 """
 
 import json
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cover_jax import host
@@ -21,10 +26,31 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for the resolved config, "
-                    "checkpoints and logs.")
-flags.DEFINE_enum("mode", "describe", ["describe"],
-                  "describe: report the model and its cost.")
+                    "checkpoints, TensorBoard events and evaluation results.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "describe"],
+                  "train: train and evaluate; eval: evaluate the last "
+                  "checkpoint; describe: report the model and the data.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, "
+                    "for clusters jax.distributed cannot detect.")
+flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
+flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# Environment variables that mean "one of several processes" to jax.distributed.
+_CLUSTER_HINTS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
+                  "OMPI_COMM_WORLD_SIZE")
+
+
+def start_distributed() -> None:
+  """jax.distributed.initialize when this is one process of several."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
+  elif (any(k in os.environ for k in _CLUSTER_HINTS) or
+        int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+    jax.distributed.initialize()
 
 
 def describe(config) -> dict:
@@ -74,14 +100,34 @@ def describe_data(config) -> dict:
 def main(argv):
   del argv
   host.retain_freed_host_memory()
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
-    f.write(FLAGS.config.to_json_best_effort(indent=2))
-  report = describe(FLAGS.config)
-  if "datasets" in FLAGS.config:
-    report["data"] = describe_data(FLAGS.config)
-  print(json.dumps(report, indent=2))
-  print(f"Resolved config saved to {os.path.join(FLAGS.workdir, 'config.json')}")
+  # TensorFlow only reads data here: keep it off the accelerators.
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.config.set_visible_devices([], "GPU")
+  start_distributed()
+  import jax  # pylint: disable=import-outside-toplevel
+
+  config = FLAGS.config
+  if jax.process_index() == 0:
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  logging.info("Config:\n%s", config)
+  if FLAGS.mode == "describe":
+    report = describe(config)
+    if "datasets" in config:
+      try:
+        report["data"] = describe_data(config)
+      except ValueError as e:  # e.g. not prepared yet: still describe
+        report["data"] = {"error": str(e)}
+    print(json.dumps(report, indent=2))
+    print(f"Resolved config saved to "
+          f"{os.path.join(FLAGS.workdir, 'config.json')}")
+    return
+  from cover_jax import train  # pylint: disable=import-outside-toplevel
+  if FLAGS.mode == "train":
+    train.train_and_evaluate(config, FLAGS.workdir)
+  else:
+    train.evaluate_checkpoint(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

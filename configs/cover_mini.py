@@ -43,4 +43,22 @@ def get_config():
       patch_size=4, num_frames=8, image_size=32))
   config.batch_size = 32
   config.eval_batch_size = 64
+
+  config.seed = 0
+  config.num_epochs = 4
+  config.num_train_steps = placeholder(int)  # overrides num_epochs
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rates=(0.05, 0.005), boundaries_epochs=(3,),
+      warmup_epochs=0.25, momentum=0.9, nesterov=False, weight_decay=1e-4,
+      grad_clip_norm=1.0, trainable="all", accumulation_steps=1))
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=100, keep=3, async_save=True))
+  config.resume_from = placeholder(str)
+  config.init_from = placeholder(str)
+  config.requires_init = False  # the mini run trains from scratch
+  config.log_every_steps = 25
+  config.eval_every_steps = 0  # 0: at the end only
+  config.eval_reverse = True  # the paper's Table 2: motion needs the order
+  config.nonfinite = "stop"
   return config

@@ -14,14 +14,14 @@ Both return `(model, params)` with `params` in the loop layout (or scanned if
 import re
 from typing import Mapping, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from cover_jax.models import posemb
 from cover_jax.models.timesformer import (Heads, TimeSformer,
-                                          abstract_variables, scan_params)
+                                          abstract_variables, scan_params,
+                                          unboxed)
 
 
 class CheckpointError(ValueError):
@@ -53,13 +53,13 @@ class _Filler:
 
   def __init__(self, model: TimeSformer, seed: int, path: str):
     self.path = path
-    shapes = nn.unbox(abstract_variables(
+    shapes = unboxed(abstract_variables(
         model.clone(scan_layers=False)))["params"]
     self.params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     feature = model.representation_size or model.width
     heads = Heads(model.heads, param_dtype=model.param_dtype).init(
         jax.random.PRNGKey(seed), jnp.zeros((1, feature), jnp.float32))
-    self.params["heads"] = jax.tree.map(np.asarray, nn.unbox(heads)["params"])
+    self.params["heads"] = jax.tree.map(np.asarray, unboxed(heads)["params"])
     names = ("/".join(str(k.key) for k in key_path) for key_path, _ in
              jax.tree_util.tree_flatten_with_path(self.params)[0])
     self.unset = {n for n in names if not n.startswith("heads/")}

@@ -112,7 +112,7 @@ def param_shardings(model: nn.Module, mesh: jax.sharding.Mesh,
   abstract = timesformer.abstract_variables(model, frames=frames)
   logical = nn.get_partition_spec(abstract)["params"]
   mesh_specs = nn.logical_to_mesh(logical, rules)
-  shapes = nn.unbox(abstract)["params"]
+  shapes = timesformer.unboxed(abstract)["params"]
   jax.tree_util.tree_map_with_path(
       lambda path, x, spec: _check_divisible(path, x.shape, spec, mesh),
       shapes, mesh_specs,

@@ -3,7 +3,7 @@
 from cover_jax.models.timesformer import (VARIANTS, TimeSformer,
                                           abstract_variables, create,
                                           init_params, scan_params,
-                                          unscan_params, variant)
+                                          unboxed, unscan_params, variant)
 
 __all__ = ["VARIANTS", "TimeSformer", "abstract_variables", "create",
-           "init_params", "scan_params", "unscan_params", "variant"]
+           "init_params", "scan_params", "unboxed", "unscan_params", "variant"]

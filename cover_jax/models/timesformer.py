@@ -525,6 +525,18 @@ def unscan_params(params):
   return params
 
 
+def unboxed(tree):
+  """`tree` without flax's partitioning boxes, whatever mesh is active.
+
+  (`nn.unbox` also applies a sharding constraint when a mesh is set, which
+  fails on shapes and on arrays made outside that mesh.)
+  """
+  return jax.tree.map(
+      lambda x: x.unbox(apply_constraint=False)
+      if isinstance(x, nn.Partitioned) else x, tree,
+      is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
 def abstract_variables(model: TimeSformer, *, frames: Optional[int] = None):
   """The variables of `model` as shapes, boxed with their logical axis names.
 
@@ -541,5 +553,5 @@ def init_params(model: TimeSformer, rng, *, batch: int = 1, frames=None):
   """Unboxed fp parameters of `model`, initialised from `rng` on a dummy input."""
   video = jnp.zeros((batch, frames or model.num_frames, model.image_size,
                      model.image_size, 3), jnp.float32)
-  return nn.unbox(jax.jit(functools.partial(model.init, train=False))(
+  return unboxed(jax.jit(functools.partial(model.init, train=False))(
       rng, video))["params"]

@@ -1,0 +1,57 @@
+r"""CoVeR's best setting: TimeSformer-L/16 from a JFT ViT-L/16, 16x448.
+
+Reproduces the paper's JFT rows (Zhang et al. 2021, arXiv:2112.07175): one
+TimeSformer-L/16 co-trained on Kinetics + SSv2 + Moments in Time + ImageNet,
+a head per dataset, top-1 with 1x3 views (Table 4):
+
+  arg    mixture                 JFT-3B: K / SSv2 / MiT    JFT-300M
+  k400   K400+SSv2+MiT+ImNet     87.2 / 70.8 / 46.1        86.3 / 69.3 / 45.0
+  k600   K600+SSv2+MiT+ImNet     87.9 / 70.9 / 45.9        86.8 / 69.8 / 44.5
+  k700   K700+SSv2+MiT+ImNet     79.8 / 70.6 / 45.9        78.5 / 69.7 / 44.8
+
+(also Table 5, last rows; Table 6: ImageNet top-1 86.1 with image loss
+weight 0.5). Append ",8x224" for appendix B's standard input (8 frames at
+224), Table 7: K400 85.1 / 67.4 / 44.2, K600 85.6 / 67.7 / 44.0, K700 76.2 /
+67.9 / 43.9 (JFT-3B).
+
+The recipe (paper 4.1): 16 frames sampled uniformly over each video, random
+448x448 crops and horizontal flips (none on SSv2), images as 1-frame videos
+with random 448 crops; batch 128 mixing all datasets in proportion to their
+sizes; SGD momentum 0.9, 20 epochs, lr 5e-3, 5e-4 from epoch 11, 5e-5 from
+epoch 15; loss weights 1 for videos and 0.5 for ImageNet (Table 6).
+
+Launch on every host of a pod slice (or every node of a GPU cluster):
+
+  python main.py --config=configs/cover_l16_jft.py:k400 \
+      --workdir=gs://BUCKET/cover_l16_jft_k400 \
+      --config.init_from=/path/to/jft_vit_l16.npz --config.data_dir=/data/tfds
+
+Needs:
+  - init_from: a ViT-L/16 .npz pre-trained on JFT (class token, Google
+    vision_transformer / big_vision layout). JFT-300M and JFT-3B checkpoints
+    are not public: give your own. Without init_from the run would start from
+    scratch, which is not this experiment. If the .npz has a pre-logits layer,
+    add --config.model.representation_size=1024.
+  - prepared datasets in data_dir: kinetics400/short512 (or 600/700), ssv2/
+    short512 and moments_in_time/short512 (python -m data.prepare NAME
+    --manual_dir=DIR --data_dir=DIR --short_side=512), and imagenet2012
+    (tfds build imagenet2012 --manual_dir=DIR --data_dir=DIR
+    --file_format=array_record). For ",8x224": the short320 copies (the
+    data.prepare default).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  choice = common.parse_arg(
+      arg, groups=dict(kinetics=tuple(common.KINETICS),
+                       input=tuple(common.INPUT_SETTINGS)),
+      defaults=dict(kinetics="k400", input="16x448"))
+  high_res = choice["input"] == "16x448"
+  # A TimeSformer-L/16 block at 16x448 keeps ~3.3 GB of activations per
+  # video for the backward pass (bf16; XLA's memory analysis), ~79 GB for 24
+  # blocks: recompute them in the backward pass instead (~1/3 more compute).
+  return common.cover_config(
+      "L/16", choice["kinetics"], choice["input"],
+      remat_policy="nothing_saveable" if high_res else None)

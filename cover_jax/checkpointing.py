@@ -1,0 +1,205 @@
+"""Training checkpoints (orbax): the state, the data position, restore order.
+
+A checkpoint holds the training state (`step`, `params`, `opt_state`, `rng`:
+sharded arrays, restored onto any mesh or device count) and, as JSON, every
+process's data-iterator state, so that a resumed run reads exactly the
+batches an uninterrupted one would. Orbax writes each step to a temporary
+directory and renames it when complete, so a run killed mid-save never
+leaves a checkpoint that looks complete but is not.
+
+Where a run starts (`restore_or_init`), first that applies:
+  1. the latest checkpoint in `workdir/checkpoints` (the run was restarted);
+  2. `config.resume_from`, a checkpoint of another run (state and data);
+  3. `config.init_from`, weights only: a ViT `.npz`, a TimeSformer `.pyth`
+     or a checkpoint of ours; heads are matched by name, new heads start
+     fresh;
+  4. scratch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+STATE = "state"
+DATA = "data"
+
+
+def manager(directory: str, *, keep: int | None = None,
+            async_save: bool = True) -> ocp.CheckpointManager:
+  """A CheckpointManager keeping the last `keep` checkpoints.
+
+  keep=None: read only (another run's checkpoints, never changed).
+  """
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, enable_async_checkpointing=async_save,
+      create=keep is not None, read_only=keep is None)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=(STATE, DATA))
+
+
+def all_data_states(local_state: dict, names: list[str]) -> dict:
+  """Every process's iterator state, gathered (collective: call on all)."""
+  row = np.array([local_state["step"]] +
+                 [local_state["consumed"][n] for n in names], np.int64)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    rows = np.asarray(multihost_utils.process_allgather(row))
+  else:
+    rows = row[None]
+  return {"names": list(names), "process_count": int(rows.shape[0]),
+          "states": [{"step": int(r[0]),
+                      "consumed": dict(zip(names, map(int, r[1:])))}
+                     for r in rows]}
+
+
+def local_data_state(saved: dict, names: list[str]) -> dict | None:
+  """This process's iterator state from `all_data_states` of a checkpoint.
+
+  With another number of processes than the saving run, positions cannot be
+  split exactly: each process resumes at the saved step with the consumed
+  counts spread evenly (same epoch, new order within it).
+  """
+  if sorted(saved["names"]) != sorted(names):
+    raise ValueError(f"The checkpoint's data state is for datasets "
+                     f"{sorted(saved['names'])}, this config trains on "
+                     f"{sorted(names)}: use init_from (weights only) to "
+                     f"change the mixture.")
+  states = saved["states"]
+  if len(states) == jax.process_count():
+    return states[jax.process_index()]
+  total = {n: sum(s["consumed"][n] for s in states) for n in names}
+  return {"step": states[0]["step"],
+          "consumed": {n: total[n] // jax.process_count() for n in names}}
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any,
+         data: dict) -> None:
+  """Starts an (asynchronous) save of `step`; the caller decides when."""
+  mngr.save(step, args=ocp.args.Composite(
+      **{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data)}),
+            force=True)
+
+
+def restore(mngr: ocp.CheckpointManager, abstract_state: Any,
+            step: int | None = None) -> tuple[Any, dict]:
+  """(state placed as `abstract_state`'s shardings say, data states)."""
+  step = mngr.latest_step() if step is None else step
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      **{STATE: ocp.args.StandardRestore(abstract_state),
+         DATA: ocp.args.JsonRestore()}))
+  return restored[STATE], restored[DATA]
+
+
+def checkpoint_step_dir(path: str) -> tuple[str, int]:
+  """(checkpoints directory, step) of `path`: a step dir or a directory of
+  steps (then its latest complete step)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(os.path.join(path, STATE)):
+    return os.path.dirname(path), int(os.path.basename(path))
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(path) if d.isdigit()) if (
+      os.path.isdir(path)) else []
+  if not steps:
+    raise ValueError(f"No checkpoint in {path}: expected a run's workdir, "
+                     f"its checkpoints directory, or one step directory "
+                     f"(holding '{STATE}/').")
+  return path, steps[-1]
+
+
+def read_params(path: str) -> dict:
+  """Parameters of our checkpoint at `path`, as host numpy arrays.
+
+  The checkpoint's own tree is read (whatever mesh saved it), so heads and
+  shapes can be compared with the config before use.
+  """
+  directory, step = checkpoint_step_dir(path)
+  item = os.path.join(directory, str(step), STATE)
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(item)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                          tree, is_leaf=lambda m: hasattr(m, "shape"))
+  restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+      restore_args=as_numpy))
+  return restored["params"]
+
+
+def merge_heads(loaded: dict, fresh: dict, source: str) -> tuple[dict, list]:
+  """`loaded` backbone + heads matched by name; other heads from `fresh`.
+
+  Raises ValueError naming the parameter when a backbone shape differs, or a
+  head of the same name has another number of classes.
+  """
+  def shapes(tree):
+    return {jax.tree_util.keystr(p): np.shape(x)
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  # A pre-logits layer the config has no use for is dropped, as in ViT
+  # fine-tuning (set model.representation_size to keep it).
+  loaded_backbone = {k: v for k, v in loaded.items() if k != "heads" and (
+      k != "pre_logits" or k in fresh)}
+  fresh_backbone = {k: v for k, v in fresh.items() if k != "heads"}
+  want, have = shapes(fresh_backbone), shapes(loaded_backbone)
+  if want != have:
+    diff = sorted(set(want.items()) ^ set(have.items()))[:6]
+    raise ValueError(f"{source} does not fit config.model: parameters that "
+                     f"differ (name, shape): {diff}. Make config.model match "
+                     f"the checkpoint.")
+  heads, new = {}, []
+  for name, head in fresh["heads"].items():
+    old = loaded.get("heads", {}).get(name)
+    if old is None:
+      heads[name] = head
+      new.append(name)
+    elif shapes(old) != shapes(head):
+      raise ValueError(
+          f"Head {name!r} has {shapes(head)} in the config but "
+          f"{shapes(old)} in {source}: give the new head another name (heads "
+          f"are matched by name) or set config.heads.{name} to the "
+          f"checkpoint's class count.")
+    else:
+      heads[name] = old
+  return {**loaded_backbone, "heads": heads}, new
+
+
+def init_params_from(path: str, model, fresh_params: dict
+                     ) -> tuple[dict, str]:
+  """Parameters for `model` from a ViT .npz, TimeSformer .pyth or ours.
+
+  Returns (params as numpy, a sentence saying what was loaded).
+  """
+  from cover_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  path = os.path.expanduser(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config.init_from {path} does not exist: give a "
+                            f"ViT .npz, a TimeSformer .pyth or a checkpoint "
+                            f"directory of ours.")
+  # The loaders build the model from the file: pass every field the file
+  # does not determine, so the layouts agree (e.g. scanned blocks).
+  overrides = dict(num_frames=model.num_frames, image_size=model.image_size,
+                   heads=dict(model.heads), scan_layers=model.scan_layers,
+                   remat_policy=model.remat_policy, dtype=model.dtype,
+                   param_dtype=model.param_dtype)
+  if path.endswith(".npz"):
+    _, loaded = checkpoints.load_vit_npz(path, **overrides)
+    kind = "ViT .npz"
+  elif path.endswith(".pyth"):
+    _, loaded = checkpoints.load_timesformer_pyth(
+        path, num_heads=model.num_heads, **overrides)
+    kind = "TimeSformer .pyth"
+  else:
+    loaded = read_params(path)
+    kind = "cover-jax checkpoint"
+  loaded = jax.tree.map(np.asarray, loaded)
+  params, new = merge_heads(loaded, jax.tree.map(np.asarray, fresh_params),
+                            f"init_from {path}")
+  note = f"initialised from {kind} {path}"
+  if new:
+    note += f" (new heads, initialised fresh: {', '.join(new)})"
+  return params, note

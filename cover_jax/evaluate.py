@@ -1,0 +1,296 @@
+"""Multi-view evaluation of every dataset on its own head (1 clip x 3 crops).
+
+Every example of a dataset's `eval_split` is scored once: the views of a
+video (config.input.eval_views spatial crops of one clip of evenly spread
+frames) go through the model together, the softmax probabilities of the
+dataset's head are averaged over the views (the paper's protocol), and the
+averaged prediction is scored:
+
+    top1, top5: accuracy of the averaged prediction (top-k: k = min(5, classes))
+    loss: mean cross-entropy of the averaged prediction
+    examples: examples scored; always the split's size, else an error
+
+Results are keyed by dataset name, or by "<name>/reversed" for an evaluation
+with the frames in reverse order (`reverse=True`, the paper's Table 2; video
+datasets only: an image has one frame)::
+
+    results = evaluate(model, params, config, mesh=mesh, writer=writer,
+                       step=step, workdir=workdir)
+    results["kinetics400"]["top1"]
+
+One jitted function per model scores a batch and adds its sums to running
+totals on the devices; it compiles once per dataset head and input shape and
+is reused by later calls with the same model object (periodic evaluation).
+Only the final totals, a few scalars, leave the devices. With several
+processes, each feeds its shard of every global batch (all run the same
+number of batches) and the sums run over the global arrays, so every process
+gets the same results.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import time
+from typing import Any, Iterable, Mapping
+
+from etils import epath
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+import numpy as np
+
+from cover_jax import input as inp
+from cover_jax import sharding
+
+METRICS = ("top1", "top5", "loss")
+REVERSED = "reversed"
+TOP_K = 5
+
+
+def section_name(name: str, reverse: bool = False) -> str:
+  """The results key of a dataset: "kinetics400" or "kinetics400/reversed"."""
+  return f"{name}/{REVERSED}" if reverse else name
+
+
+def eval_batch_size(config: ConfigDict, mesh: jax.sharding.Mesh) -> int:
+  """The global eval batch (in videos); raises unless the mesh can shard it."""
+  batch = config.get("eval_batch_size") or config.batch_size
+  field = ("config.eval_batch_size" if config.get("eval_batch_size")
+           else "config.batch_size (config.eval_batch_size is unset)")
+  shards = _batch_shards(mesh)
+  if batch % shards:
+    raise ValueError(
+        f"{field} = {batch} is not divisible by the {shards} batch shards of "
+        f"the mesh (its {_batch_axes(mesh)} axes); set "
+        f"--config.eval_batch_size to a multiple of {shards}, e.g. "
+        f"{math.ceil(batch / shards) * shards}.")
+  return batch
+
+
+def _batch_axes(mesh: jax.sharding.Mesh) -> tuple[str, ...]:
+  axes = sharding.batch_sharding(mesh, 1).spec[0] or ()
+  return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def _batch_shards(mesh: jax.sharding.Mesh) -> int:
+  return math.prod(mesh.shape[a] for a in _batch_axes(mesh))
+
+
+def _sources(config: ConfigDict, names: Iterable[str] | None,
+             reverse: bool) -> list[inp.Source]:
+  """The eval splits of `names` (default: all); videos only if reversed."""
+  known = list(config.datasets)
+  names = known if names is None else list(names)
+  unknown = sorted(set(names) - set(known))
+  if unknown:
+    raise ValueError(f"Datasets {unknown} are not in config.datasets; "
+                     f"known: {known}.")
+  chosen = [s for s in inp.make.sources(config, "eval_split")
+            if s.name in names]
+  if reverse:
+    skipped = [s.name for s in chosen if s.kind != "video"]
+    if skipped:
+      logging.info("Reversed evaluation skips the image datasets %s.",
+                   skipped)
+    return [s for s in chosen if s.kind == "video"]
+  return chosen
+
+
+def _check_head(model: nn.Module, source: inp.Source) -> None:
+  classes = model.heads.get(source.name)
+  if classes is None:
+    raise ValueError(f"The model has no head {source.name!r} (heads: "
+                     f"{sorted(model.heads)}); add it to config.heads.")
+  if int(classes) != source.num_classes:
+    raise ValueError(
+        f"Head {source.name!r} has {classes} classes but {source.dataset} "
+        f"split {source.split!r} has {source.num_classes}; set "
+        f"config.heads.{source.name} = {source.num_classes}.")
+
+
+class _Static:
+  """A model as a jit static argument: hashed and compared by identity.
+
+  (Flax modules holding a dict, such as the heads, are not hashable.)
+  """
+
+  def __init__(self, module: nn.Module):
+    self.module = module
+
+  def __hash__(self):
+    return id(self.module)
+
+  def __eq__(self, other):
+    return isinstance(other, _Static) and other.module is self.module
+
+
+def _averaged_log_probs(model, head, params, frames):
+  """log of the view-averaged softmax of `head`: [b, classes]."""
+  b, views = frames.shape[:2]
+  logits = model.apply({"params": params},
+                       frames.reshape((b * views,) + frames.shape[2:]),
+                       train=False)[head]
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  log_probs = log_probs.reshape(b, views, -1)
+  return jax.nn.logsumexp(log_probs, axis=1) - math.log(views)
+
+
+def _batch_sums(log_probs, label, mask):
+  """Masked sums of a batch: correct top-1 and top-k, examples, loss."""
+  k = min(TOP_K, log_probs.shape[-1])
+  _, top = jax.lax.top_k(log_probs, k)
+  hits = top == label[:, None]
+  valid = mask > 0
+  nll = -jnp.take_along_axis(log_probs, label[:, None], axis=-1)[:, 0]
+
+  def count(correct):
+    return jnp.sum(correct & valid, dtype=jnp.int32)
+
+  return {"top1": count(hits[:, 0]), "top5": count(jnp.any(hits, axis=-1)),
+          "examples": count(valid), "loss": jnp.sum(jnp.where(valid, nll, 0.))}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "head"))
+def _accumulate(totals, params, batch, *, model: _Static, head: str):
+  """`totals` plus the sums of one global batch on `head`."""
+  log_probs = _averaged_log_probs(model.module, head, params, batch["frames"])
+  sums = _batch_sums(log_probs, batch["label"], batch["mask"])
+  return jax.tree.map(jnp.add, totals, sums)
+
+
+def _zero_totals(mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  zeros = {"top1": np.int32(0), "top5": np.int32(0), "examples": np.int32(0),
+           "loss": np.float32(0)}
+  return jax.device_put(zeros, replicated)
+
+
+def evaluate_source(model: nn.Module, params, config: ConfigDict,
+                    source: inp.Source, *, mesh: jax.sharding.Mesh,
+                    reverse: bool = False) -> dict[str, float | int]:
+  """{top1, top5, loss, examples} of one eval split on its head.
+
+  `params` must already be placed on `mesh` (see `evaluate`).
+  """
+  _check_head(model, source)
+  eval_batch_size(config, mesh)
+  totals = _zero_totals(mesh)
+  static = _Static(model)
+  stream = inp.make.for_eval(config, source, reverse=reverse)
+  try:
+    with sharding.use(mesh):
+      for local in stream:
+        local = {k: local[k] for k in ("frames", "label", "mask")}
+        totals = _accumulate(totals, params, inp.to_global(local, mesh),
+                             model=static, head=source.name)
+  finally:
+    stream.close()
+  return _finalize(jax.device_get(totals), source)
+
+
+def _finalize(totals: Mapping[str, Any], source: inp.Source
+              ) -> dict[str, float | int]:
+  examples = int(totals["examples"])
+  if examples != source.num_examples:
+    raise RuntimeError(
+        f"Evaluation of {source.name!r} ({source.dataset}, split "
+        f"{source.split!r}) scored {examples} examples, but the split has "
+        f"{source.num_examples}: every example must be scored exactly once.")
+  return {"top1": int(totals["top1"]) / examples,
+          "top5": int(totals["top5"]) / examples,
+          "loss": float(totals["loss"]) / examples,
+          "examples": examples}
+
+
+def evaluate(model: nn.Module, params, config: ConfigDict, *,
+             mesh: jax.sharding.Mesh, reverse: bool = False,
+             names: Iterable[str] | None = None, writer=None,
+             step: int | None = None, workdir: str | None = None
+             ) -> dict[str, dict[str, float | int]]:
+  """Scores every dataset (or `names`) on its eval_split and head.
+
+  Args:
+    model: the TimeSformer, with one head per dataset of config.datasets.
+    params: its parameters (placed on `mesh` by the sharding rules here; no
+      copy when they already are, e.g. the training state's).
+    config: the experiment config (datasets, input, eval_batch_size).
+    mesh: the device mesh; the eval batch is sharded over its batch axes.
+    reverse: feed the frames in reverse order; results are keyed
+      "<name>/reversed" and only video datasets are scored.
+    names: the datasets to score (default: all of config.datasets).
+    writer: a clu metric writer; gets "eval/<key>/<metric>" at `step` on
+      every process (clu's `create_default_writer(just_logging=...)` makes
+      the other processes' writers only log).
+    step: the training step the parameters come from.
+    workdir: where process 0 writes the results as JSON (see `write_json`).
+
+  Returns:
+    {key: {"top1", "top5", "loss", "examples"}} with key `section_name(name,
+    reverse)`; the same on every process.
+  """
+  if writer is not None and step is None:
+    raise ValueError("evaluate(writer=...) needs the step to write at.")
+  eval_batch_size(config, mesh)
+  sources = _sources(config, names, reverse)
+  params = jax.device_put(params, sharding.param_shardings(model, mesh))
+  results = {}
+  for source in sources:
+    start = time.time()
+    key = section_name(source.name, reverse)
+    results[key] = evaluate_source(model, params, config, source, mesh=mesh,
+                                   reverse=reverse)
+    logging.info("eval %s: top1 %.4f top5 %.4f loss %.4f (%d examples, "
+                 "%.1f s)", key, *(results[key][m] for m in METRICS),
+                 results[key]["examples"], time.time() - start)
+  if writer is not None:
+    write_scalars(writer, step, results)
+  if workdir is not None and jax.process_index() == 0:
+    write_json(workdir, step, results)
+  return results
+
+
+def write_scalars(writer, step: int, results: Mapping[str, Mapping]) -> None:
+  """"eval/<key>/<metric>" scalars of `results` to a clu metric writer."""
+  writer.write_scalars(step, {f"eval/{key}/{metric}": values[metric]
+                              for key, values in results.items()
+                              for metric in METRICS})
+  writer.flush()
+
+
+def json_paths(workdir: str, step: int | None) -> list[epath.Path]:
+  """workdir/eval/step_<step>.json (when step is known) and latest.json."""
+  folder = epath.Path(workdir) / "eval"
+  names = ([] if step is None else [f"step_{int(step)}.json"])
+  return [folder / name for name in names + ["latest.json"]]
+
+
+def write_json(workdir: str, step: int | None,
+               results: Mapping[str, Mapping]) -> None:
+  """Writes {"step": step, "results": results} to each of `json_paths`.
+
+  Sections already in a file for the same step are kept (e.g. a reversed
+  evaluation after the plain one at the same step adds its keys); a file of
+  another step is replaced. latest.json is the last evaluation written.
+  """
+  step = None if step is None else int(step)
+  for path in json_paths(workdir, step):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    merged = dict(results)
+    if path.exists():
+      old = json.loads(path.read_text())
+      if old.get("step") == step:
+        merged = {**old.get("results", {}), **results}
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(json.dumps({"step": step, "results": merged}, indent=2,
+                              sort_keys=True))
+    tmp.replace(path)
+
+
+def read_json(workdir: str, step: int | None = None) -> dict:
+  """The results in workdir/eval for `step` (default: latest.json)."""
+  path = json_paths(workdir, step)[0]
+  return json.loads(path.read_text())

@@ -1,0 +1,466 @@
+"""The co-training loop: one TimeSformer, one head per dataset (CoVeR).
+
+    python main.py --config=configs/cover_mini.py --workdir=/tmp/cover
+
+Sections, in order: mesh, data, init, restore, step, eval, checkpoint, hooks.
+Every process runs the same program (`jax.distributed`); only process 0
+writes logs and TensorBoard events. A restarted run continues from the last
+checkpoint in the workdir exactly (same parameters, learning rate, RNG and
+data position) as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+import numpy as np
+import optax
+
+from cover_jax import checkpointing
+from cover_jax import input as inp
+from cover_jax import optimizer
+from cover_jax import sharding
+from cover_jax.models import create, init_params, unboxed
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  """A dataset as the loss sees it: its head, part of the batch and weight."""
+  name: str
+  part: str
+  loss_weight: float
+
+
+# ----------------------------------------------------------------------------
+# Data: the mixture, checked against the config before any compute.
+# ----------------------------------------------------------------------------
+
+def check_heads(config: ConfigDict, sources: list[inp.Source]) -> None:
+  """config.heads must name every dataset with its label map's size."""
+  heads = dict(config.heads)
+  names = [s.name for s in sources]
+  if sorted(heads) != sorted(names):
+    raise ValueError(f"config.heads {sorted(heads)} must name exactly the "
+                     f"datasets of config.datasets {sorted(names)}.")
+  for source in sources:
+    if heads[source.name] != source.num_classes:
+      raise ValueError(
+          f"config.heads.{source.name} = {heads[source.name]}, but dataset "
+          f"{source.dataset!r} has {source.num_classes} classes: set "
+          f"config.heads.{source.name}={source.num_classes}.")
+
+
+def model_from_config(config: ConfigDict):
+  fields = dict(config.model)
+  if isinstance(fields.get("dtype"), str):
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+  return create(dict(config.heads), **fields)
+
+
+# ----------------------------------------------------------------------------
+# Init: the state's shapes and shardings, without allocating it.
+# ----------------------------------------------------------------------------
+
+def _init_fn(model, tx):
+  def init(rng):
+    init_rng, train_rng = jax.random.split(rng)
+    video = jnp.zeros((1, model.num_frames, model.image_size,
+                       model.image_size, 3), jnp.float32)
+    params = model.init(init_rng, video, train=False)["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": tx.init(params), "rng": train_rng}
+  return init
+
+
+def state_layout(model, tx, mesh, rules=sharding.DEFAULT_RULES):
+  """(unboxed init function, abstract state with shardings, shardings).
+
+  Optimizer slots inherit their parameter's logical axes (flax boxes pass
+  through optax), so everything is placed by the same sharding rules.
+  """
+  init = _init_fn(model, tx)
+  boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+
+  def place(x):  # logical axes -> mesh axes; unnamed leaves are replicated
+    if isinstance(x, nn.Partitioned) and not jax.tree.leaves(x.value):
+      return x.value  # a boxed empty node (optax's MaskedNode): keep it
+    axes = x.names if isinstance(x, nn.Partitioned) else ()
+    return jax.sharding.NamedSharding(
+        mesh, nn.logical_to_mesh_axes(axes, rules))
+  shardings = jax.tree.map(place, boxed,
+                           is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      unboxed(boxed), shardings)
+  return (lambda rng: unboxed(init(rng))), abstract, shardings
+
+
+# ----------------------------------------------------------------------------
+# Step: weighted per-dataset cross-entropy, one optimizer update.
+# ----------------------------------------------------------------------------
+
+def dataset_sums(logits: dict, labels, dataset_ids, heads: list[Head],
+                 part: str) -> dict:
+  """Per dataset of `part`: summed cross-entropy, correct top-1, count."""
+  sums = {}
+  for index, head in enumerate(heads):
+    if head.part != part:
+      continue
+    mask = (dataset_ids == index).astype(jnp.float32)
+    head_logits = logits[head.name]
+    safe = jnp.where(mask > 0, labels, 0)  # others' labels may be too large
+    ce = optax.softmax_cross_entropy_with_integer_labels(head_logits, safe)
+    sums[head.name] = {
+        "loss_sum": jnp.sum(ce * mask),
+        "correct": jnp.sum((jnp.argmax(head_logits, -1) == safe) * mask),
+        "count": jnp.sum(mask)}
+  return sums
+
+
+def weighted_loss(sums: dict, counts: dict, heads: list[Head]):
+  """sum_d w_d * (sum of d's cross-entropies) / (d's examples in the batch)."""
+  return sum(head.loss_weight * sums[head.name]["loss_sum"] /
+             jnp.maximum(counts[head.name], 1.0) for head in heads)
+
+
+def make_train_step(model, tx, schedule, heads: list[Head], *,
+                    accumulation_steps: int = 1, skip_nonfinite: bool = False):
+  """The pure step: (state, batch) -> (state, metrics)."""
+
+  def loss_fn(params, batch, rng, counts):
+    sums = {}
+    for part in sorted(batch):
+      logits = model.apply({"params": params}, batch[part]["frames"],
+                           train=True, rngs={"dropout": jax.random.fold_in(
+                               rng, inp.PARTS.index(part))})
+      sums.update(dataset_sums(logits, batch[part]["label"],
+                               batch[part]["dataset"], heads, part))
+    return weighted_loss(sums, counts, heads), sums
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state, batch):
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    counts = {h.name: jnp.sum(batch[h.part]["dataset"] == i).astype(
+        jnp.float32) for i, h in enumerate(heads) if h.part in batch}
+    if accumulation_steps == 1:
+      (loss, sums), grads = grad_fn(state["params"], batch, rng, counts)
+    else:
+      # The loss is a sum over examples divided by whole-batch counts, so the
+      # micro-batch gradients add up to the whole batch's exactly.
+      micro = jax.tree.map(lambda x: x.reshape(
+          (accumulation_steps, -1) + x.shape[1:]), batch)
+
+      def accumulate(carry, xs):
+        micro_batch, index = xs
+        out = grad_fn(state["params"], micro_batch,
+                      jax.random.fold_in(rng, index), counts)
+        return jax.tree.map(jnp.add, carry, out), None
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          grad_fn, state["params"], jax.tree.map(lambda x: x[0], micro), rng,
+          counts))
+      ((loss, sums), grads), _ = jax.lax.scan(
+          accumulate, zeros, (micro, jnp.arange(accumulation_steps)))
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:  # keep the old state where the update is not finite
+      params, opt_state = jax.tree.map(
+          lambda new, old: jnp.where(finite, new, old),
+          (params, opt_state), (state["params"], state["opt_state"]))
+    new_state = {"step": state["step"] + 1, "params": params,
+                 "opt_state": opt_state, "rng": state["rng"]}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
+               "learning_rate": schedule(state["step"]), "datasets": sums}
+    return new_state, metrics
+
+  return step
+
+
+# ----------------------------------------------------------------------------
+# Hooks: metrics, non-finite losses, preemption.
+# ----------------------------------------------------------------------------
+
+class NonFiniteLoss(FloatingPointError):
+  """The loss or gradient became NaN or inf."""
+
+
+def summarize(pending: list[tuple[int, dict]], nonfinite: str) -> dict:
+  """Averages of a log interval; raises NonFiniteLoss in "stop" mode."""
+  host = [(step, jax.device_get(m)) for step, m in pending]
+  bad = [(step, m) for step, m in host if not m["finite"]]
+  if bad and nonfinite == "stop":
+    step, m = bad[0]
+    culprits = [name for name, s in m["datasets"].items()
+                if not np.isfinite(s["loss_sum"])] or ["the gradient"]
+    raise NonFiniteLoss(
+        f"Non-finite loss at step {step + 1} (dataset: {', '.join(culprits)};"
+        f" loss {m['loss']}, gradient norm {m['grad_norm']}). Lower the "
+        f"learning rate, clip gradients (config.optimizer.grad_clip_norm), or"
+        f" set config.nonfinite='skip' to skip such steps.")
+  out = {"train/loss": np.mean([m["loss"] for _, m in host]),
+         "train/grad_norm": np.mean([m["grad_norm"] for _, m in host]),
+         "train/learning_rate": host[-1][1]["learning_rate"],
+         "train/skipped_steps": len(bad)}
+  for name in host[-1][1]["datasets"]:
+    count = sum(m["datasets"][name]["count"] for _, m in host)
+    if count:
+      out[f"train/{name}/loss"] = sum(
+          m["datasets"][name]["loss_sum"] for _, m in host) / count
+      out[f"train/{name}/top1"] = sum(
+          m["datasets"][name]["correct"] for _, m in host) / count
+  return {k: float(v) for k, v in out.items()}
+
+
+class Preemption:
+  """SIGTERM sets a flag; every process agrees on when to stop."""
+
+  def __init__(self):
+    self.requested = False
+    if jax.process_count() == 1:  # multi-process: jax's own notifier
+      signal.signal(signal.SIGTERM, self._on_signal)
+
+  def _on_signal(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+
+def _log_line(step: int, num_steps: int, summary: dict, names: list[str],
+              rate: float) -> str:
+  tops = "  ".join(f"{n} {summary[f'train/{n}/top1']:.3f}" for n in names
+                   if f"train/{n}/top1" in summary)
+  eta = (num_steps - step) / rate if rate else float("nan")
+  return (f"step {step}/{num_steps}  loss {summary['train/loss']:.4f}  "
+          f"top1 {tops}  lr {summary['train/learning_rate']:.3g}  "
+          f"{rate:.2f} steps/s  ETA {eta / 60:.1f} min")
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------
+
+def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
+  """Trains as `config` says, checkpointing in workdir; returns final eval."""
+  # -- Mesh -------------------------------------------------------------------
+  mesh = sharding.make_mesh(**config.mesh)
+  granule = mesh.shape["data"] * mesh.shape["fsdp"]
+
+  # -- Data (every check before any compute) ----------------------------------
+  sources = inp.make.sources(config, "train_split")
+  check_heads(config, sources)
+  heads = [Head(s.name, s.kind, float(config.datasets[s.name].loss_weight))
+           for s in sources]
+  steps_per_epoch = optimizer.steps_per_epoch(
+      sum(s.num_examples for s in sources), config.batch_size)
+  num_steps = config.get("num_train_steps") or int(round(
+      config.num_epochs * steps_per_epoch))
+  if (config.get("requires_init") and not config.get("init_from") and
+      not config.get("resume_from") and not _has_checkpoint(
+          os.path.join(workdir, "checkpoints"))):
+    raise ValueError(
+        "This config starts from pretrained weights, but config.init_from is "
+        "not set and there is no checkpoint to resume: pass "
+        "--config.init_from=PATH (a ViT .npz, a TimeSformer .pyth or a run "
+        "of ours), or --config.requires_init=False to train from scratch.")
+  if config.nonfinite not in ("stop", "skip"):
+    raise ValueError(f"config.nonfinite must be 'stop' or 'skip', not "
+                     f"{config.nonfinite!r}.")
+
+  # -- Init -------------------------------------------------------------------
+  model = model_from_config(config)
+  model.validate()
+  tx, schedule = optimizer.make(config, steps_per_epoch)
+  init, abstract, shardings = state_layout(model, tx, mesh)
+
+  # -- Restore ----------------------------------------------------------------
+  ckpt = config.checkpoint
+  mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"),
+                               keep=ckpt.keep,
+                               async_save=ckpt.get("async_save", True))
+  state, data_state, origin = restore_or_init(
+      config, mngr, model, init, abstract, shardings, [h.name for h in heads])
+  logging.info("Start: %s", origin)
+  if jax.process_index() == 0:
+    print(f"Start: {origin}", flush=True)
+  train_iter = inp.make.for_train(config, granule=granule, state=data_state)
+
+  # -- Step -------------------------------------------------------------------
+  batch_shardings = None  # inferred from the global input arrays
+  train_step = jax.jit(
+      make_train_step(model, tx, schedule, heads,
+                      accumulation_steps=config.optimizer.get(
+                          "accumulation_steps", 1),
+                      skip_nonfinite=config.nonfinite == "skip"),
+      in_shardings=(shardings, batch_shardings),
+      out_shardings=(shardings, None), donate_argnums=0)
+
+  # -- Hooks ------------------------------------------------------------------
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps,
+                                             writer=writer)
+  preemption = Preemption()
+  pending: list[tuple[int, dict]] = []
+  step = int(jax.device_get(state["step"]))
+  last_log = (time.time(), step)
+
+  def flush_metrics(step):
+    nonlocal pending, last_log
+    if not pending:
+      return
+    summary = summarize(pending, config.nonfinite)
+    pending = []
+    now = time.time()
+    rate = (step - last_log[1]) / max(now - last_log[0], 1e-9)
+    last_log = (now, step)
+    writer.write_scalars(step, {**summary, "train/steps_per_sec": rate})
+    if jax.process_index() == 0:
+      print(_log_line(step, num_steps, summary, [h.name for h in heads],
+                      rate), flush=True)
+
+  saved_step = mngr.latest_step()
+
+  def save_checkpoint(step, force=False):
+    nonlocal saved_step
+    if step == saved_step or (not force and step % ckpt.every_steps):
+      return
+    flush_metrics(step)  # never save after a non-finite step in "stop" mode
+    checkpointing.save(mngr, step, state, checkpointing.all_data_states(
+        train_iter.state(), [h.name for h in heads]))
+    saved_step = step
+
+  # -- Loop -------------------------------------------------------------------
+  with sharding.use(mesh):
+    while step < num_steps:
+      batch = inp.to_global(next(train_iter), mesh)
+      state, metrics = train_step(state, batch)
+      pending.append((step, metrics))
+      step += 1
+      progress(step)
+      if step % config.log_every_steps == 0:
+        flush_metrics(step)
+      save_checkpoint(step)
+      if preemption.reached(step):
+        save_checkpoint(step, force=True)
+        mngr.wait_until_finished()
+        logging.info("Preempted at step %d: checkpoint saved.", step)
+        if jax.process_index() == 0:
+          print(f"Stopped at step {step} (SIGTERM): checkpoint saved; run "
+                f"the same command to continue.", flush=True)
+        train_iter.close()
+        return {"preempted_at": step}
+      if config.eval_every_steps and step % config.eval_every_steps == 0:
+        run_evaluation(model, state["params"], config, mesh, writer, step,
+                       workdir)
+    flush_metrics(step)
+    save_checkpoint(step, force=True)
+    mngr.wait_until_finished()
+    train_iter.close()
+    results = run_evaluation(model, state["params"], config, mesh, writer,
+                             step, workdir)
+  writer.flush()
+  return results
+
+
+def run_evaluation(model, params, config, mesh, writer, step, workdir):
+  """Evaluation of every dataset (and with reversed frames if configured)."""
+  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  results = evaluate.evaluate(model, params, config, mesh=mesh, writer=writer,
+                              step=step, workdir=workdir)
+  if config.get("eval_reverse"):
+    results.update(evaluate.evaluate(model, params, config, mesh=mesh,
+                                     reverse=True, writer=writer, step=step,
+                                     workdir=workdir))
+  if jax.process_index() == 0:
+    print(f"Evaluation at step {step}: {json.dumps(results)}", flush=True)
+  return results
+
+
+# ----------------------------------------------------------------------------
+# Restore: workdir, then resume_from, then init_from, then scratch.
+# ----------------------------------------------------------------------------
+
+def restore_or_init(config, mngr, model, init, abstract, shardings,
+                    names: list[str]) -> tuple[Any, dict | None, str]:
+  """(state, this process's data state or None, what was used)."""
+  if mngr.latest_step() is not None:
+    state, data = checkpointing.restore(mngr, abstract)
+    return (state, checkpointing.local_data_state(data, names),
+            f"resumed from this workdir's checkpoint at step "
+            f"{mngr.latest_step()}")
+  if config.get("resume_from"):
+    directory, step = checkpointing.checkpoint_step_dir(config.resume_from)
+    other = checkpointing.manager(directory)  # read only
+    state, data = checkpointing.restore(other, abstract, step)
+    return (state, checkpointing.local_data_state(data, names),
+            f"resumed from {directory} at step {step}")
+  rng = jax.random.PRNGKey(config.seed)
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  if config.get("init_from"):
+    params, note = checkpointing.init_params_from(
+        config.init_from, model, jax.device_get(state["params"]))
+    # Optimizer slots start at zero whatever the weights: keep init's.
+    state = {**state,
+             "params": jax.device_put(params, shardings["params"])}
+    return state, None, note
+  return state, None, f"initialised from scratch (seed {config.seed})"
+
+
+
+def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
+  """Evaluates the workdir's last checkpoint (else resume_from, init_from)."""
+  mesh = sharding.make_mesh(**config.mesh)
+  check_heads(config, inp.make.sources(config, "eval_split"))
+  model = model_from_config(config)
+  checkpoints_dir = os.path.join(workdir, "checkpoints")
+  path = next((p for p in (checkpoints_dir, config.get("resume_from"))
+               if p and _has_checkpoint(p)), None)
+  if path is not None:
+    params = checkpointing.read_params(path)
+    origin = f"checkpoint {checkpointing.checkpoint_step_dir(path)}"
+    step = checkpointing.checkpoint_step_dir(path)[1]
+  elif config.get("init_from"):
+    fresh = jax.device_get(init_params(model,
+                                       jax.random.PRNGKey(config.seed)))
+    params, origin = checkpointing.init_params_from(config.init_from, model,
+                                                    fresh)
+    step = 0
+  else:
+    raise ValueError(f"Nothing to evaluate: no checkpoint in "
+                     f"{checkpoints_dir}, and neither config.resume_from nor "
+                     f"config.init_from is set.")
+  if jax.process_index() == 0:
+    print(f"Evaluating {origin}", flush=True)
+  params = jax.device_put(params, sharding.param_shardings(model, mesh))
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  results = run_evaluation(model, params, config, mesh, writer, step, workdir)
+  writer.flush()
+  return results
+
+
+def _has_checkpoint(path: str) -> bool:
+  try:
+    checkpointing.checkpoint_step_dir(path)
+    return True
+  except (ValueError, FileNotFoundError):
+    return False

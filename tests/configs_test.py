@@ -1,0 +1,285 @@
+"""The experiment configs: they load, and their numbers are the paper's.
+
+Fast: no data is read and no model is initialised (main.describe counts
+parameters and FLOPs from shapes only).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs import common
+from cover_jax import optimizer
+from cover_jax.models import create, flops
+
+CONFIGS = os.path.dirname(common.__file__)
+
+PAPER_CONFIGS = ["cover_l16_jft.py", "cover_l16_i21k.py", "cover_b16_i21k.py"]
+# Every file with every argument it documents.
+VARIANTS = [
+    *[f"{f}{arg}" for f in PAPER_CONFIGS
+      for arg in ("", ":k400", ":k600", ":k700", ":k400,8x224",
+                  ":8x224,k700", ":16x448")],
+    "timesformer_b16_k400.py", "timesformer_b16_k400.py:16x448",
+    *[f"{f}{arg}" for f in ("transfer_finetune.py", "linear_probe.py")
+      for arg in ("", ":ssv2", ":k400,l16,16x448", ":moments_in_time",
+                  ":imagenet", ":kinetics700,b16", ":digits_motion",
+                  ":digits_appearance")],
+]
+CLASSES = {"kinetics400": 400, "kinetics600": 600, "kinetics700": 700,
+           "ssv2": 174, "moments_in_time": 339, "imagenet": 1000}
+
+
+def load(name, lock=True):
+  return common.load(os.path.join(CONFIGS, name), lock=lock)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_config_loads_with_consistent_heads(name):
+  config = load(name)
+  assert set(config.heads) == set(config.datasets)
+  assert config.model.num_frames == config.input.num_frames
+  assert config.model.image_size == config.input.crop_size
+  for field in ("seed", "data_dir", "batch_size", "eval_batch_size",
+                "num_epochs", "optimizer", "mesh", "checkpoint",
+                "resume_from", "init_from", "log_every_steps",
+                "eval_every_steps", "eval_reverse", "nonfinite"):
+    assert field in config, field
+  for spec in config.datasets.values():
+    assert {"dataset", "train_split", "eval_split", "flip", "sample_weight",
+            "loss_weight"} <= set(spec)
+    base = (spec.dataset or "").split("/")[0]
+    if base == "ssv2" or base == "digits_motion":
+      assert spec.flip is False  # left/right classes (paper 4.1)
+  # The schedule is well formed for any run length.
+  optimizer.learning_rate_schedule(config.optimizer.learning_rates,
+                                   config.optimizer.boundaries_epochs, 7)
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+@pytest.mark.parametrize("kinetics", ["k400", "k600", "k700"])
+def test_cover_configs_are_the_papers_recipe(name, kinetics):
+  """Paper 4.1 and Table 6, for every pre-training and Kinetics version."""
+  config = load(f"{name}:{kinetics}")
+  k = common.KINETICS[kinetics]
+  assert dict(config.heads) == {k: CLASSES[k], "ssv2": 174,
+                                "moments_in_time": 339, "imagenet": 1000}
+  assert config.batch_size == 128
+  assert config.num_epochs == 20
+  opt = config.optimizer
+  assert tuple(opt.learning_rates) == (5e-3, 5e-4, 5e-5)
+  assert tuple(opt.boundaries_epochs) == (10, 14)
+  assert opt.momentum == 0.9 and not opt.nesterov
+  assert opt.weight_decay == 0.0 and opt.trainable == "all"
+  assert config.input.eval_views == 3  # 1 temporal x 3 spatial crops
+  d = config.datasets
+  assert [d[n].loss_weight for n in (k, "ssv2", "moments_in_time")] == [1] * 3
+  assert d.imagenet.loss_weight == 0.5
+  assert d.imagenet.dataset == "imagenet2012"
+  assert d.ssv2.flip is False
+  assert d[k].flip and d.moments_in_time.flip and d.imagenet.flip
+  assert all(s.sample_weight is None for s in d.values())  # size-proportional
+  assert config.input.video_share is None
+  assert config.init_from is None  # the user gives the checkpoint
+
+
+@pytest.mark.parametrize("name,variant,frames,size,stored", [
+    ("cover_l16_jft.py", "L/16", 16, 448, 512),
+    ("cover_l16_i21k.py", "L/16", 16, 448, 512),
+    ("cover_b16_i21k.py", "B/16", 8, 224, 320),
+    ("cover_l16_jft.py:8x224", "L/16", 8, 224, 320),
+    ("cover_b16_i21k.py:16x448", "B/16", 16, 448, 512),
+    ("timesformer_b16_k400.py", "B/16", 8, 224, 320),
+])
+def test_model_and_input_settings(name, variant, frames, size, stored):
+  config = load(name)
+  assert config.model.variant_name == variant
+  assert (config.input.num_frames, config.input.crop_size) == (frames, size)
+  for spec in config.datasets.values():
+    if spec.dataset != "imagenet2012":
+      assert spec.dataset.endswith(f"/short{stored}")
+  # The training resize never exceeds the stored frames, never goes below
+  # the crop (TimeSformer's jitter: [448, 512] or [256, 320]).
+  lo, hi = config.input.scale_range
+  assert lo * size == pytest.approx(size if size == 448 else 256)
+  assert hi * size == pytest.approx(stored)
+
+
+def test_timesformer_baseline_is_timesformers_recipe():
+  config = load("timesformer_b16_k400.py")
+  assert dict(config.heads) == {"kinetics400": 400}
+  assert config.batch_size == 8 and config.num_epochs == 15
+  assert tuple(config.optimizer.learning_rates) == (5e-3, 5e-4, 5e-5)
+  assert tuple(config.optimizer.boundaries_epochs) == (11, 14)
+  assert config.optimizer.weight_decay == 1e-4
+  assert config.optimizer.momentum == 0.9
+  assert config.model.stochastic_depth_rate == 0.1
+  assert tuple(config.input.mean) == (0.45,) * 3
+  assert tuple(config.input.std) == (0.225,) * 3
+
+
+@pytest.mark.parametrize("steps_per_epoch", [1, 37, 19_532])
+def test_schedule_drops_at_epochs_11_and_15(steps_per_epoch):
+  """5e-3 through epoch 10, 5e-4 from the first step of epoch 11, 5e-5 from
+  the first step of epoch 15 to the end (epochs counted from 1)."""
+  opt = load("cover_l16_jft.py").optimizer
+  schedule = optimizer.learning_rate_schedule(
+      opt.learning_rates, opt.boundaries_epochs, steps_per_epoch)
+  first = lambda epoch: (epoch - 1) * steps_per_epoch  # first step of epoch
+  lr = lambda step: float(schedule(step))
+  assert lr(0) == pytest.approx(5e-3)
+  assert lr(first(11) - 1) == pytest.approx(5e-3)  # last step of epoch 10
+  assert lr(first(11)) == pytest.approx(5e-4)
+  assert lr(first(15) - 1) == pytest.approx(5e-4)
+  assert lr(first(15)) == pytest.approx(5e-5)
+  assert lr(first(21) - 1) == pytest.approx(5e-5)  # last step of epoch 20
+
+
+def timesformer_parameters(d, depth, mlp, patch, frames, size, classes):
+  """Parameters of a divided space-time TimeSformer, counted by hand."""
+  dense = lambda i, o: i * o + o
+  block = (3 * 2 * d  # temporal, spatial and MLP LayerNorms
+           + 4 * dense(d, d) + dense(d, d)  # temporal q, k, v, out; fc
+           + 4 * dense(d, d)  # spatial q, k, v, out
+           + dense(d, mlp) + dense(mlp, d))
+  tokens = (size // patch) ** 2
+  return (depth * block + patch * patch * 3 * d + d  # patch embedding
+          + d + (1 + tokens) * d + frames * d  # class token, position, time
+          + 2 * d + sum(dense(d, c) for c in classes))
+
+
+@pytest.mark.parametrize("name", ["cover_l16_jft.py", "cover_l16_i21k.py:k700",
+                                  "cover_b16_i21k.py"])
+def test_describe_reports_size_and_flops(name):
+  import main  # pylint: disable=import-outside-toplevel
+  config = load(name)
+  report = main.describe(config)
+  fields = dict(config.model)
+  model = create(dict(config.heads), **fields)
+  d, depth = model.width, model.depth
+  expected = timesformer_parameters(
+      d, depth, model.mlp_dim, model.patch_size, model.num_frames,
+      model.image_size, list(config.heads.values()))
+  assert report["parameters"] == expected
+  if model.depth == 24:  # L/16: ViT-L's 304M plus 24 temporal attentions
+    assert 4.2e8 < report["parameters"] < 4.4e8
+  else:  # B/16: ViT-B's 86M plus 12 temporal attentions
+    assert 1.2e8 < report["parameters"] < 1.25e8
+  assert report["gflops_per_clip"] == pytest.approx(
+      flops.forward_flops(model) / 1e9)
+  # DESIGN.md's count: (17 d^2 + 2 (s+1) d + 2 n d) n s L multiply-adds,
+  # plus the patch embedding and the heads; 2 FLOPs each.
+  n, s = model.num_frames, (model.image_size // model.patch_size) ** 2
+  macs = ((17 * d * d + 2 * (s + 1) * d + 2 * n * d) * n * s * depth
+          + n * s * model.patch_size ** 2 * 3 * d
+          + d * sum(config.heads.values()))
+  assert report["gflops_per_clip"] == pytest.approx(2 * macs / 1e9)
+  if name.startswith("cover_b16"):  # TimeSformer: 0.59 T MACs for 3 views
+    assert 3 * macs / 1e12 == pytest.approx(0.59, rel=0.01)
+
+
+def test_command_line_overrides_placeholders():
+  """What `main.py --config=FILE:ARG --config.FIELD=VALUE` does."""
+  argv = [
+      "main.py", f"--config={os.path.join(CONFIGS, 'cover_l16_jft.py')}:k600",
+      "--config.init_from=/x.npz", "--config.data_dir=/data/tfds",
+      "--config.model.representation_size=1024",
+      "--config.model.remat_policy=everything_saveable",
+      "--config.num_train_steps=10",
+      "--config.datasets.kinetics600.sample_weight=2.5",
+      "--config.input.eval_short_side=480", "--config.batch_size=256"]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  config = flag_values.config
+  assert config.init_from == "/x.npz" and config.data_dir == "/data/tfds"
+  assert config.model.representation_size == 1024
+  assert config.model.remat_policy == "everything_saveable"  # remat off
+  assert config.num_train_steps == 10 and config.batch_size == 256
+  assert config.datasets.kinetics600.sample_weight == 2.5
+  assert config.input.eval_short_side == 480
+  assert config.heads.kinetics600 == 600
+
+
+def test_placeholders_are_typed_and_the_config_locked():
+  config = load("cover_l16_jft.py")
+  config.init_from = "/x.npz"
+  config.resume_from = "/runs/a/checkpoints"
+  config.datasets.ssv2.sample_weight = 1.0
+  with pytest.raises(TypeError):
+    config.init_from = 3
+  with pytest.raises(AttributeError):  # a typo is refused, not added
+    config.init_form = "/x.npz"
+
+
+def test_transfer_configs_use_a_fresh_head():
+  probe = load("linear_probe.py:ssv2")
+  assert dict(probe.heads) == {"ssv2_probe": 174}
+  assert probe.datasets.ssv2_probe.dataset == "ssv2/short320"
+  assert probe.datasets.ssv2_probe.flip is False
+  assert probe.optimizer.trainable == "heads"
+  assert probe.model.variant_name == "B/16"
+  finetune = load("transfer_finetune.py:k400,l16,16x448")
+  assert dict(finetune.heads) == {"kinetics400_transfer": 400}
+  assert finetune.datasets.kinetics400_transfer.dataset == (
+      "kinetics400/short512")
+  assert finetune.optimizer.trainable == "all"
+  assert finetune.model.variant_name == "L/16"
+  assert finetune.model.remat_policy == "nothing_saveable"
+  mini = load("cover_mini.py")
+  probe = load("linear_probe.py:digits_motion")
+  assert dict(probe.heads) == {"digits_motion_probe": mini.heads.digits_motion}
+  assert probe.datasets.digits_motion_probe.dataset == "digits_motion"
+  assert probe.model.to_dict() == mini.model.to_dict()
+  assert probe.input.to_dict() == mini.input.to_dict()
+
+
+def test_linear_probe_optimizer_moves_only_the_head():
+  config = load("linear_probe.py:digits_motion")
+  params = {"embedding": {"kernel": jnp.ones((4, 4))},
+            "encoder_norm": {"scale": jnp.ones(4)},
+            "heads": {"digits_motion_probe": {"kernel": jnp.ones((4, 8)),
+                                              "bias": jnp.zeros(8)}}}
+  tx, _ = optimizer.make(config, steps_per_epoch=10)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  new = params
+  for _ in range(5):  # past any warm-up from zero
+    updates, state = tx.update(grads, state, new)
+    new = optax.apply_updates(new, updates)
+  np.testing.assert_array_equal(new["embedding"]["kernel"], 1.0)
+  np.testing.assert_array_equal(new["encoder_norm"]["scale"], 1.0)
+  assert np.all(new["heads"]["digits_motion_probe"]["kernel"] < 1.0)
+
+
+@pytest.mark.parametrize("name,arg,message", [
+    ("cover_l16_jft.py", "k500", "Unknown config argument 'k500'"),
+    ("cover_l16_jft.py", "k400,k600", "names the kinetics twice"),
+    ("timesformer_b16_k400.py", "k600", "Unknown config argument"),
+    ("linear_probe.py", "digits_motion,l16", "uses cover_mini.py's model"),
+    ("transfer_finetune.py", "ucf101", "Accepted"),
+])
+def test_bad_arguments_say_what_is_accepted(name, arg, message):
+  with pytest.raises(ValueError, match=message):
+    load(f"{name}:{arg}")
+
+
+@pytest.mark.parametrize("name", sorted(
+    f for f in os.listdir(CONFIGS) if f.endswith(".py")
+    and f not in ("common.py", "__init__.py", "cover_mini.py")))
+def test_docstrings_say_what_how_and_needs(name):
+  """Each config says what it reproduces, how to launch it, what it needs."""
+  with open(os.path.join(CONFIGS, name)) as f:
+    module_doc = f.read().split('"""')[1]
+  assert f"python main.py --config=configs/{name}" in module_doc
+  assert "Needs:" in module_doc
+  assert "arXiv:2112.07175" in module_doc
+  assert isinstance(load(name), ml_collections.ConfigDict)

@@ -1,0 +1,309 @@
+"""Multi-view evaluation: scores against numpy, rigged heads, reversal, files.
+
+One tiny TimeSformer with random parameters and three heads, on a mesh of the
+8 fake CPU devices: the synthetic clips (tests/synthetic_data.py; videos and
+images, 3 classes) and the digits images (10 classes, varied enough that the
+predictions vary), with eval batches that leave a padded last batch.
+"""
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from cover_jax import evaluate as ev
+from cover_jax import input as inp
+from cover_jax import sharding
+from cover_jax.models import abstract_variables, create
+from tests import synthetic_data  # pylint: disable=unused-import
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADS = {"clips": 3, "stills": 3, "digits_image": 10}
+MODEL = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=8,
+             num_frames=4, image_size=16)
+
+
+def dataset(name, split):
+  return dict(dataset=name, train_split="train", eval_split=split, flip=False,
+              loss_weight=1.0)
+
+
+def tiny_config(data_dir, datasets=None, split="test", eval_batch_size=8):
+  """Clips (videos) and stills (images) of the synthetic data by default."""
+  if datasets is None:
+    clips = "video_large" if split == "train" else "video"
+    datasets = {"clips": dataset(f"synthetic_clips/{clips}", split),
+                "stills": dataset("synthetic_clips/image", split)}
+  config = ml_collections.ConfigDict()
+  config.data_dir = data_dir
+  config.datasets = ml_collections.ConfigDict(datasets)
+  config.heads = {name: HEADS[name] for name in datasets}
+  config.input = ml_collections.ConfigDict(dict(
+      num_frames=4, crop_size=16, scale_range=(1.0, 1.0), eval_views=3,
+      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), seed=0))
+  config.model = ml_collections.ConfigDict(MODEL)
+  config.batch_size = 8
+  config.eval_batch_size = eval_batch_size
+  return config
+
+
+def model_and_params(seed=0):
+  """The tiny model and random numpy parameters, all of them.
+
+  (At init the temporal branch's output layer and the time embedding are
+  zero, and the model could not tell frame order.)
+  """
+  model = create(HEADS, **MODEL)
+  shapes = nn.unbox(abstract_variables(model))["params"]
+  rng = np.random.default_rng(seed)
+
+  def draw(path, x):
+    centre = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
+    return (centre + 0.5 * rng.standard_normal(x.shape)).astype(np.float32)
+
+  return model, jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """(model, params), one model object for every test: compiled once."""
+  return model_and_params()
+
+
+@pytest.fixture(scope="module")
+def digits_image_dir(tmp_path_factory):
+  """A data dir with the digits images alone (quicker than `digits_dir`)."""
+  from data import registry  # pylint: disable=import-outside-toplevel
+  data_dir = str(tmp_path_factory.mktemp("digits_image"))
+  registry.load_builder("digits_image", data_dir)
+  return data_dir
+
+
+@functools.lru_cache(maxsize=None)
+def head_logits(static_model, name):
+  """A jitted apply of one head, cached per model (hashed by identity)."""
+  model = static_model.module
+  return jax.jit(lambda p, x: model.apply({"params": p}, x)[name])
+
+
+def numpy_scores(model, params, config, name, reverse=False):
+  """The metrics recomputed batch by batch on one device, then in numpy."""
+  (source,) = [s for s in inp.make.sources(config, "eval_split")
+               if s.name == name]
+  apply = head_logits(ev._Static(model), name)  # pylint: disable=protected-access
+  top1 = top5 = loss = examples = 0.0
+  records = []
+  for batch in inp.make.for_eval(config, source, reverse=reverse):
+    b, views = batch["frames"].shape[:2]
+    logits = np.asarray(apply(params, batch["frames"].reshape(
+        (b * views,) + batch["frames"].shape[2:])), np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = (probs / probs.sum(-1, keepdims=True)).reshape(b, views, -1)
+    probs = probs.mean(axis=1)
+    valid, label = batch["mask"] == 1, batch["label"]
+    ranked = np.argsort(-probs, axis=-1)
+    top1 += np.sum((ranked[:, 0] == label)[valid])
+    top5 += np.sum(np.any(ranked[:, :5] == label[:, None], -1)[valid])
+    loss -= np.sum(np.log(probs[np.arange(b), label])[valid])
+    examples += valid.sum()
+    records += list(batch["record"][valid])
+  assert sorted(records) == list(range(source.num_examples))
+  return {"top1": top1 / examples, "top5": top5 / examples,
+          "loss": loss / examples, "examples": int(examples)}
+
+
+def test_scores_equal_numpy_on_the_same_logits(tiny, synthetic_dir,
+                                               digits_image_dir):
+  model, params = tiny
+  mesh = sharding.make_mesh(data=-1)
+  # 359 digits in 6 batches of 64; 7 clips and 5 stills in one batch of 8:
+  # every last batch is padded.
+  digits = tiny_config(digits_image_dir, {"digits_image": dataset(
+      "digits_image", "test")}, eval_batch_size=64)
+  synthetic = tiny_config(synthetic_dir)
+  for config, sizes in ((digits, {"digits_image": 359}),
+                        (synthetic, {"clips": 7, "stills": 5})):
+    results = ev.evaluate(model, params, config, mesh=mesh)
+    assert set(results) == set(sizes)
+    for name, size in sizes.items():
+      expected = numpy_scores(model, params, config, name)
+      assert results[name]["examples"] == expected["examples"] == size
+      assert results[name]["top1"] == expected["top1"]
+      assert results[name]["top5"] == expected["top5"]
+      assert results[name]["loss"] == pytest.approx(expected["loss"],
+                                                    rel=1e-5)
+    if "digits_image" in results:  # ten classes: a test that can fail
+      assert 0 < results["digits_image"]["top1"] < results[
+          "digits_image"]["top5"] < 1
+  # Three classes: the top-5 is the top-3, always right.
+  assert results["clips"]["top5"] == 1.0
+
+
+def test_constant_head_scores_the_share_of_its_class(tiny, synthetic_dir):
+  model, params = tiny
+  config = tiny_config(synthetic_dir)  # test splits: labels i % 3
+  big = 5.0
+  heads = dict(params["heads"])
+  for name, c in (("clips", 0), ("stills", 2)):
+    heads[name] = {"kernel": np.zeros_like(heads[name]["kernel"]),
+                   "bias": big * np.eye(3, dtype=np.float32)[c]}
+  rigged = dict(params, heads=heads)
+  results = ev.evaluate(model, rigged, config,
+                        mesh=sharding.make_mesh(data=4, fsdp=2))
+  right = -np.log(np.exp(big) / (np.exp(big) + 2))
+  wrong = -np.log(1 / (np.exp(big) + 2))
+  # clips: 7 labels 0,1,2,0,1,2,0 -> class 0 is 3/7; stills: 0,1,2,0,1 -> 1/5.
+  for name, share, size in (("clips", 3 / 7, 7), ("stills", 1 / 5, 5)):
+    assert results[name]["examples"] == size
+    assert results[name]["top1"] == pytest.approx(share, abs=1e-12)
+    assert results[name]["loss"] == pytest.approx(
+        share * right + (1 - share) * wrong, rel=1e-5)
+
+
+def test_reversed_frames_equal_a_reversed_time_embedding(tiny,
+                                                         synthetic_dir):
+  model, params = tiny
+  config = tiny_config(synthetic_dir)
+  mesh = sharding.make_mesh(data=-1)
+  plain = ev.evaluate(model, params, config, mesh=mesh, names=["clips"])
+  reversed_ = ev.evaluate(model, params, config, mesh=mesh, reverse=True)
+  assert set(reversed_) == {"clips/reversed"}  # an image has one frame
+  assert reversed_["clips/reversed"]["examples"] == 7
+  assert reversed_["clips/reversed"]["loss"] != pytest.approx(
+      plain["clips"]["loss"], rel=1e-3)
+  assert reversed_["clips/reversed"] == pytest.approx(
+      numpy_scores(model, params, config, "clips", reverse=True), rel=1e-5)
+  # The model sees frame order only through the time embedding: reversing
+  # the frames is reversing the embedding.
+  flipped = dict(params, time_embedding=params["time_embedding"][::-1])
+  rigged = ev.evaluate(model, flipped, config, mesh=mesh, names=["clips"])
+  assert rigged["clips"] == pytest.approx(reversed_["clips/reversed"],
+                                          rel=1e-5)
+
+
+class RecordingWriter:
+  """A clu metric writer that remembers what it was given."""
+
+  def __init__(self):
+    self.scalars = []
+
+  def write_scalars(self, step, scalars):
+    self.scalars.append((step, dict(scalars)))
+
+  def flush(self):
+    pass
+
+
+def test_results_go_to_json_and_the_writer_compiled_once(tiny, synthetic_dir,
+                                                         tmp_path):
+  model, params = tiny
+  config = tiny_config(synthetic_dir)
+  mesh = sharding.make_mesh(data=-1)
+  writer, workdir = RecordingWriter(), str(tmp_path)
+  results = ev.evaluate(model, params, config, mesh=mesh, writer=writer,
+                        step=7, workdir=workdir)
+  for name in ("step_7.json", "latest.json"):
+    with open(tmp_path / "eval" / name) as f:
+      assert json.load(f) == {"step": 7, "results": results}
+  assert writer.scalars == [(7, {f"eval/{k}/{m}": results[k][m]
+                                 for k in results for m in ev.METRICS})]
+  compiled = ev._accumulate._cache_size()  # pylint: disable=protected-access
+  again = ev.evaluate(model, params, config, mesh=mesh, reverse=True,
+                      writer=writer, step=7, workdir=workdir)
+  assert ev._accumulate._cache_size() == compiled  # pylint: disable=protected-access
+  assert "eval/clips/reversed/top1" in writer.scalars[-1][1]
+  # The reversed sections join the plain ones of the same step.
+  assert ev.read_json(workdir) == ev.read_json(workdir, 7) == {
+      "step": 7, "results": {**results, **again}}
+  ev.evaluate(model, params, config, mesh=mesh, step=8, workdir=workdir,
+              names=["stills"])
+  assert ev.read_json(workdir) == {
+      "step": 8, "results": {"stills": results["stills"]}}
+
+
+def test_bad_settings_are_refused_with_the_fix(tiny, synthetic_dir):
+  model, params = tiny
+  config = tiny_config(synthetic_dir, eval_batch_size=12)
+  mesh = sharding.make_mesh(data=-1)
+  with pytest.raises(ValueError, match=r"config.eval_batch_size = 12 is not "
+                     r"divisible by the 8 batch shards.*--config."
+                     r"eval_batch_size to a multiple of 8, e.g. 16"):
+    ev.evaluate(model, params, config, mesh=mesh)
+  config.eval_batch_size = 8
+  with pytest.raises(ValueError, match=r"\['kinetics'\] are not in config"):
+    ev.evaluate(model, params, config, mesh=mesh, names=["kinetics"])
+  with pytest.raises(ValueError, match="needs the step"):
+    ev.evaluate(model, params, config, mesh=mesh, writer=RecordingWriter())
+  wrong = create({"clips": 4, "stills": 3}, **MODEL)
+  with pytest.raises(ValueError, match=r"Head 'clips' has 4 classes.*"
+                     r"config.heads.clips = 3"):
+    ev.evaluate_source(wrong, params, config,
+                       inp.make.sources(config, "eval_split")[0], mesh=mesh)
+
+
+def test_an_example_scored_twice_or_missed_is_an_error(synthetic_dir):
+  config = tiny_config(synthetic_dir)
+  (source,) = [s for s in inp.make.sources(config, "eval_split")
+               if s.name == "clips"]
+  totals = {"top1": 3, "top5": 8, "examples": 8, "loss": 1.0}
+  with pytest.raises(RuntimeError, match="scored 8 examples, but the split "
+                     "has 7"):
+    ev._finalize(totals, source)  # pylint: disable=protected-access
+
+
+# Two processes (jax.distributed on 127.0.0.1, 4 devices each).
+
+
+def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
+  """One of two processes: evaluates; process 0 writes the JSON in `out`."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2,
+                             process_id=process_id)
+  assert jax.process_count() == 2 and jax.local_device_count() == 4
+  model, params = model_and_params()  # numpy, the same in both processes
+  # 7 clips in one batch of 8: process 0 reads 4, process 1 3 and a pad.
+  results = ev.evaluate(model, params, tiny_config(data_dir), names=["clips"],
+                        mesh=sharding.make_mesh(), step=1, workdir=out)
+  with open(os.path.join(out, f"process_{process_id}.json"), "w") as f:
+    json.dump(results, f)
+  jax.distributed.shutdown()
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_score_every_example_once(tiny, synthetic_dir,
+                                                tmp_path):
+  model, params = tiny
+  out, port = str(tmp_path), free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  workers = [subprocess.Popen(
+      [sys.executable, __file__, synthetic_dir, str(port), str(i), out],
+      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for i in range(2)]
+  logs = [w.communicate(timeout=300)[0].decode() for w in workers]
+  for w, log in zip(workers, logs):
+    assert w.returncode == 0, log[-3000:]
+  expected = numpy_scores(model, params, tiny_config(synthetic_dir), "clips")
+  for p in range(2):  # every process gets the global results
+    with open(tmp_path / f"process_{p}.json") as f:
+      assert json.load(f)["clips"] == pytest.approx(expected, rel=1e-5)
+  assert ev.read_json(out, 1)["results"]["clips"]["examples"] == 7
+  assert sorted(os.listdir(tmp_path / "eval")) == ["latest.json",
+                                                   "step_1.json"]
+
+
+if __name__ == "__main__":
+  worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

@@ -1,0 +1,228 @@
+"""The training loop: smoke run, exact resume after SIGKILL, SIGTERM, restore
+onto another device count, loss weighting, non-finite losses, config errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cover_jax import checkpointing
+from cover_jax import train
+from tests import make_test
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A model small enough that a step takes milliseconds.
+TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=8)
+
+
+def tiny_config(data_dir, **overrides):
+  config = make_test.mini_config(data_dir)
+  config.model.update(TINY)
+  config.batch_size = 16
+  config.eval_batch_size = 128
+  config.eval_reverse = False
+  config.num_train_steps = 6
+  config.checkpoint.every_steps = 2
+  config.log_every_steps = 2
+  for key, value in overrides.items():
+    target = config
+    *path, last = key.split(".")
+    for part in path:
+      target = target[part]
+    target[last] = value
+  return config
+
+
+def flags_of(config_overrides: dict) -> list[str]:
+  return [f"--config.{k}={v}" for k, v in config_overrides.items()]
+
+
+def command(workdir, data_dir, **overrides):
+  base = {"data_dir": data_dir, "batch_size": 16, "eval_batch_size": 128,
+          "eval_reverse": False, "num_train_steps": 6,
+          "checkpoint.every_steps": 2, "log_every_steps": 2,
+          **{f"model.{k}": v for k, v in TINY.items()}, **overrides}
+  return ([sys.executable, os.path.join(ROOT, "main.py"),
+           f"--config={os.path.join(ROOT, 'configs', 'cover_mini.py')}",
+           f"--workdir={workdir}"] + flags_of(base))
+
+
+def run(cmd, **kwargs):
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                        timeout=600, env=dict(os.environ, PYTHONPATH=ROOT),
+                        **kwargs)
+
+
+def final_params(workdir):
+  return checkpointing.read_params(os.path.join(workdir, "checkpoints"))
+
+
+def assert_same_params(a, b):
+  flat_a = jax.tree_util.tree_leaves_with_path(a)
+  flat_b = jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
+  config = tiny_config(digits_dir, num_train_steps=2)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert set(results) >= {"digits_image", "digits_appearance",
+                          "digits_motion"}
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints")
+                 if d.isdigit())
+  assert steps[-1] == 2
+  params = final_params(str(tmp_path))
+  assert params["heads"]["digits_motion"]["kernel"].shape == (16, 8)
+  # Started again: nothing left to do, the same checkpoint is kept.
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again.keys() == results.keys()
+
+
+def test_killed_run_resumes_to_bit_identical_parameters(digits_dir,
+                                                        tmp_path):
+  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+  out = run(command(straight, digits_dir))
+  assert out.returncode == 0, out.stderr[-3000:]
+  # Kill the second run with SIGKILL once its first checkpoint is written.
+  proc = subprocess.Popen(command(killed, digits_dir), cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt = os.path.join(killed, "checkpoints", "2")
+  deadline = time.time() + 300
+  while not os.path.isdir(ckpt) and proc.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  out = run(command(killed, digits_dir))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "resumed from this workdir's checkpoint" in out.stdout
+  assert_same_params(final_params(straight), final_params(killed))
+
+
+def test_sigterm_saves_and_exits_zero_then_resumes(digits_dir, tmp_path):
+  workdir = str(tmp_path)
+  proc = subprocess.Popen(command(workdir, digits_dir, num_train_steps=400,
+                                  **{"checkpoint.every_steps": 1000}),
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  # Wait for training to be under way (a log line), then preempt.
+  for line in proc.stdout:
+    if line.startswith("step "):
+      break
+  proc.send_signal(signal.SIGTERM)
+  rest = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, rest[-3000:]
+  assert "(SIGTERM): checkpoint saved" in rest
+  saved = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+              if d.isdigit())
+  assert 2 <= saved < 400
+
+
+def test_restore_onto_fewer_devices(digits_dir, tmp_path):
+  config = tiny_config(digits_dir, num_train_steps=2)
+  train.train_and_evaluate(config, str(tmp_path))  # 8 devices, data=8
+  saved = final_params(str(tmp_path))
+  model = train.model_from_config(config)
+  tx, _ = train.optimizer.make(config, 10)
+  mesh = train.sharding.make_mesh(data=2, fsdp=2,
+                                  devices=jax.devices()[:4])
+  _, abstract, _ = train.state_layout(model, tx, mesh)
+  mngr = checkpointing.manager(str(tmp_path / "checkpoints"), keep=3)
+  state, data = checkpointing.restore(mngr, abstract)
+  kernel = state["params"]["encoderblock_0"]["mlp"]["Dense_0"]["kernel"]
+  assert len(kernel.sharding.device_set) == 4
+  assert_same_params(jax.device_get(state["params"]), saved)
+  assert data["states"][0]["step"] == 2
+
+
+def test_loss_weights_each_dataset_by_its_own_examples():
+  rng = np.random.default_rng(0)
+  heads = [train.Head("a", "video", 1.0), train.Head("b", "video", 0.5),
+           train.Head("c", "image", 0.25)]
+  logits = {"a": rng.normal(size=(6, 3)), "b": rng.normal(size=(6, 5)),
+            "c": rng.normal(size=(6, 2))}
+  labels = np.array([0, 4, 2, 1, 3, 0])
+  ids = np.array([0, 1, 0, 1, 1, 0])
+  sums = train.dataset_sums({k: jnp.asarray(v) for k, v in logits.items()},
+                            jnp.asarray(labels), jnp.asarray(ids), heads,
+                            "video")
+  assert set(sums) == {"a", "b"}
+  counts = {"a": 3.0, "b": 3.0}
+  loss = train.weighted_loss(sums, counts, heads[:2])
+
+  def ce(z, y):
+    z = z - z.max()
+    return np.log(np.exp(z).sum()) - z[y]
+  expected = (1.0 * np.mean([ce(logits["a"][i], labels[i]) for i in (0, 2, 5)])
+              + 0.5 * np.mean([ce(logits["b"][i], labels[i])
+                               for i in (1, 3, 4)]))
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  correct_a = sum(np.argmax(logits["a"][i]) == labels[i] for i in (0, 2, 5))
+  assert float(sums["a"]["correct"]) == correct_a
+
+
+def test_non_finite_loss_stops_with_step_and_dataset(digits_dir, tmp_path):
+  config = tiny_config(digits_dir, num_train_steps=4,
+                       **{"optimizer.learning_rates": (1e30, 1e30),
+                          "optimizer.grad_clip_norm": None,
+                          "optimizer.warmup_epochs": 0.0})
+  with pytest.raises(train.NonFiniteLoss, match=r"Non-finite loss at step "
+                     r"\d+ \(dataset: .*config.nonfinite='skip'"):
+    train.train_and_evaluate(config, str(tmp_path / "stop"))
+  config.nonfinite = "skip"
+  config.eval_every_steps = 0
+  train.train_and_evaluate(config, str(tmp_path / "skip"))
+  params = final_params(str(tmp_path / "skip"))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_config_errors_come_before_compute(digits_dir, tmp_path):
+  config = tiny_config(digits_dir)
+  config.heads.digits_motion = 9
+  with pytest.raises(ValueError, match=r"config.heads.digits_motion = 9, but "
+                     r"dataset 'digits_motion' has 8 classes"):
+    train.train_and_evaluate(config, str(tmp_path))
+  config = tiny_config(digits_dir, batch_size=12)
+  with pytest.raises(ValueError, match="not divisible by the 8 batch shards"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_learning_rate_at_epoch_boundaries():
+  schedule = train.optimizer.learning_rate_schedule(
+      (5e-3, 5e-4, 5e-5), (10, 14), steps_per_epoch=100)
+  assert float(schedule(999)) == pytest.approx(5e-3)
+  assert float(schedule(1000)) == pytest.approx(5e-4)
+  assert float(schedule(1399)) == pytest.approx(5e-4)
+  assert float(schedule(1400)) == pytest.approx(5e-5)
+  assert float(schedule(1999)) == pytest.approx(5e-5)
+  warm = train.optimizer.learning_rate_schedule((0.1, 0.01), (2,), 10,
+                                                warmup_epochs=0.5)
+  assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(0.1)
+  assert float(warm(20)) == pytest.approx(0.01)
+  with pytest.raises(ValueError, match="3 learning rates need 2 boundaries"):
+    train.optimizer.learning_rate_schedule((1, 2, 3), (1,), 10)
+
+
+def test_linear_probe_moves_only_the_heads(digits_dir, tmp_path):
+  config = tiny_config(digits_dir, num_train_steps=2,
+                       **{"optimizer.trainable": "heads"})
+  train.train_and_evaluate(config, str(tmp_path))
+  after = final_params(str(tmp_path))
+  model = train.model_from_config(config)
+  # Same init (same seed and split): backbone untouched, heads trained.
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+  before = jax.device_get(train.init_params(model, init_rng))
+  np.testing.assert_array_equal(after["cls"], before["cls"])
+  assert not np.array_equal(after["heads"]["digits_motion"]["kernel"],
+                            before["heads"]["digits_motion"]["kernel"])
