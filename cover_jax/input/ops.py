@@ -74,9 +74,17 @@ def decode_frames(encoded_frames: tf.Tensor,
 
 
 def resize(frames: tf.Tensor, size: int) -> tf.Tensor:
-  """float32 [T, size, size, 3], bilinear."""
-  return tf.image.resize(tf.cast(frames, tf.float32), [size, size],
-                         method="bilinear", antialias=True)
+  """float32 [T, size, size, 3], bilinear; antialiased when shrinking.
+
+  (Antialiasing an enlargement changes nothing and costs 5x: at 16x448 every
+  crop window is enlarged.)
+  """
+  frames = tf.cast(frames, tf.float32)
+  shrinking = tf.shape(frames)[1] > size
+  return tf.cond(
+      shrinking,
+      lambda: tf.image.resize(frames, [size, size], antialias=True),
+      lambda: tf.image.resize(frames, [size, size], antialias=False))
 
 
 def random_flip(frames: tf.Tensor, seed) -> tf.Tensor:
@@ -120,7 +128,7 @@ def crop_views(frames: tf.Tensor, windows: tf.Tensor,
 
 def normalize(frames: tf.Tensor, mean: Sequence[float],
               std: Sequence[float]) -> tf.Tensor:
-  """(frames / 255 - mean) / std, per channel."""
-  mean = tf.constant(mean, tf.float32)
-  std = tf.constant(std, tf.float32)
-  return (tf.cast(frames, tf.float32) / 255.0 - mean) / std
+  """(frames / 255 - mean) / std, per channel, as one multiply-add."""
+  scale = tf.constant([1.0 / (255.0 * s) for s in std], tf.float32)
+  offset = tf.constant([-m / s for m, s in zip(mean, std)], tf.float32)
+  return tf.cast(frames, tf.float32) * scale + offset
