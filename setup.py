@@ -21,7 +21,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["cover_jax", "cover_jax.*",
-                                               "data", "data.*"]),
+                                               "data", "data.*", "configs"]),
     install_requires=requirements(),
     extras_require={
         # Reading official TimeSformer .pyth checkpoints.

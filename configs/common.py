@@ -249,7 +249,7 @@ def optimizer(**fields) -> ml_collections.ConfigDict:
   and 15": epoch 11 starts after 10 epochs, so the boundaries, in epochs
   done, are (10, 14). No weight decay, clipping or warm-up (none is named).
   """
-  spec = dict(learning_rates=(5e-3, 5e-4, 5e-5), boundaries_epochs=(10, 14),
+  spec = dict(name="sgd", learning_rates=(5e-3, 5e-4, 5e-5), boundaries_epochs=(10, 14),
               warmup_epochs=0.0, momentum=0.9, nesterov=False,
               weight_decay=0.0, grad_clip_norm=placeholder(float),
               trainable="all", accumulation_steps=1)
@@ -301,6 +301,22 @@ def cover_config(variant_name: str, kinetics: str, setting: str,
   config.requires_init = True  # spatial layers from an image ViT (4.1)
   return config
 
+
+
+def cover_config_from_arg(variant_name: str, arg: Optional[str], *,
+                          default_input: str) -> ml_collections.ConfigDict:
+  """`cover_config` from a config argument "k400|k600|k700[,8x224|16x448]".
+
+  L/16 at 16x448 keeps ~3.3 GB of activations per video per block for the
+  backward pass (bf16; XLA's memory analysis), ~79 GB for 24 blocks: it
+  recomputes them instead (~1/3 more compute).
+  """
+  choice = parse_arg(
+      arg, groups=dict(kinetics=tuple(KINETICS), input=tuple(INPUT_SETTINGS)),
+      defaults=dict(kinetics="k400", input=default_input))
+  remat = variant_name == "L/16" and choice["input"] == "16x448"
+  return cover_config(variant_name, choice["kinetics"], choice["input"],
+                      remat_policy="nothing_saveable" if remat else None)
 
 # ----------------------------------------------------------------------------
 # Transfer: a new head on a checkpoint of ours (paper 3.2 and Fig. 3).

@@ -39,8 +39,5 @@ from configs import common
 
 
 def get_config(arg=None):
-  choice = common.parse_arg(
-      arg, groups=dict(kinetics=tuple(common.KINETICS),
-                       input=tuple(common.INPUT_SETTINGS)),
-      defaults=dict(kinetics="k400", input="8x224"))
-  return common.cover_config("B/16", choice["kinetics"], choice["input"])
+  return common.cover_config_from_arg("B/16", arg,
+                                      default_input="8x224")

@@ -35,12 +35,5 @@ from configs import common
 
 
 def get_config(arg=None):
-  choice = common.parse_arg(
-      arg, groups=dict(kinetics=tuple(common.KINETICS),
-                       input=tuple(common.INPUT_SETTINGS)),
-      defaults=dict(kinetics="k400", input="16x448"))
-  high_res = choice["input"] == "16x448"
-  # Activation memory at 16x448: see cover_l16_jft.py.
-  return common.cover_config(
-      "L/16", choice["kinetics"], choice["input"],
-      remat_policy="nothing_saveable" if high_res else None)
+  return common.cover_config_from_arg("L/16", arg,
+                                      default_input="16x448")

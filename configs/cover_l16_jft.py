@@ -44,14 +44,5 @@ from configs import common
 
 
 def get_config(arg=None):
-  choice = common.parse_arg(
-      arg, groups=dict(kinetics=tuple(common.KINETICS),
-                       input=tuple(common.INPUT_SETTINGS)),
-      defaults=dict(kinetics="k400", input="16x448"))
-  high_res = choice["input"] == "16x448"
-  # A TimeSformer-L/16 block at 16x448 keeps ~3.3 GB of activations per
-  # video for the backward pass (bf16; XLA's memory analysis), ~79 GB for 24
-  # blocks: recompute them in the backward pass instead (~1/3 more compute).
-  return common.cover_config(
-      "L/16", choice["kinetics"], choice["input"],
-      remat_policy="nothing_saveable" if high_res else None)
+  return common.cover_config_from_arg("L/16", arg,
+                                      default_input="16x448")

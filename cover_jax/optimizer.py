@@ -8,9 +8,13 @@ any batch size. `config.optimizer` fields:
     learning_rates: (5e-3, 5e-4, 5e-5)  the value in each phase
     boundaries_epochs: (10, 14)         where the next phase starts
     warmup_epochs: 0.0                  linear warm-up from 0 (optional)
-    momentum: 0.9, nesterov: False
-    weight_decay: 0.0                   L2 added to the gradient, as PyTorch's
-                                        SGD does, on kernels only (ndim > 1)
+    name: "sgd"                         the paper's; "adamw" for runs from
+                                        scratch (cover_mini), where SGD
+                                        barely moves a transformer
+    momentum: 0.9, nesterov: False      (sgd)
+    weight_decay: 0.0                   on kernels only (ndim > 1): for sgd
+                                        L2 added to the gradient as PyTorch's
+                                        SGD does, for adamw decoupled
     grad_clip_norm: None                clip by global norm when set
     trainable: "all" | "heads"          "heads": a linear probe, backbone frozen
 """
@@ -84,10 +88,19 @@ def make(config: ConfigDict, steps_per_epoch: int
   parts = []
   if opt.get("grad_clip_norm"):
     parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
-  if opt.get("weight_decay"):
-    parts.append(optax.add_decayed_weights(opt.weight_decay, kernel_mask))
-  parts.append(optax.sgd(schedule, momentum=opt.get("momentum", 0.9),
-                         nesterov=opt.get("nesterov", False)))
+  name = opt.get("name", "sgd")
+  if name == "sgd":
+    if opt.get("weight_decay"):
+      parts.append(optax.add_decayed_weights(opt.weight_decay, kernel_mask))
+    parts.append(optax.sgd(schedule, momentum=opt.get("momentum", 0.9),
+                           nesterov=opt.get("nesterov", False)))
+  elif name == "adamw":
+    parts.append(optax.adamw(schedule,
+                             weight_decay=opt.get("weight_decay", 0.0),
+                             mask=kernel_mask))
+  else:
+    raise ValueError(f"config.optimizer.name must be 'sgd' (the paper's) or "
+                     f"'adamw', not {name!r}.")
   tx = optax.chain(*parts)
   trainable = opt.get("trainable", "all")
   if trainable == "heads":

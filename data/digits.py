@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from data import features
 
 CANVAS = 40  # stored frame size (short side); configs crop 32
-SPRITE = 16  # digit size in pixels at scale 1
+SPRITE = 24  # digit size in pixels at scale 1: 6x6 patches of 4 px
 TEST_FRACTION = 0.2
 TRAIN_COPIES = 2  # renderings per training source image (different paths)
 FRAMES = (12, 20)  # stored frames per video, inclusive range
@@ -151,8 +151,9 @@ def motion_frames(digit: np.ndarray, motion: str, n: int,
 class _Digits(tfds.core.GeneratorBasedBuilder):
   """Shared split logic: TRAIN_COPIES renderings per train image, 1 per test."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "Digits drawn at 24 px instead of 16."}
   MEDIA = features.VIDEO
   FLIP_CHANGES_LABEL = False
 

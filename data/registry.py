@@ -107,7 +107,12 @@ def load_builder(name: str, data_dir: str | None = None
                          f"{prepared_folder_datasets(data_dir) or 'none'}).")
       config = cls.BUILDER_CONFIGS[0].name if cls.BUILDER_CONFIGS else ""
     config_dir = os.path.join(data_dir, base, config)
-    prepared = _latest_version_dir(config_dir)
+    if base in NAMED_BY_USER:
+      prepared = _latest_version_dir(config_dir)
+    else:  # exactly the version this code builds, never a stale one
+      prepared = os.path.join(config_dir, str(cls.VERSION))
+      if not os.path.isfile(os.path.join(prepared, "dataset_info.json")):
+        prepared = None
     if prepared:
       return tfds.builder_from_directory(prepared)
     if base in BUILT_ON_FIRST_USE:

@@ -9,8 +9,6 @@ predictions vary), with eval batches that leave a padded last batch.
 import functools
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import flax.linen as nn
@@ -23,9 +21,9 @@ from cover_jax import evaluate as ev
 from cover_jax import input as inp
 from cover_jax import sharding
 from cover_jax.models import abstract_variables, create
+from tests import distributed
 from tests import synthetic_data  # pylint: disable=unused-import
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADS = {"clips": 3, "stills": 3, "digits_image": 10}
 MODEL = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=8,
              num_frames=4, image_size=16)
@@ -277,25 +275,11 @@ def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
   jax.distributed.shutdown()
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_score_every_example_once(tiny, synthetic_dir,
                                                 tmp_path):
   model, params = tiny
-  out, port = str(tmp_path), free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  workers = [subprocess.Popen(
-      [sys.executable, __file__, synthetic_dir, str(port), str(i), out],
-      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for i in range(2)]
-  logs = [w.communicate(timeout=300)[0].decode() for w in workers]
-  for w, log in zip(workers, logs):
-    assert w.returncode == 0, log[-3000:]
+  out = str(tmp_path)
+  distributed.run_two_processes(__file__, synthetic_dir, out)
   expected = numpy_scores(model, params, tiny_config(synthetic_dir), "clips")
   for p in range(2):  # every process gets the global results
     with open(tmp_path / f"process_{p}.json") as f:

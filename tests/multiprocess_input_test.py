@@ -5,18 +5,13 @@ devices; the global array must be process 0's local batch followed by
 process 1's, each exactly what a single process computes for that shard.
 """
 
-import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
 
 from cover_jax import input as inp
+from tests import distributed
 from tests import pipeline_test
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
@@ -50,24 +45,9 @@ def make_iterator(data_dir, process_index, process_count):
                            process_count=process_count)
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_global_batch_from_two_processes(synthetic_dir, tmp_path):
   out = str(tmp_path / "global.npz")
-  port = free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  workers = [subprocess.Popen(
-      [sys.executable, __file__, synthetic_dir, str(port), str(i), out],
-      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for i in range(2)]
-  logs = [w.communicate(timeout=300)[0].decode() for w in workers]
-  for w, log in zip(workers, logs):
-    assert w.returncode == 0, log[-3000:]
+  distributed.run_two_processes(__file__, synthetic_dir, out)
   got = np.load(out)
   # What each process read, computed here one shard at a time.
   expected = []

@@ -162,8 +162,11 @@ class _Records:
   """
 
   def __init__(self, sources: Sequence[Source], process_index: int,
-               process_count: int):
+               process_count: int, ids: Sequence[int] | None = None):
     self.sources = list(sources)
+    # Global dataset ids: each dataset gets its own permutations, even where
+    # two datasets hold records in the same order (e.g. the mini digits).
+    self.ids = list(range(len(sources)) if ids is None else ids)
     self.process_index, self.process_count = process_index, process_count
     self.shard_sizes = [len(range(process_index, s.num_examples,
                                   process_count)) for s in sources]
@@ -179,9 +182,9 @@ class _Records:
     local = position % n
     if shuffle_seed is not None:
       epoch = position // n
+      dataset_id = tf.gather(tf.constant(self.ids, tf.int64), source)
       epoch_seed = tf.random.experimental.stateless_fold_in(
-          tf.stack([tf.cast(shuffle_seed, tf.int64),
-                    tf.cast(source, tf.int64)]), epoch)
+          tf.stack([tf.cast(shuffle_seed, tf.int64), dataset_id]), epoch)
       local = tf.random.experimental.index_shuffle(local, seed=epoch_seed,
                                                    max_index=n - 1)
     return local * self.process_count + self.process_index
@@ -268,7 +271,7 @@ class TrainIterator:
   def _part(self, part, ids, sources, prep, flips, weights, seed,
             local_batch, process_index, process_count):
     records = _Records([sources[i] for i in ids], process_index,
-                       process_count)
+                       process_count, ids=ids)
     log_probs = tf.math.log(tf.constant(
         [[weights[i] / sum(weights[j] for j in ids) for i in ids]]))
     part_seed = tf.constant([seed, PARTS.index(part) * 65536 + process_index],
