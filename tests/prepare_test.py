@@ -77,7 +77,9 @@ def test_folder_end_to_end(tmp_path, capsys):
 def test_mini_dataset_needs_no_manual_files(tmp_path, capsys):
   code, out, _ = run(["digits_image", f"--data_dir={tmp_path}"], capsys)
   assert code == 0
-  assert "digits_image/1.0.0 is ready" in out and "  train: " in out
+  from data import digits  # pylint: disable=import-outside-toplevel
+  version = digits.DigitsImage.VERSION
+  assert f"digits_image/{version} is ready" in out and "  train: " in out
 
 
 def test_command_line_with_spawned_workers(tmp_path):
