@@ -226,3 +226,37 @@ def test_linear_probe_moves_only_the_heads(digits_dir, tmp_path):
   np.testing.assert_array_equal(after["cls"], before["cls"])
   assert not np.array_equal(after["heads"]["digits_motion"]["kernel"],
                             before["heads"]["digits_motion"]["kernel"])
+
+
+def test_transfer_from_our_checkpoint_keeps_backbone_adds_fresh_head(
+    digits_dir, tmp_path):
+  source_run = str(tmp_path / "cover")
+  train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=2),
+                           source_run)
+  trained = final_params(source_run)
+  from configs import common  # pylint: disable=import-outside-toplevel
+  config = common.load(os.path.join(ROOT, "configs",
+                                    "linear_probe.py:digits_motion"))
+  config.data_dir = digits_dir
+  config.model.update(TINY)
+  config.update(dict(batch_size=16, eval_batch_size=128, eval_reverse=False,
+                     num_train_steps=2, log_every_steps=2))
+  config.init_from = source_run
+  model = train.model_from_config(config)
+  fresh = jax.device_get(train.init_params(model, jax.random.PRNGKey(0)))
+  params, note = checkpointing.init_params_from(source_run, model, fresh)
+  assert "new heads, initialised fresh: digits_motion_probe" in note
+  assert_same_params({k: v for k, v in params.items() if k != "heads"},
+                     {k: v for k, v in trained.items() if k != "heads"})
+  np.testing.assert_array_equal(
+      params["heads"]["digits_motion_probe"]["kernel"],
+      fresh["heads"]["digits_motion_probe"]["kernel"])
+  results = train.train_and_evaluate(config, str(tmp_path / "probe"))
+  assert results["digits_motion_probe"]["examples"] == 359
+  # A same-named head of another size is refused, naming the fix.
+  config.heads = {"digits_motion_probe": 8}
+  mismatched = dict(trained, heads={"digits_motion_probe": {
+      "kernel": np.zeros((16, 5), np.float32),
+      "bias": np.zeros((5,), np.float32)}})
+  with pytest.raises(ValueError, match="Head 'digits_motion_probe' has"):
+    checkpointing.merge_heads(mismatched, fresh, "init_from x")
