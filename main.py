@@ -99,6 +99,10 @@ def describe_data(config) -> dict:
 
 def main(argv):
   del argv
+  # The run prints its own concise lines; orbax's and clu's INFO logs would
+  # bury them. --verbosity=0 brings them back.
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
   host.retain_freed_host_memory()
   # TensorFlow only reads data here: keep it off the accelerators.
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
