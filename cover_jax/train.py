@@ -304,13 +304,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   train_iter = inp.make.for_train(config, granule=granule, state=data_state)
 
   # -- Step -------------------------------------------------------------------
-  batch_shardings = None  # inferred from the global input arrays
   train_step = jax.jit(
       make_train_step(model, tx, schedule, heads,
                       accumulation_steps=config.optimizer.get(
                           "accumulation_steps", 1),
                       skip_nonfinite=config.nonfinite == "skip"),
-      in_shardings=(shardings, batch_shardings),
+      in_shardings=(shardings, None),  # the batch: as to_global placed it
       out_shardings=(shardings, None), donate_argnums=0)
 
   # -- Hooks ------------------------------------------------------------------

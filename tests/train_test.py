@@ -260,3 +260,33 @@ def test_transfer_from_our_checkpoint_keeps_backbone_adds_fresh_head(
       "bias": np.zeros((5,), np.float32)}})
   with pytest.raises(ValueError, match="Head 'digits_motion_probe' has"):
     checkpointing.merge_heads(mismatched, fresh, "init_from x")
+
+
+def test_gradient_accumulation_equals_the_whole_batch():
+  heads = {"a": 3, "b": 5, "c": 4}
+  model = train.create(heads, num_frames=4, image_size=16, **TINY)
+  order = [train.Head("a", "video", 1.0), train.Head("b", "video", 0.5),
+           train.Head("c", "image", 0.5)]
+  tx = optax.sgd(0.1, momentum=0.9)
+  rng = np.random.default_rng(0)
+  batch = {
+      "video": {"frames": rng.normal(size=(8, 4, 16, 16, 3)),
+                "label": rng.integers(0, 3, 8),
+                "dataset": np.array([0, 1, 0, 1, 1, 0, 0, 1])},
+      "image": {"frames": rng.normal(size=(4, 1, 16, 16, 3)),
+                "label": rng.integers(0, 4, 4),
+                "dataset": np.full(4, 2)}}
+  batch = jax.tree.map(jnp.asarray, batch)
+  params = train.init_params(model, jax.random.PRNGKey(0))
+  state = {"step": jnp.zeros((), jnp.int32), "params": params,
+           "opt_state": tx.init(params), "rng": jax.random.PRNGKey(1)}
+  results = []
+  for steps in (1, 2, 4):
+    step = jax.jit(train.make_train_step(model, tx, lambda s: 0.1, order,
+                                         accumulation_steps=steps))
+    new_state, metrics = step(state, batch)
+    results.append((new_state["params"], float(metrics["loss"])))
+  for params_k, loss_k in results[1:]:
+    assert loss_k == pytest.approx(results[0][1], rel=1e-5)
+    for x, y in zip(jax.tree.leaves(params_k), jax.tree.leaves(results[0][0])):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
