@@ -435,8 +435,8 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
                if p and _has_checkpoint(p)), None)
   if path is not None:
     params = checkpointing.read_params(path)
-    origin = f"checkpoint {checkpointing.checkpoint_step_dir(path)}"
-    step = checkpointing.checkpoint_step_dir(path)[1]
+    directory, step = checkpointing.checkpoint_step_dir(path)
+    origin = f"the checkpoint at step {step} in {directory}"
   elif config.get("init_from"):
     fresh = jax.device_get(init_params(model,
                                        jax.random.PRNGKey(config.seed)))
