@@ -3,8 +3,14 @@
 Three datasets made from scikit-learn's digits (data/digits.py), built into
 `data_dir` on first use with no download: digits as images (the ImageNet
 role), as appearance videos (Kinetics) and as motion videos (SSv2: never
-flipped, and time-reversal swaps its classes). The training loop lands with
-the training issue; today `python main.py --mode=describe` reports the model.
+flipped, and time-reversal swaps its classes).
+
+    python main.py --config=configs/cover_mini.py --workdir=/tmp/cover
+
+trains 1890 steps in about 7 minutes on 2 CPU cores, checkpointing every 200
+steps, and evaluates every dataset (1 clip x 3 crops, and reversed). On the
+development VM: test top-1 0.35 digits_appearance, 0.19 digits_image, 0.48
+digits_motion (chance 0.10, 0.10, 0.125).
 """
 
 import ml_collections
