@@ -58,9 +58,10 @@ def describe(config) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from cover_jax.models import abstract_variables, create, flops  # pylint: disable=import-outside-toplevel
+  from cover_jax.models import abstract_variables, flops  # pylint: disable=import-outside-toplevel
+  from cover_jax.train import model_from_config  # pylint: disable=import-outside-toplevel
 
-  model = create(config.heads, **config.model)
+  model = model_from_config(config)
   model.validate()
   shapes = abstract_variables(model)
   count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
@@ -83,8 +84,7 @@ def describe_data(config) -> dict:
 
   sources = inp.make.sources(config, "train_split")
   inp.check_sources(sources, inp.make.preprocessing(config),
-                    [spec.get("flip", True)
-                     for spec in config.datasets.values()])
+                    inp.make.flips(config))
   weights = {part: sum(s.num_examples for s in sources if s.kind == part)
              for part in inp.PARTS}
   return dict(

@@ -42,13 +42,18 @@ def sources(config: ConfigDict, split_field: str) -> list[Source]:
           for name, spec in config.datasets.items()]
 
 
+def flips(config: ConfigDict) -> list[bool]:
+  """Per dataset, in `sources` order, whether training flips horizontally."""
+  return [bool(spec.get("flip", True)) for spec in config.datasets.values()]
+
+
 def for_train(config: ConfigDict, *, granule: int = 1,
               state: dict | None = None) -> TrainIterator:
   """This process's training iterator over the config's mixture."""
   specs = list(config.datasets.values())
   return TrainIterator(
       sources(config, "train_split"), preprocessing(config),
-      flips=[bool(s.get("flip", True)) for s in specs],
+      flips=flips(config),
       global_batch=config.batch_size, seed=config.input.get("seed", 0),
       weights=[s.get("sample_weight") for s in specs], granule=granule,
       video_share=config.input.get("video_share"),
