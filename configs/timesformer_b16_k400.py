@@ -13,12 +13,13 @@ config TimeSformer_divST_8x32_224.yaml). Reproduces:
 
 Recipe (TimeSformer's, not CoVeR's): global batch 8, SGD momentum 0.9,
 weight decay 1e-4, lr 5e-3 for 11 epochs, 5e-4 for 3, 5e-5 for 1 (15
-epochs; PySlowFast's STEPS [0, 11, 14] count finished epochs); stochastic
+epochs; PySlowFast's STEPS [0, 11, 14] count finished epochs, as our
+boundaries_epochs do: (11, 14) here, CoVeR's (10, 14)); stochastic
 depth 0.1; short side jittered in [256, 320] then a random 224 crop and flip;
 test: short side 224, 3 crops. Pixels normalised with PySlowFast's mean 0.45
 and std 0.225, as TimeSformer did. Differences: our frames are sampled
 uniformly over the whole video (TimeSformer: 8 frames 32 apart, ~8.5 s of a
-10 s clip); weight decay applies to parameters with 2 or more dimensions
+10 s clip); weight decay applies to the kernels only
 (TimeSformer's: to all but the position and time embeddings and the class
 token, biases and norms included). Batch 8 needs a device
 count dividing 8; with a larger batch, scale the learning rates with it.

@@ -12,8 +12,11 @@ any batch size. `config.optimizer` fields:
                                         scratch (cover_mini), where SGD
                                         barely moves a transformer
     momentum: 0.9, nesterov: False      (sgd)
-    weight_decay: 0.0                   on kernels only (ndim > 1): for sgd
-                                        L2 added to the gradient as PyTorch's
+    weight_decay: 0.0                   on parameters named "kernel" only
+                                        (dense and patch-embedding kernels;
+                                        never biases, norms, cls or position
+                                        and time embeddings): for sgd L2
+                                        added to the gradient as PyTorch's
                                         SGD does, for adamw decoupled
     grad_clip_norm: None                clip by global norm when set
     trainable: "all" | "heads"          "heads": a linear probe, backbone frozen
@@ -66,9 +69,22 @@ def learning_rate_schedule(learning_rates: Sequence[float],
   return schedule
 
 
+def _leaf_name(path) -> str:
+  """The last dict key on a leaf's path: its parameter name.
+
+  (Flax's partitioning boxes add an attribute key after it.)
+  """
+  return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
+
+
 def kernel_mask(params):
-  """True on kernels (ndim > 1): weight decay skips biases, norms, tokens."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """True on leaves named "kernel": weight decay skips biases, norms, tokens.
+
+  By name, not by rank: the q/k/v biases are 2-D ([heads, head_dim]) and the
+  position and time embeddings 2-D, yet none of them should be decayed.
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: _leaf_name(path) == "kernel", params)
 
 
 def head_labels(params):

@@ -1,0 +1,130 @@
+"""The optimizer: the paper's learning-rate schedule in every config that
+claims it, and weight decay on kernels only (by parameter name)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import common
+from cover_jax import optimizer
+from cover_jax.models import create, init_params
+
+CONFIGS = os.path.dirname(common.__file__)
+# Every config that follows paper 4.1's schedule: 20 epochs, 5e-3, 5e-4 from
+# epoch 11, 5e-5 from epoch 15 (epochs counted from 1).
+PAPER_SCHEDULE_CONFIGS = ["cover_l16_jft.py", "cover_l16_i21k.py",
+                          "cover_b16_i21k.py", "transfer_finetune.py",
+                          "linear_probe.py"]
+STEPS_PER_EPOCH = 37  # any count; odd so that no boundary is a round number
+
+
+def schedule_of(name, steps_per_epoch=STEPS_PER_EPOCH):
+  opt = common.load(os.path.join(CONFIGS, name)).optimizer
+  schedule = optimizer.learning_rate_schedule(
+      opt.learning_rates, opt.boundaries_epochs, steps_per_epoch,
+      opt.warmup_epochs)
+  return lambda step: float(schedule(step))
+
+
+def first_step(epoch, steps_per_epoch=STEPS_PER_EPOCH):
+  """The first step of `epoch`, epochs counted from 1 as the papers do."""
+  return (epoch - 1) * steps_per_epoch
+
+
+@pytest.mark.parametrize("name", PAPER_SCHEDULE_CONFIGS)
+def test_paper_configs_drop_the_rate_at_epochs_11_and_15(name):
+  lr = schedule_of(name)
+  assert lr(0) == pytest.approx(5e-3)
+  assert lr(first_step(11) - 1) == pytest.approx(5e-3)  # last of epoch 10
+  assert lr(first_step(11)) == pytest.approx(5e-4)
+  assert lr(first_step(15) - 1) == pytest.approx(5e-4)  # last of epoch 14
+  assert lr(first_step(15)) == pytest.approx(5e-5)
+  assert lr(first_step(21) - 1) == pytest.approx(5e-5)  # last of epoch 20
+
+
+def test_timesformer_baseline_drops_after_11_and_14_finished_epochs():
+  """TimeSformer's own recipe (PySlowFast STEPS [0, 11, 14], 15 epochs):
+  the same reading, boundaries in epochs done, so 5e-3 for 11 epochs."""
+  lr = schedule_of("timesformer_b16_k400.py")
+  assert lr(first_step(12) - 1) == pytest.approx(5e-3)  # last of epoch 11
+  assert lr(first_step(12)) == pytest.approx(5e-4)
+  assert lr(first_step(15) - 1) == pytest.approx(5e-4)
+  assert lr(first_step(15)) == pytest.approx(5e-5)
+
+
+# ----------------------------------------------------------------------------
+# Weight decay.
+# ----------------------------------------------------------------------------
+
+TINY = dict(width=16, depth=2, num_heads=2, mlp_dim=32, patch_size=4,
+            num_frames=2, image_size=8, representation_size=8)
+
+
+@pytest.fixture(scope="module")
+def params():
+  model = create({"video": 5, "image": 3}, **TINY)
+  return init_params(model, jax.random.PRNGKey(0))
+
+
+def named_leaves(tree):
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_weight_decay_mask_selects_kernels_by_name(params):
+  mask = named_leaves(optimizer.kernel_mask(params))
+  decayed = {name for name, on in mask.items() if on}
+  assert decayed == {name for name in mask if name.endswith("/kernel")}
+  # The ones a rank test gets wrong: 2-D q/k/v biases and the embeddings.
+  assert "encoderblock_0/temporal_attention/query/bias" in mask
+  assert params["encoderblock_0"]["temporal_attention"]["query"][
+      "bias"].ndim == 2
+  for name in ("cls", "pos_embedding", "time_embedding",
+               "encoderblock_0/temporal_attention/query/bias",
+               "encoderblock_0/spatial_attention/value/bias",
+               "encoderblock_1/mlp_norm/scale", "encoder_norm/bias",
+               "embedding/bias", "heads/video/bias"):
+    assert not mask[name], name
+  for name in ("embedding/kernel", "encoderblock_0/temporal_fc/kernel",
+               "encoderblock_1/spatial_attention/out/kernel",
+               "encoderblock_0/mlp/Dense_0/kernel", "pre_logits/kernel",
+               "heads/video/kernel", "heads/image/kernel"):
+    assert mask[name], name
+
+
+def test_weight_decay_mask_reads_boxed_parameters():
+  """train.py initialises the optimizer on flax's boxed parameters."""
+  model = create({"video": 5}, **TINY)
+  boxed = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 2, 8, 8, 3))))["params"]
+  unboxed_mask = named_leaves(optimizer.kernel_mask(
+      init_params(model, jax.random.PRNGKey(0))))
+  boxed_mask = optimizer.kernel_mask(boxed)
+  assert [bool(x) for x in jax.tree.leaves(boxed_mask)] == list(
+      unboxed_mask.values())
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_weight_decay_moves_only_kernels_without_gradient(params, name):
+  config = ml_collections.ConfigDict(dict(optimizer=common.optimizer(
+      name=name, learning_rates=(0.1,), boundaries_epochs=(),
+      weight_decay=0.5)))
+  tx, _ = optimizer.make(config, steps_per_epoch=10)
+  # Every leaf non-zero (init zeroes biases and the time embedding), so that
+  # decay would show on any of them.
+  params = jax.tree.map(lambda p: p + 0.5, params)
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  after = named_leaves(jax.tree.map(lambda p, u: p + u, params, updates))
+  before = named_leaves(params)
+  for leaf in ("cls", "pos_embedding", "time_embedding", "embedding/bias",
+               "encoderblock_0/temporal_attention/key/bias",
+               "encoderblock_0/spatial_norm/scale", "heads/video/bias"):
+    np.testing.assert_array_equal(after[leaf], before[leaf], err_msg=leaf)
+  for leaf in ("embedding/kernel", "encoderblock_0/temporal_attention/key/"
+               "kernel", "heads/video/kernel"):
+    assert np.all(np.abs(after[leaf]) < np.abs(before[leaf])), leaf
