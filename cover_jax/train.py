@@ -129,15 +129,34 @@ def dataset_sums(logits: dict, labels, dataset_ids, heads: list[Head],
   return sums
 
 
-def weighted_loss(sums: dict, counts: dict, heads: list[Head]):
-  """sum_d w_d * (sum of d's cross-entropies) / (d's examples in the batch)."""
-  return sum(head.loss_weight * sums[head.name]["loss_sum"] /
+LOSS_REDUCTIONS = ("weighted_sum", "weighted_average")
+
+
+def weighted_loss(sums: dict, counts: dict, heads: list[Head],
+                  reduction: str = "weighted_sum"):
+  """sum_d w_d * (sum of d's cross-entropies) / (d's examples in the batch).
+
+  "weighted_sum" is the paper's loss (3.3, eqs. 2 and 4: the weighted sum of
+  per-dataset mean cross-entropies). "weighted_average" divides it by the sum
+  of w_d over the datasets in the batch (appendix A's "weighted average of
+  both image and video classification loss"). With the same datasets in
+  every batch that is a constant factor: for SGD, the learning rate divided
+  by the sum of the weights.
+  """
+  loss = sum(head.loss_weight * sums[head.name]["loss_sum"] /
              jnp.maximum(counts[head.name], 1.0) for head in heads)
+  if reduction == "weighted_average":
+    loss /= sum(h.loss_weight * (counts[h.name] > 0) for h in heads)
+  return loss
 
 
 def make_train_step(model, tx, schedule, heads: list[Head], *,
-                    accumulation_steps: int = 1, skip_nonfinite: bool = False):
+                    accumulation_steps: int = 1, skip_nonfinite: bool = False,
+                    loss_reduction: str = "weighted_sum"):
   """The pure step: (state, batch) -> (state, metrics)."""
+  if loss_reduction not in LOSS_REDUCTIONS:
+    raise ValueError(f"config.loss_reduction must be one of {LOSS_REDUCTIONS},"
+                     f" not {loss_reduction!r}.")
 
   def loss_fn(params, batch, rng, counts):
     sums = {}
@@ -147,7 +166,7 @@ def make_train_step(model, tx, schedule, heads: list[Head], *,
                                rng, inp.PARTS.index(part))})
       sums.update(dataset_sums(logits, batch[part]["label"],
                                batch[part]["dataset"], heads, part))
-    return weighted_loss(sums, counts, heads), sums
+    return weighted_loss(sums, counts, heads, loss_reduction), sums
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -308,7 +327,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       make_train_step(model, tx, schedule, heads,
                       accumulation_steps=config.optimizer.get(
                           "accumulation_steps", 1),
-                      skip_nonfinite=config.nonfinite == "skip"),
+                      skip_nonfinite=config.nonfinite == "skip",
+                      loss_reduction=config.get("loss_reduction",
+                                                "weighted_sum")),
       in_shardings=(shardings, None),  # the batch: as to_global placed it
       out_shardings=(shardings, None), donate_argnums=0)
 

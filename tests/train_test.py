@@ -172,6 +172,28 @@ def test_loss_weights_each_dataset_by_its_own_examples():
   assert float(sums["a"]["correct"]) == correct_a
 
 
+@pytest.mark.parametrize("reduction", ["weighted_sum", "weighted_average"])
+def test_loss_reduction_is_the_papers_sum_or_appendix_a_average(reduction):
+  """Sum: w_a CE_a + w_b CE_b (paper eq. 4); average: the same over the
+  weights of the datasets in the batch (appendix A); c has no example."""
+  heads = [train.Head("a", "video", 1.0), train.Head("b", "image", 0.5),
+           train.Head("c", "video", 0.25)]
+  sums = {"a": {"loss_sum": jnp.float32(6.0)},
+          "b": {"loss_sum": jnp.float32(3.0)},
+          "c": {"loss_sum": jnp.float32(0.0)}}
+  counts = {"a": 3.0, "b": 2.0, "c": 0.0}
+  loss = train.weighted_loss(sums, counts, heads, reduction)
+  weighted_sum = 1.0 * 6.0 / 3 + 0.5 * 3.0 / 2
+  expected = {"weighted_sum": weighted_sum,
+              "weighted_average": weighted_sum / (1.0 + 0.5)}[reduction]
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
+def test_unknown_loss_reduction_is_refused():
+  with pytest.raises(ValueError, match="loss_reduction must be one of"):
+    train.make_train_step(None, None, None, [], loss_reduction="mean")
+
+
 def test_non_finite_loss_stops_with_step_and_dataset(digits_dir, tmp_path):
   config = tiny_config(digits_dir, num_train_steps=4,
                        **{"optimizer.learning_rates": (1e30, 1e30),
