@@ -131,9 +131,33 @@ def test_bf16_compute_close_to_fp32(model, params, video):
   for name in HEADS:
     assert out16[name].dtype == jnp.float32
     assert rel_err(out16[name], out32[name]) < 0.05
+    # Not fp32 in disguise: bf16 rounding shows in the logits.
+    assert rel_err(out16[name], out32[name]) > 1e-4
+  _, captured = half.apply({"params": params}, video,
+                           capture_intermediates=True, mutable="intermediates")
+  blocks = captured["intermediates"]["encoderblock_0"]
+  assert blocks["mlp"]["Dense_0"]["__call__"][0].dtype == jnp.bfloat16
   # Parameters stay fp32 when only the compute dtype changes.
   p16 = init_params(half, jax.random.PRNGKey(0))
   assert {x.dtype for x in jax.tree.leaves(p16)} == {jnp.dtype(jnp.float32)}
+
+
+def test_heads_compute_in_float32_under_bf16(model, params, video):
+  """The bf16 feature times the fp32 kernel, in fp32: the logits equal an
+  independent float64 matmul to fp32 rounding (a bf16 matmul is ~1e-2 off)."""
+  half = model.clone(dtype=jnp.bfloat16)
+  out, captured = half.apply({"params": params}, video,
+                             capture_intermediates=True,
+                             mutable="intermediates")
+  feature = captured["intermediates"]["encoder_norm"]["__call__"][0]
+  assert feature.dtype == jnp.bfloat16
+  feature = np.asarray(feature, np.float64)
+  for name in HEADS:
+    head = jax.tree.map(lambda x: np.asarray(x, np.float64),
+                        params["heads"][name])
+    expected = feature @ head["kernel"] + head["bias"]
+    assert out[name].dtype == jnp.float32
+    np.testing.assert_allclose(out[name], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_every_parameter_receives_a_gradient(model, params, video):

@@ -413,7 +413,7 @@ class TimeSformer(nn.Module):
       feature = nn.tanh(Linear(
           (self.representation_size,), ("embed", "mlp"), dtype=self.dtype,
           param_dtype=self.param_dtype, name="pre_logits")(feature))
-    return Heads(self.heads, dtype=self.dtype, param_dtype=self.param_dtype,
+    return Heads(self.heads, param_dtype=self.param_dtype,
                  name="heads")(feature)
 
   def _encoder(self, x, deterministic):
@@ -475,17 +475,20 @@ class PatchEmbedding(nn.Module):
 
 
 class Heads(nn.Module):
-  """One linear classifier per dataset, stored under `heads/<name>`."""
+  """One linear classifier per dataset, stored under `heads/<name>`.
+
+  Always computed in float32, whatever the model's compute dtype: the logits
+  feed the softmax and the argmax, and a bf16 matmul would round them to 8
+  bits of mantissa (close classes tie). It costs one small matmul.
+  """
   heads: Mapping[str, int]
-  dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, feature):
     return {
-        name: Linear((int(classes),), ("embed", "classes"), dtype=self.dtype,
-                     param_dtype=self.param_dtype,
-                     name=name)(feature).astype(jnp.float32)
+        name: Linear((int(classes),), ("embed", "classes"), dtype=jnp.float32,
+                     param_dtype=self.param_dtype, name=name)(feature)
         for name, classes in self.heads.items()
     }
 
