@@ -13,6 +13,8 @@ difference is what co-training buys (for L/16, Table 1: +2.4 on K400).
   ,16x448    16 frames at 448: the input of appendix B's B/16 runs (JFT-3B,
              Fig. 4, where L/16 beats B/16 by 3.2 / 2.8 / 3.9 / 2.1 / 5.2
              points on K400 / K600 / K700 / SSv2 / MiT)
+  ,no_images ... the ablations of cover_l16_jft.py (configs/ablations.py):
+             no_D, no_images, image_weight=W, D_weight=W, D_sample=S
 
 Recipe: paper 4.1, which appendix B applies to B/16 too ("the same learning
 rate scheduling and ... the same data augmentation"): batch 128, SGD
@@ -26,7 +28,8 @@ Launch on every host:
       --config.init_from=/path/to/ViT-B_16.npz --config.data_dir=/data/tfds
 
 Needs:
-  - init_from: an ImageNet-21k ViT-B/16 .npz with a class token (Google's
+  - init_from (default "ViT-B_16.npz", in the working directory; give its
+    path): an ImageNet-21k ViT-B/16 .npz with a class token (Google's
     vision_transformer release, imagenet21k/ or augreg/). If it has a
     pre-logits layer, add --config.model.representation_size=768.
   - prepared datasets in data_dir: kinetics400 (or 600/700; frames at short
@@ -35,9 +38,28 @@ Needs:
     ",16x448": the short512 copies (--short_side=512).
 """
 
-from configs import common
+from configs import ablations
+from configs import args
+from configs import base
+from configs import datasets
+from configs import settings
 
 
 def get_config(arg=None):
-  return common.cover_config_from_arg("B/16", arg,
-                                      default_input="8x224")
+  arg = args.parse_arg(
+      arg, groups=dict(kinetics=tuple(datasets.KINETICS),
+                       input=tuple(settings.INPUT_SETTINGS)),
+      defaults=dict(kinetics="k400", input="8x224"), with_ablations=True)
+  config = base.config()
+  config.datasets, config.heads = datasets.mixture(
+      datasets.cover_datasets(arg["kinetics"]), arg["input"])
+  ablations.apply(config, arg["ablations"])
+  config.input = settings.input_config(arg["input"])
+  config.model = settings.model("B/16", arg["input"])
+  # About one evaluation per epoch of K400+SSv2+MiT+ImageNet (~2.5M
+  # examples, ~19.5k steps at batch 128).
+  config.eval_every_steps = 20_000
+  # Spatial layers from an image ViT (4.1); point at yours on the command line.
+  config.init_from = "ViT-B_16.npz"
+  config.requires_init = True
+  return config

@@ -16,6 +16,10 @@ epochs, ImageNet loss weight 0.5, no flip on SSv2); only the initialisation
 differs. Table 3 does not restate the input setting: 4.1's applies to every
 main result. ",8x224" gives appendix B's standard input (no i21k number).
 
+Ablations: the arguments of cover_l16_jft.py (configs/ablations.py), e.g.
+":k400,no_images" or ":k400,image_weight=0.75"; the paper's ablation numbers
+(Tables 5 and 6) are for JFT-3B, none for ImageNet-21k.
+
 Launch on every host:
 
   python main.py --config=configs/cover_l16_i21k.py:k400 \
@@ -23,7 +27,8 @@ Launch on every host:
       --config.init_from=/path/to/ViT-L_16.npz --config.data_dir=/data/tfds
 
 Needs:
-  - init_from: an ImageNet-21k ViT-L/16 .npz with a class token, e.g. Google's
+  - init_from (default "ViT-L_16.npz", in the working directory; give its
+    path): an ImageNet-21k ViT-L/16 .npz with a class token, e.g. Google's
     vision_transformer release (gs://vit_models/imagenet21k/ or augreg/). If
     it has a pre-logits layer (the original imagenet21k/ViT-L_16.npz does),
     add --config.model.representation_size=1024.
@@ -31,9 +36,28 @@ Needs:
     700), ssv2/short512, moments_in_time/short512 and imagenet2012.
 """
 
-from configs import common
+from configs import ablations
+from configs import args
+from configs import base
+from configs import datasets
+from configs import settings
 
 
 def get_config(arg=None):
-  return common.cover_config_from_arg("L/16", arg,
-                                      default_input="16x448")
+  arg = args.parse_arg(
+      arg, groups=dict(kinetics=tuple(datasets.KINETICS),
+                       input=tuple(settings.INPUT_SETTINGS)),
+      defaults=dict(kinetics="k400", input="16x448"), with_ablations=True)
+  config = base.config()
+  config.datasets, config.heads = datasets.mixture(
+      datasets.cover_datasets(arg["kinetics"]), arg["input"])
+  ablations.apply(config, arg["ablations"])
+  config.input = settings.input_config(arg["input"])
+  config.model = settings.model("L/16", arg["input"])
+  # About one evaluation per epoch of K400+SSv2+MiT+ImageNet (~2.5M
+  # examples, ~19.5k steps at batch 128).
+  config.eval_every_steps = 20_000
+  # Spatial layers from an image ViT (4.1); point at yours on the command line.
+  config.init_from = "ViT-L_16.npz"
+  config.requires_init = True
+  return config

@@ -14,6 +14,20 @@ weight 0.5). Append ",8x224" for appendix B's standard input (8 frames at
 224), Table 7: K400 85.1 / 67.4 / 44.2, K600 85.6 / 67.7 / 44.0, K700 76.2 /
 67.9 / 43.9 (JFT-3B).
 
+The ablations (configs/ablations.py; JFT-3B, K / SSv2 / MiT):
+
+  arg                                      Table 5 (k400; k600, k700 alike)
+  k400,no_images                           87.2 / 70.6 / 45.9
+  k400,no_moments_in_time,no_images        86.4 / 69.9 / -
+  k400,no_ssv2,no_moments_in_time,no_images   85.0 (K400 trained alone)
+  arg                                      Table 6 (K / SSv2 / MiT / ImNet)
+  k400,image_weight=0                      87.2 / 70.6 / 45.9 / -
+  k400,image_weight=0.75                   87.2 / 70.6 / 45.8 / 86.6
+  Also: no_D, D_weight=W and D_sample=S for a dataset D (kinetics400, ssv2,
+  moments_in_time, imagenet); a weight 0 drops the dataset, so
+  image_weight=0 is no_images. --config.loss_reduction=weighted_average
+  divides the loss by the sum of the weights (appendix A's reading).
+
 The recipe (paper 4.1): 16 frames sampled uniformly over each video, random
 448x448 crops and horizontal flips (none on SSv2), images as 1-frame videos
 with random 448 crops; batch 128 mixing all datasets in proportion to their
@@ -24,14 +38,17 @@ Launch on every host of a pod slice (or every node of a GPU cluster):
 
   python main.py --config=configs/cover_l16_jft.py:k400 \
       --workdir=gs://BUCKET/cover_l16_jft_k400 \
-      --config.init_from=/path/to/jft_vit_l16.npz --config.data_dir=/data/tfds
+      --config.init_from=/path/to/ViT-L_16_JFT-3B.npz \
+      --config.data_dir=/data/tfds
 
 Needs:
-  - init_from: a ViT-L/16 .npz pre-trained on JFT (class token, Google
+  - init_from (default "ViT-L_16_JFT-3B.npz", in the working directory): a
+    ViT-L/16 .npz pre-trained on JFT (class token, Google
     vision_transformer / big_vision layout). JFT-300M and JFT-3B checkpoints
-    are not public: give your own. Without init_from the run would start from
-    scratch, which is not this experiment. If the .npz has a pre-logits layer,
-    add --config.model.representation_size=1024.
+    are not public: give your own. Training from scratch is not this
+    experiment (--config.init_from= --config.requires_init=False does it).
+    If the .npz has a pre-logits layer, add
+    --config.model.representation_size=1024.
   - prepared datasets in data_dir: kinetics400/short512 (or 600/700), ssv2/
     short512 and moments_in_time/short512 (python -m data.prepare NAME
     --manual_dir=DIR --data_dir=DIR --short_side=512), and imagenet2012
@@ -40,9 +57,29 @@ Needs:
     data.prepare default).
 """
 
-from configs import common
+from configs import ablations
+from configs import args
+from configs import base
+from configs import datasets
+from configs import settings
 
 
 def get_config(arg=None):
-  return common.cover_config_from_arg("L/16", arg,
-                                      default_input="16x448")
+  arg = args.parse_arg(
+      arg, groups=dict(kinetics=tuple(datasets.KINETICS),
+                       input=tuple(settings.INPUT_SETTINGS)),
+      defaults=dict(kinetics="k400", input="16x448"), with_ablations=True)
+  config = base.config()
+  config.datasets, config.heads = datasets.mixture(
+      datasets.cover_datasets(arg["kinetics"]), arg["input"])
+  ablations.apply(config, arg["ablations"])
+  config.input = settings.input_config(arg["input"])
+  config.model = settings.model("L/16", arg["input"])
+  # About one evaluation per epoch of K400+SSv2+MiT+ImageNet (~2.5M
+  # examples, ~19.5k steps at batch 128); each costs ~5% of that epoch
+  # (~80k validation videos x 3 views, forward only).
+  config.eval_every_steps = 20_000
+  # Spatial layers from an image ViT (4.1); point at yours on the command line.
+  config.init_from = "ViT-L_16_JFT-3B.npz"
+  config.requires_init = True
+  return config

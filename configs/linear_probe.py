@@ -32,14 +32,15 @@ Launch:
       --workdir=/tmp/probe --config.init_from=/tmp/cover   # laptop
 
 Needs:
-  - init_from: a run of ours (its workdir, checkpoints directory or a step
-    directory) whose model matches the model tokens.
+  - init_from (no default: each probe has its own source): a run of ours
+    (its workdir, checkpoints directory or a step directory) whose model
+    matches the model tokens.
   - the target prepared in data_dir at the input setting's short side
     (short320 for 8x224, short512 for 16x448; imagenet2012 for imagenet).
 """
 
-from configs import common
+from configs import transfer
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, linear_probe=True)
+  return transfer.config(arg, linear_probe=True)

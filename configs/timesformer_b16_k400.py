@@ -31,7 +31,8 @@ Launch:
       --config.init_from=/path/to/ViT-B_16.npz --config.data_dir=/data/tfds
 
 Needs:
-  - init_from: an ImageNet-21k ViT-B/16 .npz with a class token (Google's
+  - init_from (default "ViT-B_16.npz", in the working directory; give its
+    path): an ImageNet-21k ViT-B/16 .npz with a class token (Google's
     vision_transformer release; with a pre-logits layer add
     --config.model.representation_size=768). To evaluate the official
     TimeSformer_divST_8x32_224_K400.pyth instead (--mode=eval), also set
@@ -40,31 +41,38 @@ Needs:
     --manual_dir=DIR --data_dir=DIR; ":16x448": --short_side=512).
 """
 
-from configs import common
+from configs import args
+from configs import base
+from configs import datasets
+from configs import settings
 
 
 def get_config(arg=None):
-  choice = common.parse_arg(
-      arg, groups=dict(input=tuple(common.INPUT_SETTINGS)),
+  arg = args.parse_arg(
+      arg, groups=dict(input=tuple(settings.INPUT_SETTINGS)),
       defaults=dict(input="8x224"))
-  setting = choice["input"]
-  config = common.base_config()
-  config.datasets, config.heads = common.mixture(["kinetics400"], setting)
+  setting = arg["input"]
+  config = base.config()
+  config.datasets, config.heads = datasets.mixture(["kinetics400"], setting)
   # PySlowFast's default normalisation, which TimeSformer trained with.
-  config.input = common.input_config(
+  config.input = settings.input_config(
       setting, mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))
-  config.model = common.model(
-      "B/16", setting, stochastic_depth_rate=0.1,  # TimeSformer's vit.py
-      remat_policy="nothing_saveable" if setting == "16x448" else None)
+  config.model = settings.model(
+      "B/16", setting, stochastic_depth_rate=0.1)  # TimeSformer's vit.py
+  if setting == "16x448":  # batch 8 of 16x448 clips: recompute activations
+    config.model.remat_policy = "nothing_saveable"
   config.batch_size = 8  # TRAIN.BATCH_SIZE, PySlowFast's global batch
   config.eval_batch_size = 8
   config.num_epochs = 15
-  config.optimizer = common.optimizer(
+  config.optimizer = base.optimizer(
       learning_rates=(5e-3, 5e-4, 5e-5), boundaries_epochs=(11, 14),
       weight_decay=1e-4)
   # K400 is ~240k videos: 30k steps per epoch at batch 8. TimeSformer
   # evaluates every 5 epochs (EVAL_PERIOD 5).
   config.eval_every_steps = 150_000
   config.checkpoint.every_steps = 5_000
-  config.requires_init = True  # TimeSformer starts from a ViT (its 4.1)
+  # TimeSformer starts from a ViT (its 4.1); point at yours on the command
+  # line.
+  config.init_from = "ViT-B_16.npz"
+  config.requires_init = True
   return config

@@ -29,15 +29,16 @@ Launch:
       --workdir=/tmp/transfer --config.init_from=/tmp/cover   # laptop
 
 Needs:
-  - init_from: a run of ours (its workdir, its checkpoints directory or one
-    step directory) whose model matches the model tokens; a ViT .npz or a
-    TimeSformer .pyth works too (then this is the standard paradigm).
+  - init_from (no default: each transfer has its own source): a run of
+    ours (its workdir, its checkpoints directory or one step directory)
+    whose model matches the model tokens; a ViT .npz or a TimeSformer .pyth
+    works too (then this is the standard paradigm).
   - the target prepared in data_dir at the input setting's short side
     (short320 for 8x224, short512 for 16x448; imagenet2012 for imagenet).
 """
 
-from configs import common
+from configs import transfer
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, linear_probe=False)
+  return transfer.config(arg, linear_probe=False)

@@ -15,18 +15,26 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import common
+from configs import ablations
+from configs import args
+from configs import datasets
 from cover_jax import optimizer
 from cover_jax.models import create, flops
 
-CONFIGS = os.path.dirname(common.__file__)
+CONFIGS = args.CONFIG_DIR
 
 PAPER_CONFIGS = ["cover_l16_jft.py", "cover_l16_i21k.py", "cover_b16_i21k.py"]
+# The ablation arguments every co-training config accepts (ablations.py).
+ABLATIONS = (":k400,no_images", ":k700,no_moments_in_time,no_images",
+             ":no_ssv2,no_moments_in_time,no_images", ":image_weight=0",
+             ":k600,image_weight=0.75", ":8x224,image_weight=0.25",
+             ":no_kinetics400", ":ssv2_weight=2,moments_in_time_sample=1e5",
+             ":k700,16x448,kinetics700_weight=0,imagenet_sample=0.5")
 # Every file with every argument it documents.
 VARIANTS = [
     *[f"{f}{arg}" for f in PAPER_CONFIGS
       for arg in ("", ":k400", ":k600", ":k700", ":k400,8x224",
-                  ":8x224,k700", ":16x448")],
+                  ":8x224,k700", ":16x448", *ABLATIONS)],
     "timesformer_b16_k400.py", "timesformer_b16_k400.py:16x448",
     *[f"{f}{arg}" for f in ("transfer_finetune.py", "linear_probe.py")
       for arg in ("", ":ssv2", ":k400,l16,16x448", ":moments_in_time",
@@ -38,7 +46,7 @@ CLASSES = {"kinetics400": 400, "kinetics600": 600, "kinetics700": 700,
 
 
 def load(name, lock=True):
-  return common.load(os.path.join(CONFIGS, name), lock=lock)
+  return args.load(os.path.join(CONFIGS, name), lock=lock)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -68,7 +76,7 @@ def test_every_config_loads_with_consistent_heads(name):
 def test_cover_configs_are_the_papers_recipe(name, kinetics):
   """Paper 4.1 and Table 6, for every pre-training and Kinetics version."""
   config = load(f"{name}:{kinetics}")
-  k = common.KINETICS[kinetics]
+  k = datasets.KINETICS[kinetics]
   assert dict(config.heads) == {k: CLASSES[k], "ssv2": 174,
                                 "moments_in_time": 339, "imagenet": 1000}
   assert config.batch_size == 128
@@ -87,7 +95,9 @@ def test_cover_configs_are_the_papers_recipe(name, kinetics):
   assert d[k].flip and d.moments_in_time.flip and d.imagenet.flip
   assert all(s.sample_weight is None for s in d.values())  # size-proportional
   assert config.input.video_share is None
-  assert config.init_from is None  # the user gives the checkpoint
+  assert config.loss_reduction == "weighted_sum"  # paper eqs. 2 and 4
+  # A ViT checkpoint's file name; the user gives its path.
+  assert config.init_from.endswith(".npz") and config.requires_init
 
 
 @pytest.mark.parametrize("name,variant,frames,size,stored", [
@@ -266,15 +276,115 @@ def test_linear_probe_optimizer_moves_only_the_head():
     ("timesformer_b16_k400.py", "k600", "Unknown config argument"),
     ("linear_probe.py", "digits_motion,l16", "uses cover_mini.py's model"),
     ("transfer_finetune.py", "ucf101", "Accepted"),
+    ("cover_l16_jft.py", "k400,no_ucf101",
+     "'no_ucf101': not an ablation.*Accepted: no_images, image_weight=W"),
+    ("cover_b16_i21k.py", "image_weight=x", "'image_weight=x': 'x' is not a"),
+    ("cover_b16_i21k.py", "ssv2_weight=-1", "'ssv2_weight=-1'.*Accepted"),
+    ("cover_l16_i21k.py", "no_images,image_weight=0.5",
+     "'image_weight=0.5': imagenet is dropped by 'no_images'"),
+    ("cover_l16_jft.py", "image_weight=0.5,image_weight=0.75",
+     "'image_weight=0.75': image_weight is given twice"),
+    ("cover_l16_jft.py", "imagenet_weight=1,image_weight=0.75",
+     "'image_weight=0.75': imagenet's loss weight is already set"),
+    ("cover_l16_jft.py", "no_ssv2,no_kinetics400,no_moments_in_time,no_images",
+     "drops every dataset"),
+    ("cover_l16_jft.py", "kinetics=k400", "'kinetics=k400': not an ablation"),
+    ("timesformer_b16_k400.py", "no_images",
+     "Unknown config argument 'no_images'"),
 ])
 def test_bad_arguments_say_what_is_accepted(name, arg, message):
   with pytest.raises(ValueError, match=message):
     load(f"{name}:{arg}")
 
 
+def datasets_and_heads(config):
+  return ({n: s.to_dict() for n, s in config.datasets.items()},
+          dict(config.heads))
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_no_images_drops_the_image_dataset_and_its_head(name):
+  """Paper Table 5, "K400+SSv2+MiT": the rest of the mixture unchanged."""
+  full, ablated = load(f"{name}:k400"), load(f"{name}:k400,no_images")
+  assert dict(ablated.heads) == {"kinetics400": 400, "ssv2": 174,
+                                 "moments_in_time": 339}
+  assert set(ablated.datasets) == set(ablated.heads)
+  for n, spec in ablated.datasets.items():
+    assert spec.to_dict() == full.datasets[n].to_dict()
+  assert ablated.model.to_dict() == full.model.to_dict()
+  assert ablated.input.to_dict() == full.input.to_dict()
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_image_weight_zero_is_no_images(name):
+  """Table 6's w_image = 0 row has no ImageNet result: images are not in the
+  mixture, rather than a zero-weighted part of every batch."""
+  assert (datasets_and_heads(load(f"{name}:k600,image_weight=0")) ==
+          datasets_and_heads(load(f"{name}:k600,no_images")))
+
+
+@pytest.mark.parametrize("weight", [0.25, 0.75])
+def test_image_weight_sets_the_imagenet_loss_weight(weight):
+  config = load(f"cover_l16_jft.py:image_weight={weight}")
+  assert config.datasets.imagenet.loss_weight == weight
+  assert config.heads.imagenet == 1000
+  assert all(config.datasets[n].loss_weight == 1.0
+             for n in ("kinetics400", "ssv2", "moments_in_time"))
+
+
+def test_table5_mixtures_and_per_dataset_weights():
+  two = load("cover_l16_jft.py:k700,no_moments_in_time,no_images")
+  assert dict(two.heads) == {"kinetics700": 700, "ssv2": 174}  # K700+SSv2
+  alone = load("cover_l16_jft.py:no_ssv2,no_moments_in_time,no_images")
+  assert dict(alone.heads) == {"kinetics400": 400}  # "Train independently"
+  config = load("cover_b16_i21k.py:ssv2_weight=2,moments_in_time_sample=1e5,"
+                "kinetics400_sample=0")
+  assert config.datasets.ssv2.loss_weight == 2.0
+  assert config.datasets.moments_in_time.sample_weight == 1e5
+  assert config.datasets.ssv2.sample_weight is None  # still its size
+  assert "kinetics400" not in config.heads  # sampled never: dropped
+
+
+def test_ablations_apply_to_any_mixture():
+  """The grammar is generic: the mini config names its own image dataset."""
+  entry = lambda w: ml_collections.ConfigDict(dict(
+      dataset="x", loss_weight=w, sample_weight=None))
+  config = ml_collections.ConfigDict(dict(
+      datasets={"appearance": entry(1.0), "motion": entry(1.0),
+                "pictures": entry(0.5)},
+      heads={"appearance": 10, "motion": 8, "pictures": 10}))
+  ablations.apply(config, "image_weight=0.25,motion_sample=3",
+                  images=["pictures"])
+  assert config.datasets.pictures.loss_weight == 0.25
+  assert config.datasets.motion.sample_weight == 3.0
+  ablations.apply(config, ["no_images"], images=["pictures"])
+  assert dict(config.heads) == {"appearance": 10, "motion": 8}
+  with pytest.raises(ValueError, match="'no_images': not an ablation"):
+    ablations.apply(config, "no_images", images=[])  # no image dataset left
+  ablations.apply(config, "")  # nothing to do
+  assert set(config.datasets) == {"appearance", "motion"}
+
+
+def test_command_line_takes_ablations_and_a_checkpoint_path():
+  argv = ["main.py", f"--config={os.path.join(CONFIGS, 'cover_l16_jft.py')}"
+          ":k400,no_images,ssv2_weight=0.5",
+          "--config.init_from=/ckpt/ViT-L_16_JFT-3B.npz",
+          "--config.loss_reduction=weighted_average"]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  config = flag_values.config
+  assert "imagenet" not in config.heads
+  assert config.datasets.ssv2.loss_weight == 0.5
+  assert config.init_from == "/ckpt/ViT-L_16_JFT-3B.npz"
+  assert config.loss_reduction == "weighted_average"
+
+
 @pytest.mark.parametrize("name", sorted(
     f for f in os.listdir(CONFIGS) if f.endswith(".py")
-    and f not in ("common.py", "__init__.py", "cover_mini.py")))
+    and f != "cover_mini.py"
+    and "def get_config(" in open(os.path.join(CONFIGS, f)).read()))
 def test_docstrings_say_what_how_and_needs(name):
   """Each config says what it reproduces, how to launch it, what it needs."""
   with open(os.path.join(CONFIGS, name)) as f:

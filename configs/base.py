@@ -1,0 +1,60 @@
+"""The fields every config has (the shared schema), with the paper's recipe.
+
+Numbers are the CoVeR paper's (Zhang et al. 2021, arXiv:2112.07175, 4.1).
+"""
+
+import ml_collections
+
+# Optional fields are typed placeholders (None by default) so that the command
+# line can set them, e.g. --config.resume_from=/runs/a/checkpoints.
+placeholder = ml_collections.config_dict.placeholder
+
+
+def optimizer(**fields) -> ml_collections.ConfigDict:
+  """`config.optimizer` (cover_jax/optimizer.py), paper 4.1 by default.
+
+  SGD, momentum 0.9; learning rate 5e-3, "drops to 5e-4 and 5e-5 at epochs 11
+  and 15": epoch 11 starts after 10 epochs, so the boundaries, in epochs
+  done, are (10, 14). No weight decay, clipping or warm-up (none is named).
+  """
+  spec = dict(name="sgd", learning_rates=(5e-3, 5e-4, 5e-5),
+              boundaries_epochs=(10, 14), warmup_epochs=0.0, momentum=0.9,
+              nesterov=False, weight_decay=0.0,
+              grad_clip_norm=placeholder(float), trainable="all",
+              accumulation_steps=1)
+  spec.update(fields)
+  return ml_collections.ConfigDict(spec)
+
+
+def config() -> ml_collections.ConfigDict:
+  """Every config's fields, with CoVeR's run size; no datasets, input, model.
+
+  Batch 128 and 20 epochs: paper 4.1. An epoch is one pass over the
+  training mixture (every dataset's train split once, in expectation).
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data_dir = placeholder(str)  # None: ~/tensorflow_datasets
+  c.batch_size = 128  # global, videos and images together
+  c.eval_batch_size = 64  # global, in videos (each with eval_views)
+  c.num_epochs = 20
+  c.num_train_steps = placeholder(int)  # set: overrides num_epochs
+  c.optimizer = optimizer()
+  # The loss (cover_jax/train.py weighted_loss): "weighted_sum", the paper's
+  # sum over datasets of w_d x the mean cross-entropy of d's examples in the
+  # batch (3.3, eqs. 2 and 4); "weighted_average" divides it by the sum of
+  # the weights of the datasets in the batch (appendix A's wording).
+  c.loss_reduction = "weighted_sum"
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000, keep=3, async_save=True))
+  c.resume_from = placeholder(str)  # a checkpoint of ours: state + data
+  c.init_from = placeholder(str)  # ViT .npz, TimeSformer .pyth, ours
+  # True: the experiment starts from pretrained weights; training refuses to
+  # start from scratch without init_from (or a checkpoint to resume).
+  c.requires_init = False
+  c.log_every_steps = 50
+  c.eval_every_steps = 0  # 0: at the end only
+  c.eval_reverse = False  # also evaluate with frames reversed (Table 2)
+  c.nonfinite = "stop"  # or "skip": skip the update
+  return c
