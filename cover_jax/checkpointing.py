@@ -181,11 +181,13 @@ def init_params_from(path: str, model, fresh_params: dict
                             f"ViT .npz, a TimeSformer .pyth or a checkpoint "
                             f"directory of ours.")
   # The loaders build the model from the file: pass every field the file
-  # does not determine, so the layouts agree (e.g. scanned blocks).
+  # does not determine, so the layouts agree (e.g. scanned blocks). Heads
+  # the file lacks are the run's own (fresh_params: its config.seed).
   overrides = dict(num_frames=model.num_frames, image_size=model.image_size,
                    heads=dict(model.heads), scan_layers=model.scan_layers,
                    remat_policy=model.remat_policy, dtype=model.dtype,
-                   param_dtype=model.param_dtype)
+                   param_dtype=model.param_dtype,
+                   fresh_heads=fresh_params["heads"])
   if path.endswith(".npz"):
     _, loaded = checkpoints.load_vit_npz(path, **overrides)
     kind = "ViT .npz"

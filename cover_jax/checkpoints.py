@@ -12,7 +12,7 @@ Both return `(model, params)` with `params` in the loop layout (or scanned if
 """
 
 import re
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,18 +48,29 @@ class _Filler:
 
   Starts from zeros of the right shapes (no forward pass, so loading an L/16
   costs no compile); heads start from a real initialisation because they may
-  stay fresh. `done()` refuses to return while a parameter was never set.
+  stay fresh: `fresh_heads` when given (the run's own, so that its seed
+  reaches them), else one drawn from `seed`. `done()` refuses to return
+  while a parameter was never set.
   """
 
-  def __init__(self, model: TimeSformer, seed: int, path: str):
+  def __init__(self, model: TimeSformer, seed: int, path: str,
+               fresh_heads: Optional[Mapping[str, Any]] = None):
     self.path = path
     shapes = unboxed(abstract_variables(
         model.clone(scan_layers=False)))["params"]
     self.params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    feature = model.representation_size or model.width
-    heads = Heads(model.heads, param_dtype=model.param_dtype).init(
-        jax.random.PRNGKey(seed), jnp.zeros((1, feature), jnp.float32))
-    self.params["heads"] = jax.tree.map(np.asarray, unboxed(heads)["params"])
+    if fresh_heads is None:
+      feature = model.representation_size or model.width
+      fresh_heads = unboxed(Heads(
+          model.heads, param_dtype=model.param_dtype).init(
+              jax.random.PRNGKey(seed), jnp.zeros((1, feature), jnp.float32)
+          ))["params"]
+    shape_of = lambda tree: jax.tree.map(np.shape, dict(tree))
+    if shape_of(fresh_heads) != shape_of(self.params["heads"]):
+      raise ValueError(
+          f"fresh_heads {shape_of(fresh_heads)} do not fit the model's heads "
+          f"{shape_of(self.params['heads'])}.")
+    self.params["heads"] = jax.tree.map(np.asarray, dict(fresh_heads))
     names = ("/".join(str(k.key) for k in key_path) for key_path, _ in
              jax.tree_util.tree_flatten_with_path(self.params)[0])
     self.unset = {n for n in names if not n.startswith("heads/")}
@@ -218,7 +229,9 @@ def _vit_position_embedding(flat, path, model) -> tuple:
 
 
 def load_vit_npz(path: str, *, num_frames: int, image_size: int,
-                 heads: Mapping[str, int], seed: int = 0, **overrides):
+                 heads: Mapping[str, int], seed: int = 0,
+                 fresh_heads: Optional[Mapping[str, Any]] = None,
+                 **overrides):
   """Builds a TimeSformer from an image ViT checkpoint.
 
   Width, depth, heads, MLP size, patch size and an optional pre-logits layer
@@ -230,7 +243,9 @@ def load_vit_npz(path: str, *, num_frames: int, image_size: int,
   (as TimeSformer does), so a 1-frame input reproduces the ViT exactly. The
   position embedding is resampled (linearly, as a 2-D grid) to `image_size`.
   Each head in `heads` whose class count equals the checkpoint head's is
-  initialised from it; the others start fresh from `seed`. The GELU is the
+  initialised from it; the others take `fresh_heads` (parameters under the
+  heads' names, e.g. the run's own initialisation) or else start fresh from
+  `seed`. The GELU is the
   tanh approximation these checkpoints were trained with.
 
   Returns:
@@ -248,7 +263,7 @@ def load_vit_npz(path: str, *, num_frames: int, image_size: int,
         f"{path}: no class token 'cls'. TimeSformer classifies from a class "
         "token; checkpoints pooled by 'gap' or 'map' (big_vision's default) "
         "cannot be used. Use a ViT trained with pool_type='tok'.")
-  params = _Filler(model, seed, path)
+  params = _Filler(model, seed, path, fresh_heads)
   put = lambda dest, source: params.put(dest, _get(flat, source, path), source)
   put("embedding/kernel", "embedding/kernel")
   put("embedding/bias", "embedding/bias")
@@ -384,8 +399,9 @@ def _timesformer_structure(flat: dict, path: str, num_heads: int) -> dict:
 
 def load_timesformer_pyth(path: str, *, num_heads: int = 12,
                           heads: Optional[Mapping[str, int]] = None,
-                          seed: int = 0, weights_only: bool = True,
-                          **overrides):
+                          seed: int = 0,
+                          fresh_heads: Optional[Mapping[str, Any]] = None,
+                          weights_only: bool = True, **overrides):
   """Builds a TimeSformer from an official TimeSformer `.pyth` checkpoint.
 
   Reads the state dict under `model_state` (keys prefixed `model.` and/or
@@ -393,7 +409,8 @@ def load_timesformer_pyth(path: str, *, num_heads: int = 12,
   embedding. The number of attention heads is not recorded in the file:
   `num_heads` (12 for the released TimeSformer-B models). The model has one
   head, "timesformer", unless `heads` says otherwise (heads whose class count
-  equals the checkpoint's are initialised from it). GELU is exact and
+  equals the checkpoint's are initialised from it, the others as in
+  `load_vit_npz`: from `fresh_heads` or `seed`). GELU is exact and
   embeddings are resampled with the official code's nearest-neighbour rule
   (`posemb_interpolation="nearest"`), so logits equal the PyTorch model's at
   any input size. `overrides` set other model fields; `num_frames` or
@@ -418,7 +435,7 @@ def load_timesformer_pyth(path: str, *, num_heads: int = 12,
     raise CheckpointError(
         f"{path}: width {model.width} is not divisible by num_heads "
         f"{num_heads}.")
-  params = _Filler(model, seed, path)
+  params = _Filler(model, seed, path, fresh_heads)
   head_dim = model.width // model.num_heads
 
   def put(dest, source, transform=lambda x: x):

@@ -2,13 +2,16 @@
 
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage
 
+from cover_jax import checkpointing
 from cover_jax import checkpoints
 from cover_jax.checkpoints import CheckpointError
+from cover_jax.models import init_params
 from tests import reference_vit
 
 torch = pytest.importorskip("torch")
@@ -129,6 +132,28 @@ def test_vit_heads_initialised_from_checkpoint_only_when_sizes_match(
                                   vit["head"]["bias"])
   fresh = params["heads"]["kinetics"]["kernel"]
   assert fresh.shape == (32, 7) and 0 < np.abs(fresh).std() < 0.1
+
+
+def test_init_from_vit_new_heads_follow_the_runs_seed(tmp_path, vit):
+  """config.seed reaches the heads the .npz lacks: init_params_from takes
+  them from the run's own initialisation (fresh_params)."""
+  path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "original"))
+  model, _ = checkpoints.load_vit_npz(
+      path, num_frames=4, image_size=16, heads={"imagenet": 10, "kinetics": 7})
+
+  def heads_with_seed(seed):
+    fresh = jax.device_get(init_params(model, jax.random.PRNGKey(seed)))
+    params, _ = checkpointing.init_params_from(path, model, fresh)
+    np.testing.assert_array_equal(params["heads"]["kinetics"]["kernel"],
+                                  fresh["heads"]["kinetics"]["kernel"])
+    # The head the checkpoint has is the checkpoint's, whatever the seed.
+    np.testing.assert_array_equal(params["heads"]["imagenet"]["kernel"],
+                                  vit["head"]["kernel"])
+    return params["heads"]["kinetics"]["kernel"]
+
+  first, again, other = heads_with_seed(1), heads_with_seed(1), heads_with_seed(2)
+  np.testing.assert_array_equal(first, again)
+  assert np.abs(first - other).max() > 1e-3
 
 
 def test_vit_missing_key_is_named(tmp_path, vit):
@@ -279,7 +304,9 @@ def test_bf16_model_from_checkpoint_close_to_fp32(tmp_path):
   full = model.apply({"params": params}, video)["timesformer"]
   half = bf16.apply({"params": params}, video)["timesformer"]
   assert half.dtype == jnp.float32
+  assert bf16.dtype == jnp.bfloat16
   assert rel_err(half, full) < 0.05
+  assert rel_err(half, full) > 1e-4  # bf16 rounding shows: it was used
 
 
 def test_vit_override_adding_a_layer_the_checkpoint_lacks(tmp_path, vit):

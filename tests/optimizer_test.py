@@ -1,6 +1,7 @@
 """The optimizer: the paper's learning-rate schedule in every config that
 claims it, and weight decay on kernels only (by parameter name)."""
 
+import importlib.util
 import os
 
 import jax
@@ -9,11 +10,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common
 from cover_jax import optimizer
 from cover_jax.models import create, init_params
 
-CONFIGS = os.path.dirname(common.__file__)
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "configs")
 # Every config that follows paper 4.1's schedule: 20 epochs, 5e-3, 5e-4 from
 # epoch 11, 5e-5 from epoch 15 (epochs counted from 1).
 PAPER_SCHEDULE_CONFIGS = ["cover_l16_jft.py", "cover_l16_i21k.py",
@@ -22,8 +23,17 @@ PAPER_SCHEDULE_CONFIGS = ["cover_l16_jft.py", "cover_l16_i21k.py",
 STEPS_PER_EPOCH = 37  # any count; odd so that no boundary is a round number
 
 
+def load(name):
+  """`get_config()` of configs/<name>, as --config=configs/<name> does."""
+  spec = importlib.util.spec_from_file_location(
+      "config_" + name[:-3], os.path.join(CONFIGS, name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def schedule_of(name, steps_per_epoch=STEPS_PER_EPOCH):
-  opt = common.load(os.path.join(CONFIGS, name)).optimizer
+  opt = load(name).optimizer
   schedule = optimizer.learning_rate_schedule(
       opt.learning_rates, opt.boundaries_epochs, steps_per_epoch,
       opt.warmup_epochs)
@@ -110,7 +120,7 @@ def test_weight_decay_mask_reads_boxed_parameters():
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_weight_decay_moves_only_kernels_without_gradient(params, name):
-  config = ml_collections.ConfigDict(dict(optimizer=common.optimizer(
+  config = ml_collections.ConfigDict(dict(optimizer=dict(
       name=name, learning_rates=(0.1,), boundaries_epochs=(),
       weight_decay=0.5)))
   tx, _ = optimizer.make(config, steps_per_epoch=10)
