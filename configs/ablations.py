@@ -28,7 +28,7 @@ from typing import Optional, Sequence, Union
 
 import ml_collections
 
-from configs import datasets as known
+from configs import datasets
 
 GRAMMAR = ("no_<dataset>, no_images, image_weight=W, <dataset>_weight=W, "
            "<dataset>_sample=S")
@@ -40,7 +40,7 @@ def is_token(token: str) -> bool:
 
 
 def split(tokens: Union[str, Sequence[str], None]) -> list[str]:
-  """"a,b" or ["a", "b"] -> ["a", "b"], without blanks."""
+  """The tokens of "a,b" or ["a", "b"], blanks left out."""
   if isinstance(tokens, str) or tokens is None:
     tokens = (tokens or "").split(",")
   return [t.strip() for t in tokens if t.strip()]
@@ -57,18 +57,23 @@ def apply(config: ml_collections.ConfigDict,
           tokens: Union[str, Sequence[str], None], *,
           images: Optional[Sequence[str]] = None
           ) -> ml_collections.ConfigDict:
-  """Applies ablation tokens to config.datasets and config.heads, in place.
+  """Applies ablation tokens to config.datasets and config.heads in place.
+
+  Call it before the config is locked.
 
   Args:
     config: has `datasets` and `heads` keyed by dataset name.
     tokens: "no_images,image_weight=0.25" or a list of such tokens.
-    images: the image datasets among config.datasets (what no_images and
-      image_weight act on); None: those configs/datasets.py knows as images.
+    images: names of image datasets (what no_images and image_weight act on;
+      those not in config.datasets are ignored); None: those configs/
+      datasets.py knows as images.
   Returns:
     `config`. Raises ValueError naming the bad token and what is accepted.
   """
   names = list(config.datasets)
-  images = list(known.image_datasets(names) if images is None else images)
+  if images is None:
+    images = datasets.image_datasets(names)
+  images = [n for n in names if n in images]
   drop, loss, sample, seen = {}, {}, {}, set()
 
   def fail(token, why):

@@ -360,7 +360,7 @@ def test_ablations_apply_to_any_mixture():
   ablations.apply(config, ["no_images"], images=["pictures"])
   assert dict(config.heads) == {"appearance": 10, "motion": 8}
   with pytest.raises(ValueError, match="'no_images': not an ablation"):
-    ablations.apply(config, "no_images", images=[])  # no image dataset left
+    ablations.apply(config, "no_images", images=["pictures"])  # none left
   ablations.apply(config, "")  # nothing to do
   assert set(config.datasets) == {"appearance", "motion"}
 
