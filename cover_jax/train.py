@@ -388,7 +388,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
                 f"the same command to continue.", flush=True)
         train_iter.close()
         return {"preempted_at": step}
-      if config.eval_every_steps and step % config.eval_every_steps == 0:
+      # The last step is evaluated once, after the loop.
+      if (config.eval_every_steps and step % config.eval_every_steps == 0
+          and step < num_steps):
         run_evaluation(model, state["params"], config, mesh, writer, step,
                        workdir)
     flush_metrics(step)

@@ -129,6 +129,23 @@ def test_sigterm_saves_and_exits_zero_then_resumes(digits_dir, tmp_path):
   assert 2 <= saved < 400
 
 
+def test_final_step_is_evaluated_once(digits_dir, tmp_path, monkeypatch):
+  """A step count that is a multiple of eval_every_steps: the loop's
+  evaluations before it, then the final one, once."""
+  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  steps = []
+
+  def count(model, params, config, *, step, **kwargs):  # stands in: fast
+    del model, params, config, kwargs
+    steps.append(step)
+    return {"digits_motion": {"accuracy": 0.0}}
+
+  monkeypatch.setattr(evaluate, "evaluate", count)
+  config = tiny_config(digits_dir, num_train_steps=4, eval_every_steps=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert steps == [2, 4]
+
+
 def test_restore_onto_fewer_devices(digits_dir, tmp_path):
   config = tiny_config(digits_dir, num_train_steps=2)
   train.train_and_evaluate(config, str(tmp_path))  # 8 devices, data=8
