@@ -2,10 +2,12 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 
 from cover_jax.models import (TimeSformer, abstract_variables, init_params,
                               scan_params, unscan_params, variant)
@@ -218,6 +220,45 @@ def test_stochastic_depth_drops_whole_branches_per_example():
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
+class _DropPath(nn.Module):
+  rate: float
+
+  @nn.compact
+  def __call__(self, x):
+    return timesformer._drop_path(x, self.rate, False, self)  # pylint: disable=protected-access
+
+
+def test_stochastic_depth_mask_is_per_example():
+  """Rate 0.5: each example's branch is kept whole (scaled by 1/0.5) or
+  dropped whole, independently of the other examples."""
+  x = jnp.ones((64, 3, 5, 4))
+  y = np.asarray(_DropPath(0.5).apply({}, x,
+                                      rngs={"dropout": jax.random.PRNGKey(0)}))
+  per_example = y.reshape(64, -1)
+  kept = (per_example == 2.0).all(axis=1)
+  dropped = (per_example == 0.0).all(axis=1)
+  assert (kept | dropped).all()
+  assert 16 < kept.sum() < 48  # both, in about equal numbers
+
+
+def test_stochastic_depth_at_half_rate_drops_some_examples_keeps_others():
+  """Identical examples through a block at rate 0.5: those whose three
+  branches all drew "drop" equal the model without that block, the others
+  do not (masks are per example, not per batch)."""
+  model = TimeSformer(heads=HEADS, **dict(SMALL, depth=1))
+  params = perturbed(init_params(model, jax.random.PRNGKey(0)))
+  video = jnp.ones((32, 4, 16, 16, 3))
+  # Block 0 has rate 0 (always kept); block 1 rate 0.5.
+  two = model.clone(depth=2, stochastic_depth_rate=0.5)
+  p2 = dict(params, encoderblock_1=params["encoderblock_0"])
+  out = apply(two, p2, video, train=True,
+              rngs={"dropout": jax.random.PRNGKey(0)})["kinetics"]
+  without = apply(model, params, video[:1])["kinetics"][0]
+  skipped = np.isclose(out, without, rtol=1e-5, atol=1e-6).all(axis=1)
+  assert 0 < skipped.sum() < len(out)  # ~1/8 of the examples
+  assert len(np.unique(np.round(np.asarray(out), 5), axis=0)) > 2
+
+
 def test_space_only_is_a_per_frame_vit_averaged_over_frames(video):
   model = TimeSformer(heads=HEADS, attention_type="space_only", **SMALL)
   params = perturbed(init_params(model, jax.random.PRNGKey(0)))
@@ -298,9 +339,15 @@ def test_scan_converters_refuse_the_wrong_layout(params):
     scan_params(scan_params(params))
 
 
-def test_gelu_matches_jax_exact_and_tanh_forms():
+def test_gelu_matches_the_exact_and_tanh_formulas():
   x = jnp.linspace(-8, 8, 1001)
+  x64 = np.asarray(x, np.float64)
+  exact = 0.5 * x64 * (1 + scipy.special.erf(x64 / np.sqrt(2)))
+  tanh = 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) *
+                                  (x64 + 0.044715 * x64**3)))
+  np.testing.assert_allclose(timesformer.gelu(x, False), exact, atol=1e-6)
+  np.testing.assert_allclose(timesformer.gelu(x, True), tanh, atol=1e-6)
+  # The two forms differ: each test above can tell them apart.
+  assert np.abs(exact - tanh).max() > 1e-4
   np.testing.assert_allclose(timesformer.gelu(x, False),
                              jax.nn.gelu(x, approximate=False), atol=1e-6)
-  np.testing.assert_array_equal(timesformer.gelu(x, True),
-                                jax.nn.gelu(x, approximate=True))
