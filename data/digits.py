@@ -15,10 +15,18 @@ and go through exactly the same storage and input pipeline as Kinetics:
 
 All three use the same split of the source images (a fifth held out for
 `test`), so no test digit is ever seen in training by any dataset.
+
+Each has a config per share of the training source digits, for the paper's
+regime of video data scarcer than image data: `train100` (the default, all of
+them), `train50`, `train25`, `train10`, named in configs as e.g.
+`digits_motion/train10`. Smaller shares are nested in larger ones and keep
+every digit class; an example kept is byte-identical to the same example of
+`train100`, and the test split is the same in every config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -33,6 +41,8 @@ TEST_FRACTION = 0.2
 TRAIN_COPIES = 2  # renderings per training source image (different paths)
 FRAMES = (12, 20)  # stored frames per video, inclusive range
 SEED = 20211211
+MOVE_OVERHANG = 4  # px of a moving digit outside the canvas at either end
+TRAIN_PERCENTS = (100, 50, 25, 10)  # builder configs `trainNN`; first: default
 
 MOTIONS = ("moving_left", "moving_right", "moving_up", "moving_down",
            "growing", "shrinking", "fading_in", "fading_out")
@@ -46,18 +56,40 @@ MIRRORED = {**{m: m for m in MOTIONS},
             "moving_left": "moving_right", "moving_right": "moving_left"}
 
 
-def source_digits(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def source_digits(split: str, train_percent: int = 100
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(images [N, 8, 8] in [0, 1], digit labels [N], source ids [N]) of a split.
 
   The split is a fixed permutation of the 1797 source images: train and test
-  never share one.
+  never share one. `train_percent` keeps that share of the training images, a
+  prefix of their class-balanced order, so smaller shares are nested in larger
+  ones; the test split ignores it.
   """
   from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
   digits = load_digits()
   order = np.random.default_rng(SEED).permutation(len(digits.target))
   num_test = int(round(TEST_FRACTION * len(order)))
-  ids = np.sort(order[:num_test] if split == "test" else order[num_test:])
+  if split == "test":
+    ids = order[:num_test]
+  else:
+    ids = _class_balanced(order[num_test:], digits.target)
+    ids = ids[:int(round(train_percent / 100 * len(ids)))]
+  ids = np.sort(ids)
   return digits.images[ids] / 16.0, digits.target[ids], ids
+
+
+def _class_balanced(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """`ids` reordered so that every prefix holds each class in proportion.
+
+  Each id is ranked by its place among its class's ids in the given (random)
+  order, as a fraction of the class size; classes interleave by that rank.
+  """
+  classes = labels[ids]
+  rank = np.empty(len(ids))
+  for c in np.unique(classes):
+    members = classes == c
+    rank[members] = (np.arange(members.sum()) + 0.5) / members.sum()
+  return ids[np.argsort(rank, kind="stable")]
 
 
 def _sprite(digit: np.ndarray, size: float) -> np.ndarray:
@@ -119,7 +151,10 @@ def motion_frames(digit: np.ndarray, motion: str, n: int,
                   rng: np.random.Generator) -> list[np.ndarray]:
   """n frames of `digit` performing `motion`; reversal gives REVERSED[motion]."""
   color, background = _look(rng)
-  low, high = SPRITE / 2 + 2, CANVAS - SPRITE / 2 - 2
+  # Moving digits cross the canvas, entering and leaving a third outside it:
+  # 24 px of travel, 3 px per frame of an 8-frame clip, so that direction is
+  # legible to 8-px patches (v1.1's 12 px were barely so).
+  low, high = SPRITE / 2 - MOVE_OVERHANG, CANVAS - SPRITE / 2 + MOVE_OVERHANG
   mid = CANVAS / 2
   jitter = rng.uniform(-4, 4, size=2)
   # Parameters at t in [0, 1]; each twin runs the same path backwards, so the
@@ -148,12 +183,26 @@ def motion_frames(digit: np.ndarray, motion: str, n: int,
   return frames
 
 
+@dataclasses.dataclass
+class DigitsConfig(tfds.core.BuilderConfig):
+  """Renders `train_percent` % of the training source digits (all of test)."""
+  train_percent: int = 100
+
+
 class _Digits(tfds.core.GeneratorBasedBuilder):
   """Shared split logic: TRAIN_COPIES renderings per train image, 1 per test."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "First release.",
-                   "1.1.0": "Digits drawn at 24 px instead of 16."}
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "1.1.0": "Digits drawn at 24 px instead of 16.",
+      "1.2.0": "Builder configs trainNN: a fraction of the training source "
+               "digits. digits_motion: moving digits travel 24 px (was 12)."}
+  BUILDER_CONFIGS = [
+      DigitsConfig(name=f"train{p}", train_percent=p,
+                   description=f"{p}% of the training source digits, "
+                               "balanced by digit; the full test split.")
+      for p in TRAIN_PERCENTS]
   MEDIA = features.VIDEO
   FLIP_CHANGES_LABEL = False
 
@@ -174,9 +223,14 @@ class _Digits(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split):
     images, digits, ids = source_digits(split)
+    kept = set(source_digits(split, self.builder_config.train_percent)[2])
     copies = TRAIN_COPIES if split == "train" else 1
     for copy in range(copies):
       for n, (image, digit, source_id) in enumerate(zip(images, digits, ids)):
+        # Skipped, not renumbered: `n` (the motion label) and the generator
+        # stay those of train100, so a share only removes examples.
+        if source_id not in kept:
+          continue
         # One generator per example: deterministic whatever the order.
         rng = np.random.default_rng([SEED, split == "test", copy, source_id])
         key = f"{source_id}_{copy}"

@@ -1,7 +1,8 @@
 """Dataset names as configs spell them, and the prepared builder behind each.
 
 A name is `BUILDER` or `BUILDER/CONFIG`: `kinetics400` (default config,
-frames stored at short side 320), `kinetics400/short512`, `video_folder/NAME`.
+frames stored at short side 320), `kinetics400/short512`,
+`digits_motion/train10` (a tenth of its training digits), `video_folder/NAME`.
 Any other TFDS dataset (e.g. `imagenet2012`) is read too once prepared in the
 ArrayRecord format. The mini datasets are built on first use; the others are
 prepared once with `python -m data.prepare`.
@@ -116,6 +117,10 @@ def load_builder(name: str, data_dir: str | None = None
     if prepared:
       return tfds.builder_from_directory(prepared)
     if base in BUILT_ON_FIRST_USE:
+      configs = [f"{base}/{c.name}" for c in cls.BUILDER_CONFIGS]
+      if f"{base}/{config}" not in configs:  # TFDS's own message lists none
+        raise ValueError(f"Unknown dataset {name!r}. {base} has: "
+                         f"{', '.join(configs)}.")
       builder = cls(data_dir=data_dir, file_format=features.FILE_FORMAT,
                     **({"config": config} if config else {}))
       builder.download_and_prepare()

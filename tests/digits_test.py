@@ -1,6 +1,8 @@
 """The built-in mini datasets: splits, labels, and the motion set's symmetries."""
 
 import numpy as np
+import pytest
+import tensorflow_datasets as tfds
 
 from data import digits
 from data import registry
@@ -12,6 +14,63 @@ def test_train_and_test_never_share_a_source_digit():
   assert not set(train) & set(test)
   assert sorted(set(train) | set(test)) == list(range(1797))
   assert len(test) == round(0.2 * 1797)
+
+
+def test_training_shares_are_nested_balanced_and_never_test_digits():
+  test = set(digits.source_digits("test")[2])
+  full = np.bincount(digits.source_digits("train")[1], minlength=10)
+  shares = {}
+  for percent in digits.TRAIN_PERCENTS:
+    _, labels, ids = digits.source_digits("train", percent)
+    np.testing.assert_array_equal(  # deterministic
+        ids, digits.source_digits("train", percent)[2])
+    assert len(ids) == round(percent / 100 * 1438)
+    assert not set(ids) & test
+    # Balanced by digit: each class holds its share, within rounding.
+    counts = np.bincount(labels, minlength=10)
+    assert np.all(counts > 0)
+    assert np.all(np.abs(counts - percent / 100 * full) <= 1)
+    shares[percent] = set(ids)
+  assert shares[10] <= shares[25] <= shares[50] <= shares[100]
+  assert len(shares[100]) == 1797 - len(test)
+  np.testing.assert_array_equal(  # the test split ignores the share
+      digits.source_digits("test", 10)[2], sorted(test))
+
+
+def stored_examples(builder, split):
+  """The stored records (tf.train.Example protos, frames as JPEG) by id."""
+  source = builder.as_data_source(
+      split, deserialize_method=tfds.decode.DeserializeMethod.
+      DESERIALIZE_NO_DECODE)
+  return {e.features.feature["id"].bytes_list.value[0]: e for e in source}
+
+
+def test_a_share_only_removes_examples(digits_dir, tmp_path):
+  """train10 is train100 minus examples, byte for byte; test is identical."""
+  assert [c.name for c in digits.DigitsMotion.BUILDER_CONFIGS] == [
+      "train100", "train50", "train25", "train10"]
+  for name in ("digits_motion", "digits_image"):
+    full = registry.load_builder(name, digits_dir)
+    assert full.info.config_name == "train100"  # the default
+    small = registry.load_builder(f"{name}/train10", str(tmp_path))
+    assert small.info.config_name == "train10"
+    assert small.info.metadata == full.info.metadata
+    full_train = stored_examples(full, "train")
+    small_train = stored_examples(small, "train")
+    assert len(small_train) == digits.TRAIN_COPIES * 144
+    assert set(small_train) < set(full_train)
+    kept = {f"{i}_{c}".encode() for i in digits.source_digits("train", 10)[2]
+            for c in range(digits.TRAIN_COPIES)}
+    assert set(small_train) == kept
+    for key, example in small_train.items():
+      assert example == full_train[key]  # every stored byte
+    assert stored_examples(small, "test") == stored_examples(full, "test")
+
+
+def test_unknown_share_names_the_configs(tmp_path):
+  with pytest.raises(ValueError, match="digits_motion/train7.*"
+                                       "digits_motion/train100, "):
+    registry.load_builder("digits_motion/train7", str(tmp_path))
 
 
 def centroid(frame):
