@@ -127,9 +127,9 @@ def main(argv):
     print(f"Resolved config saved to "
           f"{os.path.join(FLAGS.workdir, 'config.json')}")
     return
-  from cover_jax import train  # pylint: disable=import-outside-toplevel
+  from cover_jax import stages, train  # pylint: disable=import-outside-toplevel
   if FLAGS.mode == "train":
-    train.train_and_evaluate(config, FLAGS.workdir)
+    stages.train_and_evaluate(config, FLAGS.workdir)
   else:
     train.evaluate_checkpoint(config, FLAGS.workdir)
 

@@ -50,6 +50,9 @@ def config() -> ml_collections.ConfigDict:
       every_steps=1000, keep=3, async_save=True))
   c.resume_from = placeholder(str)  # a checkpoint of ours: state + data
   c.init_from = placeholder(str)  # ViT .npz, TimeSformer .pyth, ours
+  # A pretraining stage's config, trained first in WORKDIR/pretrain on this
+  # config's model, whose result is then init_from (cover_jax/stages.py).
+  c.pretrain = None
   # True: the experiment starts from pretrained weights; training refuses to
   # start from scratch without init_from (or a checkpoint to resume).
   c.requires_init = False

@@ -49,6 +49,7 @@ def config(arg: Optional[str], *, linear_probe: bool
                        f"{MINI_CONFIG}'s model and input; drop "
                        f"{choice.get('model') or choice.get('input')!r}.")
     c = mini
+    c.pretrain = None  # the backbone is init_from's
     entry = mini.datasets[target]
     entry.dataset = target
     c.datasets = ml_collections.ConfigDict({head: entry})

@@ -168,6 +168,32 @@ def merge_heads(loaded: dict, fresh: dict, source: str) -> tuple[dict, list]:
   return {**loaded_backbone, "heads": heads}, new
 
 
+def inflate_image_model(params: dict, num_frames: int) -> dict:
+  """A space_only (ViT) model's parameters as a divided space-time model's.
+
+  TimeSformer's initialisation from an image model (paper 4.1: "temporal
+  layers as in TimeSformer"): each block's temporal attention and its
+  LayerNorm start as copies of the spatial ones, `temporal_fc` and the time
+  embedding at zero, so the new model computes the image model's function on
+  every frame. Works for loop ("encoderblock_i") and scanned layouts.
+  """
+  params = dict(params)
+  width = np.shape(params["cls"])[-1]
+  params["time_embedding"] = np.zeros((num_frames, width), np.float32)
+  for name, block in params.items():
+    if not name.startswith("encoderblock"):
+      continue
+    block = dict(block)
+    lead = np.shape(block["spatial_norm"]["scale"])[:-1]  # (depth,) if scanned
+    block["temporal_norm"] = block["spatial_norm"]
+    block["temporal_attention"] = block["spatial_attention"]
+    block["temporal_fc"] = {
+        "kernel": np.zeros(lead + (width, width), np.float32),
+        "bias": np.zeros(lead + (width,), np.float32)}
+    params[name] = block
+  return params
+
+
 def init_params_from(path: str, model, fresh_params: dict
                      ) -> tuple[dict, str]:
   """Parameters for `model` from a ViT .npz, TimeSformer .pyth or ours.
@@ -198,6 +224,10 @@ def init_params_from(path: str, model, fresh_params: dict
   else:
     loaded = read_params(path)
     kind = "cover-jax checkpoint"
+    if (model.attention_type == "divided_space_time" and
+        "time_embedding" not in loaded):
+      loaded = inflate_image_model(loaded, model.num_frames)
+      kind = "cover-jax image-model (space_only) checkpoint"
   loaded = jax.tree.map(np.asarray, loaded)
   params, new = merge_heads(loaded, jax.tree.map(np.asarray, fresh_params),
                             f"init_from {path}")

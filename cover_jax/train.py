@@ -414,7 +414,22 @@ def run_evaluation(model, params, config, mesh, writer, step, workdir):
                                      workdir=workdir))
   if jax.process_index() == 0:
     print(f"Evaluation at step {step}: {json.dumps(results)}", flush=True)
+    print(results_table(results), flush=True)
   return results
+
+
+def results_table(results: dict) -> str:
+  """Test top-1 per dataset, with frames reversed beside it where measured."""
+  reversed_suffix = "/reversed"
+  rows = [f"{'dataset':<24}{'top-1':>8}{'reversed':>10}{'examples':>10}"]
+  for name, metrics in results.items():
+    if name.endswith(reversed_suffix):
+      continue
+    flipped = results.get(name + reversed_suffix)
+    rows.append(f"{name:<24}{metrics['top1']:>8.3f}"
+                f"{format(flipped['top1'], '.3f') if flipped else '-':>10}"
+                f"{metrics['examples']:>10}")
+  return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------------

@@ -383,7 +383,7 @@ def test_command_line_takes_ablations_and_a_checkpoint_path():
 
 @pytest.mark.parametrize("name", sorted(
     f for f in os.listdir(CONFIGS) if f.endswith(".py")
-    and f != "cover_mini.py"
+    and not f.endswith("_mini.py")  # the laptop configs: README's first
     and "def get_config(" in open(os.path.join(CONFIGS, f)).read()))
 def test_docstrings_say_what_how_and_needs(name):
   """Each config says what it reproduces, how to launch it, what it needs."""
@@ -393,3 +393,30 @@ def test_docstrings_say_what_how_and_needs(name):
   assert "Needs:" in module_doc
   assert "arXiv:2112.07175" in module_doc
   assert isinstance(load(name), ml_collections.ConfigDict)
+
+
+def test_mini_configs_arguments_and_stages():
+  """cover_mini.py: the regime and ablation arguments; its image stage."""
+  config = load("cover_mini.py")
+  assert sorted(config.heads) == ["digits_appearance", "digits_image",
+                                  "digits_motion"]
+  assert config.datasets.digits_image.loss_weight == 0.5
+  assert not any(spec.flip for spec in config.datasets.values())
+  assert config.pretrain.datasets.digits_image.dataset == "digits_image"
+  assert "model" not in config.pretrain  # the run's own, at run time
+  scarce = load("cover_mini.py:video25,image_weight=0.25")
+  assert scarce.datasets.digits_motion.dataset == "digits_motion/train25"
+  assert scarce.datasets.digits_appearance.dataset == (
+      "digits_appearance/train25")
+  assert scarce.datasets.digits_image.dataset == "digits_image"  # all images
+  assert scarce.datasets.digits_image.loss_weight == 0.25
+  no_images = load("cover_mini.py:video25,no_images")
+  zero = load("cover_mini.py:image_weight=0,video25")
+  assert no_images.datasets.to_dict() == zero.datasets.to_dict()
+  assert dict(zero.heads) == {"digits_appearance": 10, "digits_motion": 8}
+  alone = load("cover_mini.py:no_digits_appearance,no_images")
+  assert list(alone.heads) == ["digits_motion"]
+  with pytest.raises(ValueError, match="'video30'"):
+    load("cover_mini.py:video30")
+  with pytest.raises(ValueError, match="'no_kinetics400'"):
+    load("cover_mini.py:no_kinetics400")

@@ -79,7 +79,7 @@ def test_mini_dataset_needs_no_manual_files(tmp_path, capsys):
   assert code == 0
   from data import digits  # pylint: disable=import-outside-toplevel
   version = digits.DigitsImage.VERSION
-  assert f"digits_image/{version} is ready" in out and "  train: " in out
+  assert f"digits_image/train100/{version} is ready" in out and "  train: " in out
 
 
 def test_command_line_with_spawned_workers(tmp_path):

@@ -1,0 +1,133 @@
+"""The two-stage run: image pretraining, then co-training initialised from it
+as TimeSformer initialises from a ViT; killed in either stage, it resumes
+bit for bit."""
+
+import os
+import re
+import signal
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import args
+from cover_jax import checkpointing
+from cover_jax import stages
+from cover_jax.models import create, init_params
+from tests import train_test
+
+HEADS = {"digits_image": 10, "digits_motion": 8}
+
+
+def test_image_model_inflates_to_a_timesformer_computing_the_same():
+  """A space_only model's parameters, inflated: the divided model gives the
+  image model's logits on images and on videos of one repeated frame, and
+  its temporal attention is the spatial one, temporal_fc zero."""
+  vit = create(HEADS, attention_type="space_only", **train_test.TINY,
+               num_frames=4, image_size=16)
+  params = jax.tree.map(np.asarray, init_params(vit, jax.random.PRNGKey(1)))
+  assert "time_embedding" not in params
+  assert "temporal_fc" not in params["encoderblock_0"]
+  inflated = checkpointing.inflate_image_model(params, num_frames=4)
+  block = inflated["encoderblock_0"]
+  np.testing.assert_array_equal(block["temporal_fc"]["kernel"], 0)
+  np.testing.assert_array_equal(inflated["time_embedding"], 0)
+  for leaf in ("kernel", "bias"):
+    np.testing.assert_array_equal(block["temporal_attention"]["query"][leaf],
+                                  block["spatial_attention"]["query"][leaf])
+  timesformer = vit.clone(attention_type="divided_space_time")
+  # Inflated parameters have exactly the divided model's tree and shapes.
+  fresh = init_params(timesformer, jax.random.PRNGKey(2))
+  assert (jax.tree.map(np.shape, fresh) ==
+          jax.tree.map(np.shape, inflated))
+  rng = np.random.default_rng(0)
+  image = jnp.asarray(rng.normal(size=(3, 1, 16, 16, 3)), jnp.float32)
+  repeated = jnp.repeat(image, 4, axis=1)
+  want = vit.apply({"params": params}, image)
+  for video in (image, repeated):
+    got = timesformer.apply({"params": inflated}, video)
+    for name in HEADS:
+      np.testing.assert_allclose(got[name], want[name], atol=1e-5)
+  # And a video model: once temporal_fc and the time embedding have learned
+  # something, frame order changes its output.
+  moving = jnp.asarray(rng.normal(size=(3, 4, 16, 16, 3)), jnp.float32)
+  trained = jax.tree.map(lambda x: x + 0.05, inflated)
+  trained["time_embedding"] = rng.normal(size=(4, 16)).astype(np.float32)
+  assert not np.allclose(
+      timesformer.apply({"params": trained}, moving)["digits_image"],
+      timesformer.apply({"params": trained}, moving[:, ::-1])["digits_image"],
+      atol=1e-4)
+
+
+def test_pretraining_stage_uses_the_runs_model_without_temporal_layers():
+  config = args.load("configs/cover_mini.py")
+  config.model.width = 32
+  config.seed, config.data_dir = 7, "/data"
+  stage = stages.pretrain_config(config)
+  assert stage.model.width == 32
+  assert stage.model.attention_type == "space_only"
+  assert config.model.attention_type == "divided_space_time"
+  assert (stage.seed, stage.data_dir) == (7, "/data")
+  assert list(stage.datasets) == ["digits_image"]
+  # An explicit init_from replaces the pretraining stage.
+  config.init_from = "/runs/vit"
+  assert stages.pretrain_config(config) is None
+  # Configs without a stage have none.
+  assert stages.pretrain_config(args.load("configs/vit_mini.py")) is None
+
+
+def _run_until(cmd, is_marker):
+  """Runs `cmd`, SIGKILLs it at the first stdout line where is_marker."""
+  proc = subprocess.Popen(cmd, cwd=train_test.ROOT, text=True,
+                          env=dict(os.environ, PYTHONPATH=train_test.ROOT),
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+  seen = []
+  for line in proc.stdout:
+    seen.append(line)
+    if is_marker(line):
+      proc.send_signal(signal.SIGKILL)
+      break
+  proc.wait(timeout=300)
+  assert any(map(is_marker, seen)), "".join(seen)[-3000:]
+  return "".join(seen)
+
+
+def _resumed_at(output: str) -> list[int]:
+  return [int(s) for s in re.findall(
+      r"resumed from this workdir's checkpoint at step (\d+)", output)]
+
+
+def test_killed_in_either_stage_resumes_to_bit_identical_parameters(
+    digits_dir, tmp_path):
+  # Every step logged, a synchronous save every 2 steps: a kill after the
+  # line of step 3 of 20 lands mid-training (the 17 steps and 8 saves left
+  # take far longer than the kill), with at least step 2 saved.
+  steps = {"pretrain.num_train_steps": 20, "num_train_steps": 20,
+           "pretrain.log_every_steps": 1, "log_every_steps": 1,
+           "pretrain.checkpoint.async_save": False,
+           "checkpoint.async_save": False,
+           "pretrain.checkpoint.every_steps": 2}
+  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+  out = train_test.run(train_test.command(straight, digits_dir, **steps))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Stage 2 of 2" in out.stdout
+
+  cmd = train_test.command(killed, digits_dir, **steps)
+  in_stage = lambda dataset: lambda line: (
+      line.startswith("step 3/20") and dataset in line)
+  first = _run_until(cmd, in_stage("digits_image"))
+  assert "Stage 2" not in first
+  second = _run_until(cmd, in_stage("digits_motion"))  # stage 2's line
+  [stage1_resume] = _resumed_at(second)
+  assert 2 <= stage1_resume < 20, second
+  out = train_test.run(cmd)
+  assert out.returncode == 0, out.stderr[-3000:]
+  [stage2_resume] = _resumed_at(out.stdout)
+  assert 2 <= stage2_resume < 20, out.stdout
+  assert "step 20/20" in out.stdout  # it trained on after the restart
+  assert "Stage 1 of 2" in out.stdout  # finished: only re-evaluated
+  for sub in ("pretrain", ""):
+    train_test.assert_same_params(
+        train_test.final_params(os.path.join(straight, sub)),
+        train_test.final_params(os.path.join(killed, sub)))
