@@ -127,7 +127,7 @@ def test_final_step_is_evaluated_once(digits_dir, tmp_path, monkeypatch):
   def count(model, params, config, *, step, **kwargs):  # stands in: fast
     del model, params, config, kwargs
     steps.append(step)
-    return {"digits_motion": {"accuracy": 0.0}}
+    return {"digits_motion": {"top1": 0.0, "top5": 0.0, "loss": 0.0, "examples": 1}}
 
   monkeypatch.setattr(evaluate, "evaluate", count)
   config = tiny_config(digits_dir, num_train_steps=4, eval_every_steps=2)

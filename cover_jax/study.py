@@ -1,0 +1,205 @@
+"""The paper's analyses at small scale on the built-in data, in one command.
+
+    python -m cover_jax.study --out=docs/study
+
+For every seed: the image pretraining stage (configs/vit_mini.py), then
+every run below from that same start, through the same training code as
+main.py (configs/cover_mini.py with its config arguments), then the linear
+probes. Writes OUT/results.json (every run's config and evaluation, and the
+mean and spread over seeds) and OUT/*.png. Runs resume or are skipped when
+OUT/runs already holds them, so a killed study continues where it stopped.
+
+Protocol (fixed before any result was seen, and the same for every run):
+  - the regime the paper is about, video data scarcer than image data: the
+    video sets at 25% of their training digits (`video25`: 720 videos each)
+    against all 2876 images; the test sets are whole;
+  - every run trains the same number of epochs (passes over each of its
+    datasets: the paper's protocol, so a co-trained run takes more steps),
+    at the same batch, the learning rate dropped tenfold at 70% of them;
+  - seeds vary the heads' initialisation, the data order and the pretraining.
+
+Runs, as the paper's tables:
+  Table 2  reversed frames at test time: every run is also evaluated so;
+  Table 5  each video set alone, the video sets co-trained, videos + images;
+  Table 6  image loss weight 0 (the image set dropped), 0.25, 0.5, 0.75, 1;
+  3.2      a linear probe on digits_motion of the frozen backbone of
+           digits_appearance alone, of appearance + images, and of the full
+           co-training (which saw digits_motion).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Sequence
+
+from absl import app, flags, logging
+import numpy as np
+
+REGIME = "video25"
+RUNS = {  # name -> cover_mini.py argument
+    "appearance_alone": f"{REGIME},no_digits_motion,no_images",
+    "motion_alone": f"{REGIME},no_digits_appearance,no_images",
+    "videos": f"{REGIME},image_weight=0",
+    "videos_images_w0.25": f"{REGIME},image_weight=0.25",
+    "videos_images": REGIME,  # w_image = 0.5, CoVeR's
+    "videos_images_w0.75": f"{REGIME},image_weight=0.75",
+    "videos_images_w1": f"{REGIME},image_weight=1",
+    "appearance_images": f"{REGIME},no_digits_motion",
+}
+PROBE_TARGET = "digits_motion"
+PROBES = ("appearance_alone", "appearance_images", "videos_images")
+IMAGE_WEIGHTS = {"videos": 0.0, "videos_images_w0.25": 0.25,
+                 "videos_images": 0.5, "videos_images_w0.75": 0.75,
+                 "videos_images_w1": 1.0}
+LR_DROP_AT = 0.7  # of the epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """Epochs of each kind of run: passes over each dataset of its mixture
+  (None: the config's own schedule)."""
+  pretrain: float | None
+  train: float
+  probe: float
+
+
+def with_epochs(config, epochs: float | None):
+  """`config` set to train `epochs` epochs, the lr dropped at LR_DROP_AT
+  (None: as the config says).
+
+  An epoch is one pass over the mixture, so each dataset is seen `epochs`
+  times whatever else is in the mixture (the paper's protocol: 20 epochs
+  for every run, alone or co-trained; a co-trained run takes more steps).
+  """
+  config.checkpoint.every_steps = 500
+  if epochs is not None:
+    # Whole epochs as int: the configs' num_epochs may be typed int.
+    config.num_epochs = int(epochs) if float(epochs).is_integer() else epochs
+    config.num_train_steps = None
+    config.optimizer.boundaries_epochs = (LR_DROP_AT * epochs,)
+  return config
+
+
+def study_config(path_and_arg: str, *, seed: int, epochs: float | None,
+                 data_dir: str | None, init_from: str | None = None):
+  """A config of the study: a config file with its argument, seeded."""
+  from configs import args  # pylint: disable=import-outside-toplevel
+  config = args.load(path_and_arg)
+  config.seed = seed
+  config.input.seed = seed
+  config.data_dir = data_dir
+  config.pretrain = None  # the study runs (and shares) the image stage
+  config.init_from = init_from
+  return with_epochs(config, epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One run of the study: a config file with its argument, and its start."""
+  name: str
+  seed: int
+  config: str  # "configs/x.py[:arg]"
+  epochs: float
+  workdir: str  # relative to OUT/runs
+  init_from: str | None = None  # a workdir of the study, relative too
+
+
+def plan(seeds: Sequence[int], budget: Budget) -> list[Job]:
+  """Every run of the study, in an order that makes each start before use."""
+  jobs = []
+  for seed in seeds:
+    base = f"seed{seed}"
+    pretrain = os.path.join(base, "image_pretrain")
+    jobs.append(Job("image_pretrain", seed, "configs/vit_mini.py",
+                    budget.pretrain, pretrain))
+    for name, arg in RUNS.items():
+      jobs.append(Job(name, seed, f"configs/cover_mini.py:{arg}",
+                      budget.train, os.path.join(base, name), pretrain))
+    for source in PROBES:
+      jobs.append(Job(f"probe_{PROBE_TARGET}_from_{source}", seed,
+                      f"configs/linear_probe.py:{PROBE_TARGET}",
+                      budget.probe, os.path.join(base, f"probe_from_{source}"),
+                      os.path.join(base, source)))
+  return jobs
+
+
+def job_config(job: Job, runs_dir: str, data_dir: str | None):
+  return study_config(
+      job.config, seed=job.seed, epochs=job.epochs, data_dir=data_dir,
+      init_from=job.init_from and os.path.join(runs_dir, job.init_from))
+
+
+def run(out: str, seeds: Sequence[int], budget: Budget,
+        data_dir: str | None) -> dict:
+  """Runs (or resumes) every job, then writes results.json and the plots."""
+  from cover_jax import train  # pylint: disable=import-outside-toplevel
+  runs_dir = os.path.join(out, "runs")
+  records = []
+  for job in plan(seeds, budget):
+    config = job_config(job, runs_dir, data_dir)
+    print(f"== {job.name} (seed {job.seed})", flush=True)
+    start = time.time()
+    results = train.train_and_evaluate(
+        config, os.path.join(runs_dir, job.workdir))
+    records.append(dict(name=job.name, seed=job.seed, workdir=job.workdir,
+                        minutes=(time.time() - start) / 60, results=results,
+                        config=json.loads(config.to_json_best_effort())))
+  report = dict(protocol=dict(regime=REGIME, seeds=list(seeds),
+                              budget=dataclasses.asdict(budget),
+                              lr_drop_at=LR_DROP_AT, runs=RUNS,
+                              image_weights=IMAGE_WEIGHTS,
+                              probe_target=PROBE_TARGET,
+                              probe_sources=list(PROBES)),
+                summary=summarize(records), runs=records)
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(report, f, indent=1, sort_keys=True)
+  from cover_jax import study_plots  # pylint: disable=import-outside-toplevel
+  study_plots.plot_all(report, out)
+  return report
+
+
+def summarize(records: list[dict]) -> dict:
+  """{run name: {result key: {mean, std, n, values}}} over seeds (top-1)."""
+  table: dict = {}
+  for r in records:
+    for key, metrics in r["results"].items():
+      table.setdefault(r["name"], {}).setdefault(key, []).append(
+          metrics["top1"])
+  return {name: {key: dict(mean=float(np.mean(v)), std=float(np.std(v)),
+                           n=len(v), values=v)
+                 for key, v in keys.items()}
+          for name, keys in table.items()}
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", "docs/study", "Where results.json, the plots and "
+                    "the runs (OUT/runs) go.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each is a full repeat.")
+flags.DEFINE_float("pretrain_epochs", None, "Epochs of the image stage "
+                   "(None: vit_mini.py's schedule, as the main job's).")
+flags.DEFINE_float("train_epochs", 12, "Epochs of every other run.")
+flags.DEFINE_float("probe_epochs", 3, "Epochs of every linear probe.")
+flags.DEFINE_string("data_dir", None, "Datasets (None: ~/tensorflow_datasets;"
+                    " the mini ones are built on first use).")
+
+
+def main(argv):
+  del argv
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.config.set_visible_devices([], "GPU")
+  start = time.time()
+  report = run(FLAGS.out, [int(s) for s in FLAGS.seeds],
+               Budget(FLAGS.pretrain_epochs, FLAGS.train_epochs,
+                      FLAGS.probe_epochs), FLAGS.data_dir)
+  print(json.dumps(report["summary"], indent=1))
+  print(f"Study done in {(time.time() - start) / 60:.1f} min: "
+        f"{os.path.join(FLAGS.out, 'results.json')}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

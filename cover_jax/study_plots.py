@@ -1,0 +1,107 @@
+"""The study's plots (cover_jax/study.py): mean and spread over seeds.
+
+Every bar or point is the mean test top-1 over seeds; error bars are the
+standard deviation, and each seed's value is drawn as a dot.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+VIDEOS = ("digits_appearance", "digits_motion")
+SHORT = {"digits_appearance": "appearance (Kinetics role)",
+         "digits_motion": "motion (SSv2 role)",
+         "digits_image": "image (ImageNet role)"}
+
+
+def _cell(summary, run, key):
+  return summary.get(run, {}).get(key)
+
+
+def _bars(ax, groups, series, summary, colors=None):
+  """Grouped bars: groups on x, one bar per (label, run, key) series."""
+  width = 0.8 / len(series)
+  for j, (label, cell_of) in enumerate(series):
+    for i, group in enumerate(groups):
+      cell = cell_of(group)
+      if cell is None:
+        continue
+      x = i + (j - (len(series) - 1) / 2) * width
+      ax.bar(x, cell["mean"], width, yerr=cell["std"], capsize=3,
+             color=(colors or [None] * len(series))[j],
+             label=label if i == 0 or not ax.get_legend_handles_labels()[1]
+             .count(label) else None)
+      ax.plot([x] * len(cell["values"]), cell["values"], "k.", ms=3)
+  ax.set_xticks(range(len(groups)), [SHORT.get(g, g) for g in groups])
+  ax.set_ylabel("test top-1")
+  ax.set_ylim(0, 1.05)
+  ax.legend(fontsize=8, loc="lower right")
+
+
+def plot_all(report: dict, out: str) -> list[str]:
+  """Writes the four figures into `out`; returns their paths."""
+  summary = report["summary"]
+  paths = []
+
+  def save(fig, name):
+    path = os.path.join(out, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+  # Table 2: frames in order and reversed, in the co-training run.
+  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  _bars(ax, list(VIDEOS), [
+      ("frames in order", lambda d: _cell(summary, "videos_images", d)),
+      ("reversed", lambda d: _cell(summary, "videos_images",
+                                   f"{d}/reversed"))], summary)
+  ax.set_title("Reversed frames at test time (paper Table 2)")
+  save(fig, "table2_reversal.png")
+
+  # Table 5: each video set alone, videos co-trained, videos + images.
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  alone = {"digits_appearance": "appearance_alone",
+           "digits_motion": "motion_alone"}
+  _bars(ax, list(VIDEOS), [
+      ("alone", lambda d: _cell(summary, alone[d], d)),
+      ("videos co-trained", lambda d: _cell(summary, "videos", d)),
+      ("videos + images", lambda d: _cell(summary, "videos_images", d))],
+        summary)
+  ax.set_title("Co-training (paper Table 5)")
+  save(fig, "table5_cotraining.png")
+
+  # Table 6: the image loss weight.
+  protocol = report["protocol"]
+  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  for key in VIDEOS + ("digits_image",):
+    points = [(w, _cell(summary, run, key)) for run, w in
+              protocol["image_weights"].items() if _cell(summary, run, key)]
+    if not points:
+      continue
+    ax.errorbar([w for w, _ in points], [c["mean"] for _, c in points],
+                yerr=[c["std"] for _, c in points], marker="o", capsize=3,
+                label=SHORT[key])
+  ax.set_xlabel("image loss weight (0: no images in the mixture)")
+  ax.set_ylabel("test top-1")
+  ax.legend(fontsize=8)
+  ax.set_title("Image loss weight (paper Table 6)")
+  save(fig, "table6_image_weight.png")
+
+  # 3.2: linear probes on digits_motion.
+  target = protocol["probe_target"]
+  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  key = f"{target}_probe"
+  _bars(ax, [key], [
+      (f"backbone of {source}",
+       lambda k, s=source: _cell(summary, f"probe_{target}_from_{s}", k))
+      for source in protocol["probe_sources"]], summary)
+  ax.set_xticks([0], [f"linear probe on {target}"])
+  ax.set_title("Frozen backbones, new linear head (paper 3.2)")
+  save(fig, "probe.png")
+  return paths

@@ -1,0 +1,120 @@
+"""The study (cover_jax/study.py): its runs are the paper's tables, every run
+gets the same steps and schedule, and its summary and plots are right."""
+
+import os
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from cover_jax import input as inp
+from cover_jax import optimizer
+from cover_jax import study
+from cover_jax import study_plots
+
+BUDGET = study.Budget(pretrain=None, train=12.0, probe=3.0)  # as flags give
+
+
+@pytest.fixture(scope="module")
+def jobs():
+  return {(j.name, j.seed): j for j in study.plan([0, 1], BUDGET)}
+
+
+def test_plan_is_the_papers_tables_for_every_seed(jobs):
+  names = {name for name, _ in jobs}
+  assert {"image_pretrain", "appearance_alone", "motion_alone", "videos",
+          "videos_images"} <= names  # Table 5
+  assert {n for n in names if n.startswith("probe_")} == {
+      f"probe_digits_motion_from_{s}" for s in study.PROBES}
+  for seed in (0, 1):
+    pretrain = jobs["image_pretrain", seed]
+    assert pretrain.workdir == f"seed{seed}/image_pretrain"
+    for name in study.RUNS:  # every run starts from its seed's image stage
+      assert jobs[name, seed].init_from == pretrain.workdir
+      assert jobs[name, seed].epochs == BUDGET.train
+    probe = jobs["probe_digits_motion_from_appearance_alone", seed]
+    assert probe.init_from == jobs["appearance_alone", seed].workdir
+    assert probe.epochs == BUDGET.probe
+
+
+def test_study_configs_fix_epochs_schedule_seed_and_mixture(jobs,
+                                                            digits_dir):
+  configs = {name: study.job_config(jobs[name, 1], "/runs", digits_dir)
+             for name in ("videos", "videos_images_w0.25", "motion_alone",
+                          "probe_digits_motion_from_videos_images")}
+  for name, config in configs.items():
+    assert config.seed == config.input.seed == 1
+    assert config.pretrain is None
+    epochs = BUDGET.probe if name.startswith("probe") else BUDGET.train
+    assert config.num_epochs == epochs and config.num_train_steps is None
+    # The lr drops tenfold at 70% of the epochs, whatever the mixture's size.
+    sources = inp.make.sources(config, "train_split")
+    per_epoch = optimizer.steps_per_epoch(
+        sum(s.num_examples for s in sources), config.batch_size)
+    _, schedule = optimizer.make(config, per_epoch)
+    drop = int(round(0.7 * epochs * per_epoch))
+    lr = config.optimizer.learning_rates[0]
+    assert float(schedule(drop - 1)) == pytest.approx(lr)
+    assert float(schedule(drop)) == pytest.approx(lr / 10)
+  assert configs["videos"].init_from == "/runs/seed1/image_pretrain"
+  pretrain = study.job_config(jobs["image_pretrain", 1], "/runs", digits_dir)
+  assert pretrain.num_epochs == 32  # vit_mini.py's own, as the main job's
+  assert pretrain.optimizer.boundaries_epochs == (24,)
+  assert configs["videos_images_w0.25"].datasets.digits_image.loss_weight == (
+      0.25)
+  assert list(configs["motion_alone"].heads) == ["digits_motion"]
+  # Table 6's weight 0 drops the image set: every batch is all videos, not
+  # half images weighted 0 (and the video sets are the scarce train25).
+  videos = configs["videos"]
+  assert "digits_image" not in videos.datasets
+  assert videos.datasets.digits_motion.dataset == "digits_motion/train25"
+  it = inp.make.for_train(videos)
+  try:
+    assert it.global_batch_sizes == {"video": videos.batch_size, "image": 0}
+    assert set(next(it)) == {"video"}
+  finally:
+    it.close()
+  with_images = inp.make.for_train(configs["videos_images_w0.25"])
+  try:
+    # In proportion to size: 2 x 720 videos against 2876 images.
+    assert with_images.global_batch_sizes == {"video": 11, "image": 21}
+  finally:
+    with_images.close()
+
+
+def _fake_records():
+  rng = np.random.default_rng(0)
+  records = []
+  for name in list(study.RUNS) + [f"probe_digits_motion_from_{s}"
+                                  for s in study.PROBES]:
+    for seed in (0, 1, 2):
+      keys = (["digits_motion_probe"] if name.startswith("probe") else
+              ["digits_appearance", "digits_motion", "digits_image",
+               "digits_motion/reversed", "digits_appearance/reversed"])
+      records.append(dict(name=name, seed=seed, results={
+          k: {"top1": float(rng.uniform())} for k in keys}))
+  return records
+
+
+def test_summary_is_mean_and_spread_over_seeds_and_plots_are_written(
+    tmp_path):
+  records = _fake_records()
+  summary = study.summarize(records)
+  values = [r["results"]["digits_motion"]["top1"] for r in records
+            if r["name"] == "videos"]
+  cell = summary["videos"]["digits_motion"]
+  assert cell["values"] == values and cell["n"] == 3
+  assert cell["mean"] == pytest.approx(sum(values) / 3)
+  assert cell["std"] == pytest.approx(
+      (sum((v - sum(values) / 3) ** 2 for v in values) / 3) ** 0.5)
+  report = dict(summary=summary, protocol=dict(
+      image_weights=study.IMAGE_WEIGHTS, probe_target="digits_motion",
+      probe_sources=list(study.PROBES)))
+  paths = study_plots.plot_all(report, str(tmp_path))
+  assert sorted(os.path.basename(p) for p in paths) == [
+      "probe.png", "table2_reversal.png", "table5_cotraining.png",
+      "table6_image_weight.png"]
+  for path in paths:
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 300
+    assert pixels[..., :3].std() > 0.05  # something is drawn
