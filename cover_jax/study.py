@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import time
 from typing import Sequence
 
@@ -147,7 +148,10 @@ def run(out: str, seeds: Sequence[int], budget: Budget,
     records.append(dict(name=job.name, seed=job.seed, workdir=job.workdir,
                         minutes=(time.time() - start) / 60, results=results,
                         config=json.loads(config.to_json_best_effort())))
-  report = dict(protocol=dict(regime=REGIME, seeds=list(seeds),
+  report = dict(machine=f"{platform.processor() or platform.machine()}, "
+                        f"{os.cpu_count()} CPUs",
+                minutes=sum(r["minutes"] for r in records),
+                protocol=dict(regime=REGIME, seeds=list(seeds),
                               budget=dataclasses.asdict(budget),
                               lr_drop_at=LR_DROP_AT, runs=RUNS,
                               image_weights=IMAGE_WEIGHTS,
@@ -184,10 +188,17 @@ flags.DEFINE_float("train_epochs", 12, "Epochs of every other run.")
 flags.DEFINE_float("probe_epochs", 3, "Epochs of every linear probe.")
 flags.DEFINE_string("data_dir", None, "Datasets (None: ~/tensorflow_datasets;"
                     " the mini ones are built on first use).")
+flags.DEFINE_bool("replot", False, "Only redraw the plots and results.md "
+                  "from OUT/results.json.")
 
 
 def main(argv):
   del argv
+  if FLAGS.replot:
+    from cover_jax import study_plots  # pylint: disable=import-outside-toplevel
+    with open(os.path.join(FLAGS.out, "results.json")) as f:
+      print("\n".join(study_plots.plot_all(json.load(f), FLAGS.out)))
+    return
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   import tensorflow as tf  # pylint: disable=import-outside-toplevel

@@ -43,10 +43,31 @@ def _bars(ax, groups, series, summary, colors=None):
   ax.legend(fontsize=8, loc="lower right")
 
 
+COLUMNS = ("digits_appearance", "digits_appearance/reversed",
+           "digits_motion", "digits_motion/reversed", "digits_image",
+           "digits_motion_probe")
+
+
+def markdown_table(summary: dict) -> str:
+  """Every run's test top-1, mean +- std over seeds, as a Markdown table."""
+  columns = [c for c in COLUMNS if any(c in keys for keys in
+                                       summary.values())]
+  rows = ["| run | " + " | ".join(columns) + " |",
+          "|---|" + "---|" * len(columns)]
+  for name, keys in summary.items():
+    cells = [f"{keys[c]['mean']:.3f} ± {keys[c]['std']:.3f}" if c in keys
+             else "" for c in columns]
+    rows.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(rows) + "\n"
+
+
 def plot_all(report: dict, out: str) -> list[str]:
-  """Writes the four figures into `out`; returns their paths."""
+  """Writes the four figures and results.md into `out`; returns the
+  figures' paths."""
   summary = report["summary"]
   paths = []
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write(markdown_table(summary))
 
   def save(fig, name):
     path = os.path.join(out, name)

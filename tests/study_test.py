@@ -114,6 +114,12 @@ def test_summary_is_mean_and_spread_over_seeds_and_plots_are_written(
   assert sorted(os.path.basename(p) for p in paths) == [
       "probe.png", "table2_reversal.png", "table5_cotraining.png",
       "table6_image_weight.png"]
+  table = (tmp_path / "results.md").read_text().splitlines()
+  videos_row = next(r for r in table if r.startswith("| videos |"))
+  header = [c.strip() for c in table[0].strip("|").split("|")]
+  cells = [c.strip() for c in videos_row.strip("|").split("|")]
+  assert cells[header.index("digits_motion")] == (
+      f"{cell['mean']:.3f} ± {cell['std']:.3f}")
   for path in paths:
     pixels = matplotlib.image.imread(path)
     assert pixels.shape[0] > 200 and pixels.shape[1] > 300
