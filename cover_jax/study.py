@@ -50,6 +50,10 @@ RUNS = {  # name -> cover_mini.py argument
     "videos_images_w1": f"{REGIME},image_weight=1",
     "appearance_images": f"{REGIME},no_digits_motion",
 }
+# name -> (run of RUNS, run whose number of steps it trains).
+CONTROLS = {"motion_alone_equal_steps": ("motion_alone", "videos_images"),
+            "appearance_alone_equal_steps": ("appearance_alone",
+                                             "videos_images")}
 PROBE_TARGET = "digits_motion"
 PROBES = ("appearance_alone", "appearance_images", "videos_images")
 IMAGE_WEIGHTS = {"videos": 0.0, "videos_images_w0.25": 0.25,
@@ -106,10 +110,17 @@ class Job:
   epochs: float
   workdir: str  # relative to OUT/runs
   init_from: str | None = None  # a workdir of the study, relative too
+  steps_of: str | None = None  # train as many steps as this job's config
 
 
-def plan(seeds: Sequence[int], budget: Budget) -> list[Job]:
-  """Every run of the study, in an order that makes each start before use."""
+def plan(seeds: Sequence[int], budget: Budget, *,
+         controls: bool = False) -> list[Job]:
+  """Every run of the study, in an order that makes each start before use.
+
+  `controls` adds CONTROLS: single-dataset runs given as many steps as a
+  co-training run, which separates what co-training adds from what its
+  extra steps add.
+  """
   jobs = []
   for seed in seeds:
     base = f"seed{seed}"
@@ -124,28 +135,75 @@ def plan(seeds: Sequence[int], budget: Budget) -> list[Job]:
                       f"configs/linear_probe.py:{PROBE_TARGET}",
                       budget.probe, os.path.join(base, f"probe_from_{source}"),
                       os.path.join(base, source)))
+    for name, (alone, like) in (CONTROLS.items() if controls else ()):
+      jobs.append(Job(name, seed, f"configs/cover_mini.py:{RUNS[alone]}",
+                      budget.train, os.path.join(base, name), pretrain,
+                      steps_of=f"configs/cover_mini.py:{RUNS[like]}"))
   return jobs
 
 
+def steps_per_epoch(config) -> int:
+  from cover_jax import input as inp  # pylint: disable=import-outside-toplevel
+  from cover_jax import optimizer  # pylint: disable=import-outside-toplevel
+  return optimizer.steps_per_epoch(sum(
+      s.num_examples for s in inp.make.sources(config, "train_split")),
+                                   config.batch_size)
+
+
+def num_steps(config) -> int:
+  """The steps `config` trains (as train.train_and_evaluate counts them)."""
+  return config.num_train_steps or int(round(
+      config.num_epochs * steps_per_epoch(config)))
+
+
 def job_config(job: Job, runs_dir: str, data_dir: str | None):
-  return study_config(
+  config = study_config(
       job.config, seed=job.seed, epochs=job.epochs, data_dir=data_dir,
       init_from=job.init_from and os.path.join(runs_dir, job.init_from))
+  if job.steps_of:
+    steps = num_steps(study_config(job.steps_of, seed=job.seed,
+                                   epochs=job.epochs, data_dir=data_dir))
+    config.num_train_steps = steps
+    config.optimizer.boundaries_epochs = (
+        LR_DROP_AT * steps / steps_per_epoch(config),)
+  return config
+
+
+def finished_results(config, workdir: str) -> dict | None:
+  """The final evaluation of a run that already ended, else None.
+
+  Study runs evaluate only at their end (eval_every_steps 0), so an
+  evaluation file means the run is complete.
+  """
+  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  if config.eval_every_steps:
+    return None
+  try:
+    return evaluate.read_json(workdir)["results"]
+  except FileNotFoundError:
+    return None
 
 
 def run(out: str, seeds: Sequence[int], budget: Budget,
-        data_dir: str | None) -> dict:
-  """Runs (or resumes) every job, then writes results.json and the plots."""
+        data_dir: str | None, *, controls: bool = False) -> dict:
+  """Runs (or resumes) every job, then writes results.json and the plots.
+
+  A run that already finished in OUT/runs is read back, not run again.
+  """
   from cover_jax import train  # pylint: disable=import-outside-toplevel
   runs_dir = os.path.join(out, "runs")
   records = []
-  for job in plan(seeds, budget):
+  for job in plan(seeds, budget, controls=controls):
     config = job_config(job, runs_dir, data_dir)
-    print(f"== {job.name} (seed {job.seed})", flush=True)
+    workdir = os.path.join(runs_dir, job.workdir)
     start = time.time()
-    results = train.train_and_evaluate(
-        config, os.path.join(runs_dir, job.workdir))
+    results = finished_results(config, workdir)
+    print(f"== {job.name} (seed {job.seed})"
+          f"{': finished earlier' if results else ''}", flush=True)
+    if results is None:
+      results = train.train_and_evaluate(config, workdir)
     records.append(dict(name=job.name, seed=job.seed, workdir=job.workdir,
+                        steps=num_steps(config),
                         minutes=(time.time() - start) / 60, results=results,
                         config=json.loads(config.to_json_best_effort())))
   report = dict(machine=f"{platform.processor() or platform.machine()}, "
@@ -156,7 +214,8 @@ def run(out: str, seeds: Sequence[int], budget: Budget,
                               lr_drop_at=LR_DROP_AT, runs=RUNS,
                               image_weights=IMAGE_WEIGHTS,
                               probe_target=PROBE_TARGET,
-                              probe_sources=list(PROBES)),
+                              probe_sources=list(PROBES),
+                              controls=CONTROLS if controls else {}),
                 summary=summarize(records), runs=records)
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(report, f, indent=1, sort_keys=True)
@@ -188,6 +247,8 @@ flags.DEFINE_float("train_epochs", 12, "Epochs of every other run.")
 flags.DEFINE_float("probe_epochs", 3, "Epochs of every linear probe.")
 flags.DEFINE_string("data_dir", None, "Datasets (None: ~/tensorflow_datasets;"
                     " the mini ones are built on first use).")
+flags.DEFINE_bool("controls", False, "Also the equal-steps controls "
+                  "(CONTROLS: single-dataset runs as long as co-training).")
 flags.DEFINE_bool("replot", False, "Only redraw the plots and results.md "
                   "from OUT/results.json.")
 
@@ -206,7 +267,8 @@ def main(argv):
   start = time.time()
   report = run(FLAGS.out, [int(s) for s in FLAGS.seeds],
                Budget(FLAGS.pretrain_epochs, FLAGS.train_epochs,
-                      FLAGS.probe_epochs), FLAGS.data_dir)
+                      FLAGS.probe_epochs), FLAGS.data_dir,
+               controls=FLAGS.controls)
   print(json.dumps(report["summary"], indent=1))
   print(f"Study done in {(time.time() - start) / 60:.1f} min: "
         f"{os.path.join(FLAGS.out, 'results.json')}", flush=True)

@@ -124,3 +124,27 @@ def test_summary_is_mean_and_spread_over_seeds_and_plots_are_written(
     pixels = matplotlib.image.imread(path)
     assert pixels.shape[0] > 200 and pixels.shape[1] > 300
     assert pixels[..., :3].std() > 0.05  # something is drawn
+
+
+def test_controls_train_as_many_steps_as_co_training(digits_dir, tmp_path):
+  jobs = {j.name: j for j in study.plan([0], BUDGET, controls=True)}
+  assert set(study.CONTROLS) <= set(jobs)
+  control = study.job_config(jobs["motion_alone_equal_steps"], "/runs",
+                             digits_dir)
+  cotrain = study.job_config(jobs["videos_images"], "/runs", digits_dir)
+  alone = study.job_config(jobs["motion_alone"], "/runs", digits_dir)
+  assert list(control.heads) == ["digits_motion"]
+  # 12 epochs of 720 + 720 + 2876 examples at 32 a step; 12 of 720 alone.
+  assert study.num_steps(cotrain) == 12 * 135
+  assert study.num_steps(alone) == 12 * 23
+  assert study.num_steps(control) == study.num_steps(cotrain)
+  _, schedule = optimizer.make(control, study.steps_per_epoch(control))
+  drop = int(round(0.7 * 12 * 135))
+  assert float(schedule(drop - 1)) == pytest.approx(1e-3)
+  assert float(schedule(drop)) == pytest.approx(1e-4)
+  # A run that has its final evaluation is read back, not run again.
+  assert study.finished_results(control, str(tmp_path)) is None
+  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  evaluate.write_json(str(tmp_path), 7, {"digits_motion": {"top1": 0.5}})
+  assert study.finished_results(control, str(tmp_path)) == {
+      "digits_motion": {"top1": 0.5}}
