@@ -14,22 +14,27 @@ Where a run starts (`restore_or_init`), first that applies:
      or a checkpoint of ours; heads are matched by name, new heads start
      fresh;
   4. scratch.
+
+Paths may be local or URIs (gs://bucket/run): they are read through
+`storage` (etils.epath) and orbax, never os.path.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from cover_jax import storage
 
 STATE = "state"
 DATA = "data"
 
 
-def manager(directory: str, *, keep: int | None = None,
+def manager(directory: str | epath.Path, *, keep: int | None = None,
             async_save: bool = True) -> ocp.CheckpointManager:
   """A CheckpointManager keeping the last `keep` checkpoints.
 
@@ -38,7 +43,7 @@ def manager(directory: str, *, keep: int | None = None,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, enable_async_checkpointing=async_save,
       create=keep is not None, read_only=keep is None)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+  return ocp.CheckpointManager(storage.resolve(directory), options=options,
                                item_names=(STATE, DATA))
 
 
@@ -95,31 +100,49 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any,
   return restored[STATE], restored[DATA]
 
 
-def checkpoint_step_dir(path: str) -> tuple[str, int]:
+def checkpoint_step_dir(path: str | epath.Path, what: str = "Checkpoint path"
+                        ) -> tuple[epath.Path, int]:
   """(checkpoints directory, step) of `path`: a step dir or a directory of
-  steps (then its latest complete step)."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(os.path.join(path, STATE)):
-    return os.path.dirname(path), int(os.path.basename(path))
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(path) if d.isdigit()) if (
-      os.path.isdir(path)) else []
+  steps (then its latest complete step). `what` names the path in errors
+  (e.g. "config.resume_from")."""
+  path = storage.resolve(path)
+  if not storage.exists(path, what):
+    raise FileNotFoundError(
+        f"{what} {path} does not exist: give a run's workdir, its "
+        f"checkpoints directory or one step directory (holding "
+        f"'{STATE}/').")
+  if storage.exists(path / STATE, what) and path.name.isdigit():
+    if not _finalized(path):
+      raise ValueError(f"{what} {path} is a checkpoint whose save did not "
+                       f"finish: give its directory to use the latest "
+                       f"complete step.")
+    return path.parent, int(path.name)
+  if storage.exists(path / "checkpoints", what):
+    path = path / "checkpoints"
+  steps = sorted(int(d) for d in storage.list_dir(path, what)
+                 if d.isdigit() and _finalized(path / d))
   if not steps:
-    raise ValueError(f"No checkpoint in {path}: expected a run's workdir, "
-                     f"its checkpoints directory, or one step directory "
-                     f"(holding '{STATE}/').")
+    raise ValueError(f"{what}: no complete checkpoint in {path}: give a "
+                     f"run's workdir, its checkpoints directory, or one step "
+                     f"directory (holding '{STATE}/').")
   return path, steps[-1]
 
 
-def read_params(path: str) -> dict:
+def _finalized(step_dir: epath.Path) -> bool:
+  # Orbax renames a finished step locally, but marks it on object stores
+  # (gs://, no atomic rename) with a commit file: ask orbax.
+  return ocp.step.is_path_finalized(step_dir)
+
+
+def read_params(path: str | epath.Path, what: str = "Checkpoint path"
+                ) -> dict:
   """Parameters of our checkpoint at `path`, as host numpy arrays.
 
   The checkpoint's own tree is read (whatever mesh saved it), so heads and
   shapes can be compared with the config before use.
   """
-  directory, step = checkpoint_step_dir(path)
-  item = os.path.join(directory, str(step), STATE)
+  directory, step = checkpoint_step_dir(path, what)
+  item = directory / str(step) / STATE
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(item)
   tree = getattr(metadata, "item_metadata", metadata)
@@ -201,8 +224,8 @@ def init_params_from(path: str, model, fresh_params: dict
   Returns (params as numpy, a sentence saying what was loaded).
   """
   from cover_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  path = os.path.expanduser(path)
-  if not os.path.exists(path):
+  path = str(storage.resolve(path))
+  if not storage.exists(storage.resolve(path), "config.init_from"):
     raise FileNotFoundError(f"config.init_from {path} does not exist: give a "
                             f"ViT .npz, a TimeSformer .pyth or a checkpoint "
                             f"directory of ours.")
@@ -222,7 +245,7 @@ def init_params_from(path: str, model, fresh_params: dict
         path, num_heads=model.num_heads, **overrides)
     kind = "TimeSformer .pyth"
   else:
-    loaded = read_params(path)
+    loaded = read_params(path, "config.init_from")
     kind = "cover-jax checkpoint"
     if (model.attention_type == "divided_space_time" and
         "time_embedding" not in loaded):

@@ -14,6 +14,7 @@ Both return `(model, params)` with `params` in the loop layout (or scanned if
 import re
 from typing import Any, Mapping, Optional
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,7 +132,9 @@ class _Filler:
 
 def _read_npz(path: str) -> dict:
   try:
-    with np.load(path, allow_pickle=False) as f:
+    # Through epath: the file may be on gs:// (np.load only opens local ones).
+    with epath.Path(path).open("rb") as file, np.load(
+        file, allow_pickle=False) as f:
       return {k: f[k] for k in f.files}
   except (OSError, ValueError) as e:
     raise CheckpointError(f"{path}: not a readable .npz file ({e}).") from e
@@ -328,7 +331,8 @@ def _read_pyth(path: str, weights_only: bool) -> dict:
         "Loading TimeSformer .pyth checkpoints needs PyTorch: "
         "pip install 'cover-jax[torch]' (or pip install torch).") from e
   try:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
+    with epath.Path(path).open("rb") as f:  # local or gs://
+      checkpoint = torch.load(f, map_location="cpu", weights_only=weights_only)
   except Exception as e:  # torch raises many types for bad files
     raise CheckpointError(
         f"{path}: could not be read by torch.load ({type(e).__name__}: {e}). "
