@@ -110,11 +110,14 @@ def main(argv):
   start_distributed()
   import jax  # pylint: disable=import-outside-toplevel
 
+  from cover_jax import storage  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
+  # Local or gs://: every file of the run goes through epath or orbax.
+  workdir = storage.resolve(FLAGS.workdir)
+  config_path = workdir / "config.json"
   if jax.process_index() == 0:
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    storage.write_text(config_path, config.to_json_best_effort(indent=2),
+                       "--workdir")
   logging.info("Config:\n%s", config)
   if FLAGS.mode == "describe":
     report = describe(config)
@@ -124,14 +127,13 @@ def main(argv):
       except ValueError as e:  # e.g. not prepared yet: still describe
         report["data"] = {"error": str(e)}
     print(json.dumps(report, indent=2))
-    print(f"Resolved config saved to "
-          f"{os.path.join(FLAGS.workdir, 'config.json')}")
+    print(f"Resolved config saved to {config_path}")
     return
   from cover_jax import stages, train  # pylint: disable=import-outside-toplevel
   if FLAGS.mode == "train":
-    stages.train_and_evaluate(config, FLAGS.workdir)
+    stages.train_and_evaluate(config, str(workdir))
   else:
-    train.evaluate_checkpoint(config, FLAGS.workdir)
+    train.evaluate_checkpoint(config, str(workdir))
 
 
 if __name__ == "__main__":

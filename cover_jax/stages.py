@@ -19,11 +19,10 @@ the command line, e.g. --config.pretrain.num_train_steps=500.
 
 from __future__ import annotations
 
-import os
-
 import jax
 from ml_collections import ConfigDict
 
+from cover_jax import storage
 from cover_jax import train
 
 PRETRAIN_DIR = "pretrain"
@@ -55,7 +54,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   """
   stage = pretrain_config(config)
   if stage is not None:
-    stage_dir = os.path.join(workdir, PRETRAIN_DIR)
+    stage_dir = str(storage.resolve(workdir) / PRETRAIN_DIR)  # gs:// too
     _say(f"Stage 1 of 2: image pretraining in {stage_dir}")
     result = train.train_and_evaluate(stage, stage_dir)
     if "preempted_at" in result:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import time
 from typing import Any
@@ -32,6 +31,7 @@ from cover_jax import checkpointing
 from cover_jax import input as inp
 from cover_jax import optimizer
 from cover_jax import sharding
+from cover_jax import storage
 from cover_jax.models import create, init_params, unboxed
 
 
@@ -279,6 +279,8 @@ def _log_line(step: int, num_steps: int, summary: dict, names: list[str],
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   """Trains as `config` says, checkpointing in workdir; returns final eval."""
+  # One spelling for every writer: absolute if local, the URI if remote.
+  workdir = str(storage.resolve(workdir))
   # -- Mesh -------------------------------------------------------------------
   mesh = sharding.make_mesh(**config.mesh)
   granule = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -294,7 +296,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       config.num_epochs * steps_per_epoch))
   if (config.get("requires_init") and not config.get("init_from") and
       not config.get("resume_from") and not _has_checkpoint(
-          os.path.join(workdir, "checkpoints"))):
+          storage.resolve(workdir) / "checkpoints")):
     raise ValueError(
         "This config starts from pretrained weights, but config.init_from is "
         "not set and there is no checkpoint to resume: pass "
@@ -312,7 +314,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
   # -- Restore ----------------------------------------------------------------
   ckpt = config.checkpoint
-  mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"),
+  mngr = checkpointing.manager(storage.resolve(workdir) / "checkpoints",
                                keep=ckpt.keep,
                                async_save=ckpt.get("async_save", True))
   state, data_state, origin = restore_or_init(
@@ -445,7 +447,8 @@ def restore_or_init(config, mngr, model, init, abstract, shardings,
             f"resumed from this workdir's checkpoint at step "
             f"{mngr.latest_step()}")
   if config.get("resume_from"):
-    directory, step = checkpointing.checkpoint_step_dir(config.resume_from)
+    directory, step = checkpointing.checkpoint_step_dir(
+        config.resume_from, "config.resume_from")
     other = checkpointing.manager(directory)  # read only
     state, data = checkpointing.restore(other, abstract, step)
     return (state, checkpointing.local_data_state(data, names),
@@ -468,7 +471,8 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(**config.mesh)
   check_heads(config, inp.make.sources(config, "eval_split"))
   model = model_from_config(config)
-  checkpoints_dir = os.path.join(workdir, "checkpoints")
+  workdir = str(storage.resolve(workdir))
+  checkpoints_dir = storage.resolve(workdir) / "checkpoints"
   path = next((p for p in (checkpoints_dir, config.get("resume_from"))
                if p and _has_checkpoint(p)), None)
   if path is not None:
@@ -495,7 +499,9 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
   return results
 
 
-def _has_checkpoint(path: str) -> bool:
+def _has_checkpoint(path) -> bool:
+  """Whether `path` holds a complete checkpoint; raises when it cannot be
+  read (so an unreadable workdir never silently restarts at step 0)."""
   try:
     checkpointing.checkpoint_step_dir(path)
     return True
