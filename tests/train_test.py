@@ -2,6 +2,7 @@
 onto another device count, loss weighting, non-finite losses, config errors."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,9 +85,37 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
   assert steps[-1] == 2
   params = final_params(str(tmp_path))
   assert params["heads"]["digits_motion"]["kernel"].shape == (16, 8)
+  # Trained: every head and the backbone moved from the seed's init.
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+  before = jax.device_get(train.init_params(train.model_from_config(config),
+                                            init_rng))
+  assert (jax.tree_util.tree_structure(params) ==
+          jax.tree_util.tree_structure(before))
+  for name in ("digits_image", "digits_appearance", "digits_motion"):
+    assert not np.allclose(params["heads"][name]["kernel"],
+                           before["heads"][name]["kernel"]), name
+  # All but the temporal branch before temporal_fc: that starts at zero, so
+  # nothing before it has a gradient until it has moved (step 1's warm-up
+  # learning rate is 0: one real update).
+  unchanged = {jax.tree_util.keystr(path) for (path, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(before))
+               if np.array_equal(a, b)}
+  assert all(k.startswith(("['encoderblock_0']['temporal_attention']",
+                           "['encoderblock_0']['temporal_norm']"))
+             for k in unchanged), unchanged
+  # Evaluated: every test set whole (359 examples), real top-1s, as the
+  # eval JSON of step 2 records them.
+  for name, metrics in results.items():
+    assert metrics["examples"] == 359, name
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0, name
+    assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0, name
+  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  written = evaluate.read_json(str(tmp_path))
+  assert written == {"step": 2, "results": results}
   # Started again: nothing left to do, the same checkpoint is kept.
   again = train.train_and_evaluate(config, str(tmp_path))
-  assert again.keys() == results.keys()
+  assert again == results
+  assert_same_params(final_params(str(tmp_path)), params)
 
 
 def test_sigterm_saves_and_exits_zero_then_resumes(digits_dir, tmp_path):
@@ -200,19 +229,72 @@ def test_unknown_loss_reduction_is_refused():
     train.make_train_step(None, None, None, [], loss_reduction="mean")
 
 
+def nonfinite_config(digits_dir, **overrides):
+  """Learning rate 1e30 from step 1: step 1 is finite, a later one is not.
+  A checkpoint every step, written before the next step runs."""
+  return tiny_config(digits_dir, num_train_steps=4,
+                     **{"optimizer.learning_rates": (1e30, 1e30),
+                        "optimizer.grad_clip_norm": None,
+                        "optimizer.warmup_epochs": 0.0,
+                        "checkpoint.every_steps": 1, "checkpoint.keep": 10,
+                        "checkpoint.async_save": False, **overrides})
+
+
+def saved_steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir,
+                                                        "checkpoints"))
+                if d.isdigit())
+
+
 def test_non_finite_loss_stops_with_step_and_dataset(digits_dir, tmp_path):
-  config = tiny_config(digits_dir, num_train_steps=4,
-                       **{"optimizer.learning_rates": (1e30, 1e30),
-                          "optimizer.grad_clip_norm": None,
-                          "optimizer.warmup_epochs": 0.0})
+  """No checkpoint at or after the bad step: with logs only at the end,
+  each save must itself check the steps since the last log."""
+  config = nonfinite_config(digits_dir, log_every_steps=100)
+  workdir = str(tmp_path / "stop")
   with pytest.raises(train.NonFiniteLoss, match=r"Non-finite loss at step "
-                     r"\d+ \(dataset: .*config.nonfinite='skip'"):
-    train.train_and_evaluate(config, str(tmp_path / "stop"))
-  config.nonfinite = "skip"
-  config.eval_every_steps = 0
-  train.train_and_evaluate(config, str(tmp_path / "skip"))
-  params = final_params(str(tmp_path / "skip"))
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+                     r"\d+ \(dataset: .*config.nonfinite='skip'") as error:
+    train.train_and_evaluate(config, workdir)
+  bad = int(re.search(r"at step (\d+)", str(error.value)).group(1))
+  assert 2 <= bad <= 4  # step 1 starts from finite init parameters
+  assert saved_steps(workdir) == list(range(1, bad))
+
+
+def scalars(workdir, tag):
+  """{step: value} of a TensorBoard scalar in workdir's event files."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  out = {}
+  for path in tf.io.gfile.glob(os.path.join(workdir, "events.out.tfevents*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == tag:
+          out[event.step] = float(tf.make_ndarray(value.tensor))
+  return out
+
+
+def test_non_finite_steps_are_skipped_and_counted(digits_dir, tmp_path):
+  """nonfinite="skip": the run finishes; a step is counted skipped in
+  TensorBoard (logged every step) exactly when it left the parameters as
+  they were, and step 1 (finite) is not."""
+  config = nonfinite_config(digits_dir, nonfinite="skip", eval_every_steps=0,
+                            log_every_steps=1)
+  workdir = str(tmp_path)
+  results = train.train_and_evaluate(config, workdir)
+  assert {m["examples"] for m in results.values()} == {359}
+  assert saved_steps(workdir) == [1, 2, 3, 4]
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+  params = [jax.device_get(train.init_params(train.model_from_config(config),
+                                             init_rng))]
+  params += [checkpointing.read_params(os.path.join(workdir, "checkpoints",
+                                                    str(s)))
+             for s in (1, 2, 3, 4)]
+  assert all(np.isfinite(x).all() for p in params for x in jax.tree.leaves(p))
+  skipped = scalars(workdir, "train/skipped_steps")
+  assert sorted(skipped) == [1, 2, 3, 4]
+  assert skipped[1] == 0 and sum(skipped.values()) >= 1
+  for s in (1, 2, 3, 4):
+    unchanged = all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(params[s]), jax.tree.leaves(params[s - 1])))
+    assert unchanged == (skipped[s] == 1), s
 
 
 def test_config_errors_come_before_compute(digits_dir, tmp_path):
@@ -318,3 +400,64 @@ def test_gradient_accumulation_equals_the_whole_batch():
     assert loss_k == pytest.approx(results[0][1], rel=1e-5)
     for x, y in zip(jax.tree.leaves(params_k), jax.tree.leaves(results[0][0])):
       np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("accumulation_steps", [1, 2])
+def test_step_loss_and_update_match_an_independent_computation(
+    accumulation_steps):
+  """The jitted step on a raw batch (3 a + 1 b videos, 2 c images): its loss
+  and SGD update against w_d-weighted per-dataset mean cross-entropies
+  computed here from the model's logits, and jax.grad of that. The step
+  counts each dataset's examples itself; the second micro-batch holds no b,
+  so per-micro-batch counts would be caught as well."""
+  classes = {"a": 3, "b": 5, "c": 4}
+  model = train.create(classes, num_frames=4, image_size=16, **TINY)
+  heads = [train.Head("a", "video", 1.0), train.Head("b", "video", 1.0),
+           train.Head("c", "image", 0.5)]
+  lr = 1.0  # a large step: old - new recovers lr * grad to float precision
+  tx = optax.sgd(lr)  # no momentum: the update is -lr * grad
+  rng = np.random.default_rng(0)
+  video_ids = np.array([0, 1, 0, 0])
+  video_labels = np.array([2, 4, 0, 1])  # b's 4 is beyond a's classes
+  image_labels = np.array([3, 1])
+  batch = {
+      "video": {"frames": rng.normal(size=(4, 4, 16, 16, 3)),
+                "label": video_labels, "dataset": video_ids},
+      "image": {"frames": rng.normal(size=(2, 1, 16, 16, 3)),
+                "label": image_labels, "dataset": np.full(2, 2)}}
+  batch = jax.tree.map(lambda x: jnp.asarray(x, None if x.dtype.kind == "i"
+                                             else jnp.float32), batch)
+  params = train.init_params(model, jax.random.PRNGKey(0))
+  state = {"step": jnp.zeros((), jnp.int32), "params": params,
+           "opt_state": tx.init(params), "rng": jax.random.PRNGKey(1)}
+
+  def mean_ce(logits, labels, rows):  # -log softmax at the label, averaged
+    log_p = jax.nn.log_softmax(logits[rows], axis=-1)
+    return -jnp.mean(log_p[np.arange(len(rows)), labels[rows]])
+
+  def reference_loss(p):
+    video = model.apply({"params": p}, batch["video"]["frames"], train=False)
+    image = model.apply({"params": p}, batch["image"]["frames"], train=False)
+    return (1.0 * mean_ce(video["a"], video_labels, np.array([0, 2, 3]))
+            + 1.0 * mean_ce(video["b"], video_labels, np.array([1]))
+            + 0.5 * mean_ce(image["c"], image_labels, np.array([0, 1])))
+
+  expected_loss, grads = jax.value_and_grad(reference_loss)(params)
+  step = jax.jit(train.make_train_step(
+      model, tx, lambda s: lr, heads, accumulation_steps=accumulation_steps))
+  new_state, metrics = step(state, batch)
+  assert float(metrics["loss"]) == pytest.approx(float(expected_loss),
+                                                 rel=1e-5)
+  assert {k: float(v["count"]) for k, v in metrics["datasets"].items()} == {
+      "a": 3.0, "b": 1.0, "c": 2.0}
+  flat_old = jax.tree_util.tree_leaves_with_path(params)
+  flat_new = jax.tree.leaves(new_state["params"])
+  flat_grads = jax.tree.leaves(grads)
+  assert len(flat_old) == len(flat_new) == len(flat_grads)
+  for (path, old), new, grad in zip(flat_old, flat_new, flat_grads):
+    np.testing.assert_allclose(np.asarray(old) - np.asarray(new),
+                               lr * np.asarray(grad), rtol=1e-3, atol=2e-6,
+                               err_msg=jax.tree_util.keystr(path))
+  # Every head learns from its own examples.
+  for name in classes:
+    assert np.abs(grads["heads"][name]["kernel"]).max() > 1e-3
