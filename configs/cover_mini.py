@@ -15,6 +15,11 @@ runs two stages in WORKDIR/pretrain and WORKDIR (cover_jax/stages.py):
      Table 6), evaluation with 1 clip x 3 crops, also with frames reversed
      (paper Table 2).
 
+On the development VM (AMD EPYC, 2 vCPUs) the command takes 7 min 19 s with
+the dataset build and ends at test top-1 0.986 digits_appearance (0.981 with
+the frames reversed), 0.950 digits_image, 1.000 digits_motion (0.000
+reversed: each motion played backwards is its twin class).
+
 Arguments (comma-separated, `--config=configs/cover_mini.py:ARG`):
   videoNN            read the video sets' trainNN builder configs (NN in 50,
                      25, 10: that percentage of the training digits, the

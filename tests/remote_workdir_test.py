@@ -195,13 +195,13 @@ def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
              TENSORSTORE_GCS_HTTP_URL=gcs_emulator,
              LOGDIRS_FILE=str(logdirs))
   cmd = [sys.executable, "-c", DRIVER] + command(
-      workdir, digits_dir, num_train_steps=200)[1:]
+      workdir, digits_dir, num_train_steps=40)[1:]
   proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   seen = []
   for line in proc.stdout:  # co-training under way, a few checkpoints saved
     seen.append(line)
-    if re.match(r"step (\d+)/200", line) and int(line.split()[1].split(
+    if re.match(r"step (\d+)/40", line) and int(line.split()[1].split(
         "/")[0]) >= 8:
       break
   proc.send_signal(signal.SIGKILL)
@@ -216,14 +216,14 @@ def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert (f"resumed from this workdir's checkpoint at step {saved[-1]}"
           in out.stdout), out.stdout[-3000:]
-  assert "step 200/200" in out.stdout
+  assert "step 40/40" in out.stdout
 
   names = bucket_objects(gcs_emulator, "run/")
-  assert finished_steps(names, "run/checkpoints")[-1] == 200
+  assert finished_steps(names, "run/checkpoints")[-1] == 40
   config = json.loads(read_object(gcs_emulator, "run/config.json"))
-  assert config["num_train_steps"] == 200
+  assert config["num_train_steps"] == 40
   assert json.loads(read_object(gcs_emulator, "run/eval/latest.json"))[
-      "step"] == 200
+      "step"] == 40
   assert json.loads(read_object(
       gcs_emulator, "run/pretrain/eval/latest.json"))["step"] == 4
   assert set(logdirs.read_text().split()) == {workdir, f"{workdir}/pretrain"}
