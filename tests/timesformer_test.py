@@ -208,16 +208,23 @@ def test_dropout_and_stochastic_depth_are_random_only_in_training(
 
 def test_stochastic_depth_drops_whole_branches_per_example():
   """A branch dropped with probability 1 leaves its block an identity."""
+  # Rates grow linearly from 0: block 0 is always kept, block 1 always dropped.
+  out, without = _second_block_at_rate(1.0, batch=2)
+  np.testing.assert_allclose(out, np.broadcast_to(without, out.shape),
+                             rtol=1e-5, atol=1e-6)
+
+
+def _second_block_at_rate(rate, batch):
+  """(logits of identical videos through 2 equal blocks, the second at
+  stochastic-depth `rate` in training; logits of the 1-block model)."""
   model = TimeSformer(heads=HEADS, **dict(SMALL, depth=1))
   params = perturbed(init_params(model, jax.random.PRNGKey(0)))
-  video = jnp.ones((2, 4, 16, 16, 3))
-  # Rates grow linearly from 0: block 0 is always kept, block 1 always dropped.
-  two = model.clone(depth=2, stochastic_depth_rate=1.0)
+  video = jnp.ones((batch, 4, 16, 16, 3))
+  two = model.clone(depth=2, stochastic_depth_rate=rate)
   p2 = dict(params, encoderblock_1=params["encoderblock_0"])
   out = apply(two, p2, video, train=True,
               rngs={"dropout": jax.random.PRNGKey(0)})["kinetics"]
-  expected = apply(model, params, video)["kinetics"]
-  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+  return out, apply(model, params, video[:1])["kinetics"][0]
 
 
 class _DropPath(nn.Module):
@@ -245,15 +252,8 @@ def test_stochastic_depth_at_half_rate_drops_some_examples_keeps_others():
   """Identical examples through a block at rate 0.5: those whose three
   branches all drew "drop" equal the model without that block, the others
   do not (masks are per example, not per batch)."""
-  model = TimeSformer(heads=HEADS, **dict(SMALL, depth=1))
-  params = perturbed(init_params(model, jax.random.PRNGKey(0)))
-  video = jnp.ones((32, 4, 16, 16, 3))
   # Block 0 has rate 0 (always kept); block 1 rate 0.5.
-  two = model.clone(depth=2, stochastic_depth_rate=0.5)
-  p2 = dict(params, encoderblock_1=params["encoderblock_0"])
-  out = apply(two, p2, video, train=True,
-              rngs={"dropout": jax.random.PRNGKey(0)})["kinetics"]
-  without = apply(model, params, video[:1])["kinetics"][0]
+  out, without = _second_block_at_rate(0.5, batch=32)
   skipped = np.isclose(out, without, rtol=1e-5, atol=1e-6).all(axis=1)
   assert 0 < skipped.sum() < len(out)  # ~1/8 of the examples
   assert len(np.unique(np.round(np.asarray(out), 5), axis=0)) > 2
