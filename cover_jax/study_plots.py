@@ -23,9 +23,11 @@ def _cell(summary, run, key):
   return summary.get(run, {}).get(key)
 
 
-def _bars(ax, groups, series, summary, colors=None):
-  """Grouped bars: groups on x, one bar per (label, run, key) series."""
+def _bars(ax, groups, series, summary):
+  """Grouped bars: groups on x, one bar per (label, cell) series, one colour
+  per series."""
   width = 0.8 / len(series)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for j, (label, cell_of) in enumerate(series):
     for i, group in enumerate(groups):
       cell = cell_of(group)
@@ -33,14 +35,14 @@ def _bars(ax, groups, series, summary, colors=None):
         continue
       x = i + (j - (len(series) - 1) / 2) * width
       ax.bar(x, cell["mean"], width, yerr=cell["std"], capsize=3,
-             color=(colors or [None] * len(series))[j],
-             label=label if i == 0 or not ax.get_legend_handles_labels()[1]
-             .count(label) else None)
+             color=colors[j % len(colors)],
+             label=None if label in ax.get_legend_handles_labels()[1]
+             else label)
       ax.plot([x] * len(cell["values"]), cell["values"], "k.", ms=3)
   ax.set_xticks(range(len(groups)), [SHORT.get(g, g) for g in groups])
   ax.set_ylabel("test top-1")
   ax.set_ylim(0, 1.05)
-  ax.legend(fontsize=8, loc="lower right")
+  ax.legend(fontsize=8, loc="best", framealpha=0.9)
 
 
 COLUMNS = ("digits_appearance", "digits_appearance/reversed",
