@@ -224,8 +224,9 @@ def init_params_from(path: str, model, fresh_params: dict
   Returns (params as numpy, a sentence saying what was loaded).
   """
   from cover_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  path = str(storage.resolve(path))
-  if not storage.exists(storage.resolve(path), "config.init_from"):
+  resolved = storage.resolve(path)
+  path = str(resolved)
+  if not storage.exists(resolved, "config.init_from"):
     raise FileNotFoundError(f"config.init_from {path} does not exist: give a "
                             f"ViT .npz, a TimeSformer .pyth or a checkpoint "
                             f"directory of ours.")

@@ -151,9 +151,9 @@ def steps_per_epoch(config) -> int:
 
 
 def num_steps(config) -> int:
-  """The steps `config` trains (as train.train_and_evaluate counts them)."""
-  return config.num_train_steps or int(round(
-      config.num_epochs * steps_per_epoch(config)))
+  """The steps `config` trains, counted as the training loop counts them."""
+  from cover_jax import train  # pylint: disable=import-outside-toplevel
+  return train.train_steps(config, steps_per_epoch(config))
 
 
 def job_config(job: Job, runs_dir: str, data_dir: str | None):

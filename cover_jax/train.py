@@ -62,6 +62,12 @@ def check_heads(config: ConfigDict, sources: list[inp.Source]) -> None:
           f"config.heads.{source.name}={source.num_classes}.")
 
 
+def train_steps(config: ConfigDict, steps_per_epoch: int) -> int:
+  """The steps a run trains: num_train_steps, else num_epochs of the mixture."""
+  return config.get("num_train_steps") or int(round(
+      config.num_epochs * steps_per_epoch))
+
+
 def model_from_config(config: ConfigDict):
   fields = dict(config.model)
   if isinstance(fields.get("dtype"), str):
@@ -292,8 +298,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
            for s in sources]
   steps_per_epoch = optimizer.steps_per_epoch(
       sum(s.num_examples for s in sources), config.batch_size)
-  num_steps = config.get("num_train_steps") or int(round(
-      config.num_epochs * steps_per_epoch))
+  num_steps = train_steps(config, steps_per_epoch)
   if (config.get("requires_init") and not config.get("init_from") and
       not config.get("resume_from") and not _has_checkpoint(
           storage.resolve(workdir) / "checkpoints")):
