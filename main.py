@@ -8,7 +8,12 @@
 Modes: `train` (default) trains and evaluates, resuming from the workdir's
 last checkpoint when there is one; `eval` evaluates the workdir's last
 checkpoint (or config.init_from) on every dataset; `describe` prints the
-model, its cost and the data mixture without training. Run the same command
+model, its cost and the data mixture without training; `plan` compiles the
+training step ahead of time for --topology (a TPU slice, e.g. v5p:4x4x4,
+from any host with `pip install -e ".[tpu]"`; or cpu:N fake devices) and
+reports memory per chip, FLOPs and the compiler's step-time estimate, in
+WORKDIR/plan.json (cover_jax/plan.py); --plan_search also tries remat, scan,
+mesh shapes and accumulation. Run the same command
 on every host of a pod slice or cluster: jax.distributed finds the others
 (TPU, SLURM, Open MPI), or pass --coordinator_address, --num_processes and
 --process_id.
@@ -27,9 +32,17 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for the resolved config, "
                     "checkpoints, TensorBoard events and evaluation results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "describe"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "describe", "plan"],
                   "train: train and evaluate; eval: evaluate the last "
-                  "checkpoint; describe: report the model and the data.")
+                  "checkpoint; describe: report the model and the data; "
+                  "plan: compile the step for --topology and report memory "
+                  "and speed.")
+flags.DEFINE_string("topology", None, "--mode=plan: a TPU topology "
+                    "(v4:2x2x4, v5p:4x4x4, v5e:8x8, v6e:4x4), or cpu:N for N "
+                    "fake CPU devices (default: this host's CPU devices).")
+flags.DEFINE_bool("plan_search", False, "--mode=plan: also try remat "
+                  "policies, scan_layers, mesh shapes and accumulation; "
+                  "print the fastest that fits as --config overrides.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, "
                     "for clusters jax.distributed cannot detect.")
 flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
@@ -107,7 +120,11 @@ def main(argv):
   # TensorFlow only reads data here: keep it off the accelerators.
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], "GPU")
-  start_distributed()
+  if FLAGS.mode == "plan":  # one process compiling ahead of time
+    from cover_jax import plan  # pylint: disable=import-outside-toplevel
+    plan.prepare_host(FLAGS.topology)
+  else:
+    start_distributed()
   import jax  # pylint: disable=import-outside-toplevel
 
   from cover_jax import storage  # pylint: disable=import-outside-toplevel
@@ -128,6 +145,13 @@ def main(argv):
         report["data"] = {"error": str(e)}
     print(json.dumps(report, indent=2))
     print(f"Resolved config saved to {config_path}")
+    return
+  if FLAGS.mode == "plan":
+    result = plan.run(config, plan.topology_devices(FLAGS.topology),
+                      search_all=FLAGS.plan_search)
+    storage.write_text(workdir / "plan.json", json.dumps(
+        plan.to_json(result), indent=2), "--workdir")
+    print(f"Plan saved to {workdir / 'plan.json'}")
     return
   from cover_jax import stages, train  # pylint: disable=import-outside-toplevel
   if FLAGS.mode == "train":

@@ -24,6 +24,9 @@ setuptools.setup(
                                                "data", "data.*", "configs"]),
     install_requires=requirements(),
     extras_require={
+        # --mode=plan for TPU topologies (cover_jax/plan.py): libtpu compiles
+        # for TPUs on any host; no TPU needed.
+        "tpu": ["jax[tpu]==0.10.2"],
         # Reading official TimeSformer .pyth checkpoints.
         "torch": ["torch>=2.1"],
         # Tests: torch pinned to the CPU build that test machines carry.
