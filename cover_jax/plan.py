@@ -111,25 +111,33 @@ def topology_devices(name: str | None) -> list[jax.Device]:
 
 
 def chip(devices: Sequence[jax.Device]) -> dict:
-  """Generation, HBM bytes and bf16 peak FLOP/s of the devices' chip (None
-  for CPU). HBM comes from the device where it reports it, else the table."""
+  """Generation, HBM bytes and bf16 peak FLOP/s per device (None for CPU).
+
+  HBM comes from the device where it reports it, else HBM_BYTES. A device
+  is a chip, except in v4 topologies, which list each chip's two
+  TensorCores as devices: each then gets half the chip's HBM and peak.
+  """
   device = devices[0]
   if device.platform == "cpu":
     return dict(kind="cpu", generation=None, hbm_bytes=None, peak_flops=None,
-                hbm_source=None)
+                hbm_source=None, devices_per_chip=1)
   kind = device.device_kind
   generation = next((g for k, g in sorted(_DEVICE_KINDS.items(),
                                           key=lambda kv: -len(kv[0]))
                      if kind.startswith(k)), None)
+  per_chip = max(1, len(devices) // len({tuple(d.coords) for d in devices}))
   hbm, source = HBM_BYTES.get(generation), "table"
+  hbm = hbm // per_chip if hbm else None
   try:  # topology devices have no runtime: usually absent
     reported = (device.memory_stats() or {}).get("bytes_limit")
   except Exception:  # pylint: disable=broad-except
     reported = None
   if reported:
     hbm, source = int(reported), "device"
+  peak = PEAK_BF16_FLOPS.get(generation)
   return dict(kind=kind, generation=generation, hbm_bytes=hbm,
-              peak_flops=PEAK_BF16_FLOPS.get(generation), hbm_source=source)
+              peak_flops=peak / per_chip if peak else None,
+              hbm_source=source, devices_per_chip=per_chip)
 
 
 # ----------------------------------------------------------------------------
@@ -289,7 +297,8 @@ def plan(config: ConfigDict, devices: Sequence[jax.Device], *,
   mfu = (analytic / seconds / (target["peak_flops"] * chips)
          if seconds and target["peak_flops"] else None)
   return dict(
-      topology=target["kind"], chips=chips, chip=target,
+      topology=target["kind"], devices=chips,
+      chips=chips // target["devices_per_chip"], chip=target,
       mesh=dict(mesh.shape), settings=knobs(config, chips),
       batch=dict(global_batch=config.batch_size, split=split,
                  split_rule=mix["rule"], frames=config.input.num_frames,
@@ -512,15 +521,19 @@ def format_plan(p: dict) -> str:
   """The plan as the lines main.py prints."""
   b, est = p["bytes_per_chip"], p["compiler_estimate"]
   cpu = p["chip"]["generation"] is None
+  per = p["chip"]["devices_per_chip"]
   lines = [
       f"Plan for {p['chips']} x {p['topology']}"
+      + (f" ({p['devices']} devices: {per} TensorCores per chip, each with "
+         f"1/{per} of its HBM and peak)" if per > 1 else "")
       + (" (fake CPU devices: memory and FLOPs only, no TPU compiler, no "
          "time estimate)" if cpu else "")
       + f"; mesh {p['mesh']}; {_settings_text(p['settings'])}",
       f"  batch {p['batch']['global_batch']}: {p['batch']['split']} "
       f"({p['batch']['frames']}x{p['batch']['crop']}; split by "
       f"{p['batch']['split_rule']})",
-      f"  per chip: parameters {_bytes(b['parameters'])}, optimizer state "
+      f"  per {'device' if per > 1 else 'chip'}: parameters "
+      f"{_bytes(b['parameters'])}, optimizer state "
       f"{_bytes(b['optimizer_state'])}, batch {_bytes(b['batch'])}, "
       f"temporaries {_bytes(b['temporaries'])}; total {_bytes(b['total'])}"
       + (f" of {_bytes(p['hbm_bytes'])} HBM" if p["hbm_bytes"] else
