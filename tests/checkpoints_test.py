@@ -14,8 +14,14 @@ from cover_jax.checkpoints import CheckpointError
 from cover_jax.models import init_params
 from tests import reference_vit
 
-torch = pytest.importorskip("torch")
-from tests import reference_timesformer  # noqa: E402  (needs torch)
+try:
+  import torch
+  from tests import reference_timesformer
+except ImportError:  # the ViT tests run without it
+  torch = None
+needs_torch = pytest.mark.skipif(
+    torch is None, reason="the .pyth tests need torch: pip install "
+    "'cover-jax[torch]'")
 
 
 def rel_err(a, b):
@@ -98,13 +104,25 @@ def test_vit_temporal_layers_start_as_timesformer(tmp_path, vit):
   assert params["time_embedding"].shape == (4, 32)
 
 
-def test_vit_video_input_runs_and_differs_from_single_frames(tmp_path, vit):
+def test_vit_video_input_is_timesformers_function_of_the_vit(tmp_path, vit):
+  """Videos through the model loaded from a ViT: TimeSformer's function
+  (an independent numpy one), in which frames meet in the class token, so
+  it is neither one frame's ViT logits nor their mean; a video of one
+  repeated frame gives that frame's."""
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "linen"))
   model, params = checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
                                            heads={"imagenet": 10})
-  video = np.random.default_rng(3).standard_normal((1, 4, 16, 16, 3))
+  video = np.random.default_rng(3).standard_normal((2, 4, 16, 16, 3))
   out = model.apply({"params": params}, video)["imagenet"]
-  assert out.shape == (1, 10) and np.isfinite(out).all()
+  assert out.shape == (2, 10)
+  assert rel_err(out, reference_vit.vit_video_logits(to64(vit), video)) <= 1e-5
+  per_frame = [reference_vit.vit_logits(to64(vit), video[:, i])
+               for i in range(4)]
+  for logits in per_frame + [np.mean(per_frame, 0)]:
+    assert rel_err(out, logits) > 1e-2
+  repeated = np.repeat(video[:, :1], 4, axis=1)
+  assert rel_err(model.apply({"params": params}, repeated)["imagenet"],
+                 per_frame[0]) <= 1e-5
 
 
 def test_vit_position_embedding_resampled_as_a_grid(tmp_path, vit):
@@ -219,6 +237,7 @@ def torch_logits(sd, video, num_heads=4):
     return reference_timesformer.logits(sd64, x, num_heads).numpy()
 
 
+@needs_torch
 @pytest.mark.parametrize("divided,prefix", [(True, "model."),
                                             (True, "module.model."),
                                             (False, "model.")])
@@ -236,6 +255,7 @@ def test_pyth_logits_equal_reference(tmp_path, divided, prefix):
   assert rel_err(ours, torch_logits(sd, video)) <= 1e-5
 
 
+@needs_torch
 @pytest.mark.parametrize("frames,size", [(8, 12), (2, 20), (1, 8)])
 def test_pyth_other_input_sizes_follow_the_official_resizing(tmp_path, frames,
                                                              size):
@@ -247,6 +267,7 @@ def test_pyth_other_input_sizes_follow_the_official_resizing(tmp_path, frames,
   assert rel_err(ours, torch_logits(sd, video)) <= 1e-5
 
 
+@needs_torch
 def test_pyth_overrides_resize_embeddings_at_load(tmp_path):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(2))
   model, params = checkpoints.load_timesformer_pyth(
@@ -258,6 +279,7 @@ def test_pyth_overrides_resize_embeddings_at_load(tmp_path):
   assert rel_err(ours, torch_logits(sd, video)) <= 1e-5
 
 
+@needs_torch
 def test_pyth_new_heads(tmp_path):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(3))
   _, params = checkpoints.load_timesformer_pyth(
@@ -267,6 +289,7 @@ def test_pyth_new_heads(tmp_path):
   assert params["heads"]["ssv2"]["kernel"].shape == (32, 5)
 
 
+@needs_torch
 def test_pyth_bad_files(tmp_path):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(4))
   bad = dict(sd)
@@ -294,6 +317,7 @@ def test_pyth_without_torch_explains_the_extra(tmp_path, monkeypatch):
     checkpoints.load_timesformer_pyth(str(tmp_path / "any.pyth"))
 
 
+@needs_torch
 def test_bf16_model_from_checkpoint_close_to_fp32(tmp_path):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(5))
   path = write_pyth(tmp_path, sd)

@@ -54,33 +54,77 @@ def random_vit(rng, *, width=32, depth=2, num_heads=4, mlp_dim=64, patch=4,
   return vit
 
 
-def vit_logits(vit, images, *, cls_pos=True):
-  """Logits of images [B, H, W, 3]; `cls_pos=False`: big_vision's layout."""
+def _patches(vit, images):
+  """Patch embeddings of images [B, H, W, 3]: [B, (H/p) (W/p), width]."""
   p = vit["patch"]
   b, h, w_, c = images.shape
   x = images.reshape(b, h // p, p, w_ // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-  x = x.reshape(b, -1, p * p * c) @ vit["embedding"]["kernel"].reshape(-1, vit[
-      "embedding"]["kernel"].shape[-1]) + vit["embedding"]["bias"]
+  return x.reshape(b, -1, p * p * c) @ vit["embedding"]["kernel"].reshape(
+      -1, vit["embedding"]["kernel"].shape[-1]) + vit["embedding"]["bias"]
+
+
+def _attention(blk, x):
+  """The attention branch of a block (LayerNorm, attention, projection)."""
+  y = _layer_norm(x, **blk["ln1"])
+  q, k, v = (np.einsum("bld,dhk->blhk", y, blk["attn"][n]["kernel"]) +
+             blk["attn"][n]["bias"] for n in ("query", "key", "value"))
+  att = _softmax(np.einsum("bqhk,bvhk->bhqv", q, k) / math.sqrt(q.shape[-1]))
+  o = np.einsum("bhqv,bvhk->bqhk", att, v)
+  return np.einsum("bqhk,hkd->bqd", o, blk["attn"]["out"]["kernel"]) + blk[
+      "attn"]["out"]["bias"]
+
+
+def _mlp(blk, x):
+  y = _layer_norm(x, **blk["ln2"])
+  y = _gelu_tanh(y @ blk["mlp"]["Dense_0"]["kernel"] + blk["mlp"]["Dense_0"]["bias"])
+  return y @ blk["mlp"]["Dense_1"]["kernel"] + blk["mlp"]["Dense_1"]["bias"]
+
+
+def _logits(vit, cls_token):
+  f = _layer_norm(cls_token, **vit["norm"])
+  if "pre_logits" in vit:
+    f = np.tanh(f @ vit["pre_logits"]["kernel"] + vit["pre_logits"]["bias"])
+  return f @ vit["head"]["kernel"] + vit["head"]["bias"]
+
+
+def vit_logits(vit, images, *, cls_pos=True):
+  """Logits of images [B, H, W, 3]; `cls_pos=False`: big_vision's layout."""
+  b = images.shape[0]
+  x = _patches(vit, images)
   pos = vit["pos"][0]
   if cls_pos:
     x = np.concatenate([np.repeat(vit["cls"], b, 0), x], 1) + pos
   else:  # big_vision adds the position embedding before the class token
     x = np.concatenate([np.repeat(vit["cls"], b, 0), x + pos[1:]], 1)
   for blk in vit["blocks"]:
-    y = _layer_norm(x, **blk["ln1"])
-    q, k, v = (np.einsum("bld,dhk->blhk", y, blk["attn"][n]["kernel"]) +
-               blk["attn"][n]["bias"] for n in ("query", "key", "value"))
-    att = _softmax(np.einsum("bqhk,bvhk->bhqv", q, k) / math.sqrt(q.shape[-1]))
-    o = np.einsum("bhqv,bvhk->bqhk", att, v)
-    x = x + np.einsum("bqhk,hkd->bqd", o, blk["attn"]["out"]["kernel"]) + blk[
-        "attn"]["out"]["bias"]
-    y = _layer_norm(x, **blk["ln2"])
-    y = _gelu_tanh(y @ blk["mlp"]["Dense_0"]["kernel"] + blk["mlp"]["Dense_0"]["bias"])
-    x = x + y @ blk["mlp"]["Dense_1"]["kernel"] + blk["mlp"]["Dense_1"]["bias"]
-  f = _layer_norm(x[:, 0], **vit["norm"])
-  if "pre_logits" in vit:
-    f = np.tanh(f @ vit["pre_logits"]["kernel"] + vit["pre_logits"]["bias"])
-  return f @ vit["head"]["kernel"] + vit["head"]["bias"]
+    x = x + _attention(blk, x)
+    x = x + _mlp(blk, x)
+  return _logits(vit, x[:, 0])
+
+
+def vit_video_logits(vit, videos):
+  """Logits of videos [B, T, H, W, 3] of the TimeSformer initialised from
+  `vit` (temporal_fc and the time embedding zero, so the temporal branch
+  adds nothing), as TimeSformer computes them: in each block, every frame's
+  patches attend with one copy of the class token; the class token's update
+  is the mean of its copies'; then the MLP on every token."""
+  b, t = videos.shape[:2]
+  pos = vit["pos"][0]
+  patches = _patches(vit, videos.reshape((b * t,) + videos.shape[2:]))
+  patches = (patches + pos[1:]).reshape(b, t, -1, patches.shape[-1])
+  cls = np.repeat(vit["cls"][:, 0] + pos[0], b, 0)  # [B, width]
+  n, d = patches.shape[2:]
+  for blk in vit["blocks"]:
+    frames = np.concatenate(
+        [np.broadcast_to(cls[:, None, None], (b, t, 1, d)), patches], 2)
+    update = _attention(blk, frames.reshape(b * t, 1 + n, d)).reshape(
+        b, t, 1 + n, d)
+    cls = cls + update[:, :, 0].mean(1)
+    patches = patches + update[:, :, 1:]
+    x = np.concatenate([cls[:, None], patches.reshape(b, t * n, d)], 1)
+    x = x + _mlp(blk, x)
+    cls, patches = x[:, 0], x[:, 1:].reshape(b, t, n, d)
+  return _logits(vit, cls)
 
 
 def vit_npz_arrays(vit, layout: str) -> dict:
