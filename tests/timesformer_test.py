@@ -199,30 +199,56 @@ def test_dropout_and_stochastic_depth_are_random_only_in_training(
   a, b, a2 = train(0), train(1), train(0)
   assert np.abs(a["kinetics"] - b["kinetics"]).max() > 1e-4
   np.testing.assert_array_equal(a["kinetics"], a2["kinetics"])
-  # Scanned blocks draw a different mask per block and still train.
+  # Scanned blocks: the same, and each block draws its own masks.
   scanned = noisy.clone(scan_layers=True)
-  out = apply(scanned, scan_params(params), video, train=True,
-              rngs={"dropout": jax.random.PRNGKey(0)})
-  assert np.isfinite(out["kinetics"]).all()
+  masks = {}
+
+  def record_masks(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, nn.Dropout) and context.module.rate > 0:
+      path = "/".join(context.module.scope.path)
+      jax.debug.callback(lambda m, p=path: masks.setdefault(p, []).append(
+          np.asarray(m)), out == 0, ordered=True)
+    return out
+
+  with nn.intercept_methods(record_masks):
+    s_a = apply(scanned, scan_params(params), video, train=True,
+                rngs={"dropout": jax.random.PRNGKey(0)})["kinetics"]
+  s_b = apply(scanned, scan_params(params), video, train=True,
+              rngs={"dropout": jax.random.PRNGKey(1)})["kinetics"]
+  np.testing.assert_allclose(
+      apply(scanned, scan_params(params), video)["kinetics"], eval_out,
+      rtol=1e-5, atol=1e-6)
+  assert np.isfinite(s_a).all() and np.abs(s_a - s_b).max() > 1e-4
+  assert np.abs(s_a - eval_out).max() > 1e-4
+  in_blocks = {p: m for p, m in masks.items() if "encoderblock" in p}
+  assert len(in_blocks) == 4  # temporal, spatial attention; MLP twice
+  for path, per_block in in_blocks.items():
+    assert len(per_block) == SMALL["depth"], path
+    for i in range(SMALL["depth"]):
+      assert 0.05 < per_block[i].mean() < 0.15, path  # rate 0.1
+      for j in range(i):
+        assert not np.array_equal(per_block[i], per_block[j]), (path, i, j)
 
 
-def test_stochastic_depth_drops_whole_branches_per_example():
+@pytest.mark.parametrize("scan", [False, True])
+def test_stochastic_depth_drops_whole_branches_per_example(scan):
   """A branch dropped with probability 1 leaves its block an identity."""
   # Rates grow linearly from 0: block 0 is always kept, block 1 always dropped.
-  out, without = _second_block_at_rate(1.0, batch=2)
+  out, without = _second_block_at_rate(1.0, batch=2, scan=scan)
   np.testing.assert_allclose(out, np.broadcast_to(without, out.shape),
                              rtol=1e-5, atol=1e-6)
 
 
-def _second_block_at_rate(rate, batch):
+def _second_block_at_rate(rate, batch, scan=False):
   """(logits of identical videos through 2 equal blocks, the second at
   stochastic-depth `rate` in training; logits of the 1-block model)."""
   model = TimeSformer(heads=HEADS, **dict(SMALL, depth=1))
   params = perturbed(init_params(model, jax.random.PRNGKey(0)))
   video = jnp.ones((batch, 4, 16, 16, 3))
-  two = model.clone(depth=2, stochastic_depth_rate=rate)
+  two = model.clone(depth=2, stochastic_depth_rate=rate, scan_layers=scan)
   p2 = dict(params, encoderblock_1=params["encoderblock_0"])
-  out = apply(two, p2, video, train=True,
+  out = apply(two, scan_params(p2) if scan else p2, video, train=True,
               rngs={"dropout": jax.random.PRNGKey(0)})["kinetics"]
   return out, apply(model, params, video[:1])["kinetics"][0]
 
