@@ -138,3 +138,95 @@ def test_weight_decay_moves_only_kernels_without_gradient(params, name):
   for leaf in ("embedding/kernel", "encoderblock_0/temporal_attention/key/"
                "kernel", "heads/video/kernel"):
     assert np.all(np.abs(after[leaf]) < np.abs(before[leaf])), leaf
+
+
+# ----------------------------------------------------------------------------
+# The update rules, against hand-written formulas.
+# ----------------------------------------------------------------------------
+
+LR = 0.1
+TWO_LEAVES = {"dense": {"kernel": np.array([[1.0, -2.0], [0.5, 3.0]],
+                                           np.float32),
+                        "bias": np.array([0.25, -1.0], np.float32)}}
+
+
+def updates_of(grads_per_step, **fields):
+  """The updates `optimizer.make` gives for successive gradients (params
+  fixed at TWO_LEAVES; a constant rate)."""
+  config = ml_collections.ConfigDict(dict(optimizer=dict(
+      learning_rates=(LR,), boundaries_epochs=(), **fields)))
+  tx, _ = optimizer.make(config, steps_per_epoch=10)
+  state = tx.init(TWO_LEAVES)
+  out = []
+  for grads in grads_per_step:
+    updates, state = tx.update(grads, state, TWO_LEAVES)
+    out.append(jax.tree.map(np.asarray, updates))
+  return out
+
+
+def grads_like(scale, seed):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda p: (scale * rng.standard_normal(p.shape)).astype(
+      np.float32), TWO_LEAVES)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_momentum_and_nesterov_follow_pytorch(nesterov):
+  """PyTorch's SGD: b_1 = g_1, b_t = mu b_{t-1} + g_t; the step is lr b_t,
+  or lr (g_t + mu b_t) with Nesterov."""
+  mu, (g1, g2) = 0.9, (grads_like(1.0, 0), grads_like(1.0, 1))
+  got = updates_of([g1, g2], name="sgd", momentum=mu, nesterov=nesterov)
+  for leaf in ("kernel", "bias"):
+    a, b = g1["dense"][leaf], g2["dense"][leaf]
+    b1, b2 = a, mu * a + b
+    step1, step2 = (a + mu * b1, b + mu * b2) if nesterov else (b1, b2)
+    np.testing.assert_allclose(got[0]["dense"][leaf], -LR * step1, rtol=1e-6)
+    np.testing.assert_allclose(got[1]["dense"][leaf], -LR * step2, rtol=1e-6)
+
+
+def test_sgd_weight_decay_is_l2_on_kernels_before_momentum():
+  """PyTorch's weight_decay: g + wd p enters the momentum, kernels only."""
+  mu, wd, (g1, g2) = 0.9, 0.01, (grads_like(1.0, 0), grads_like(1.0, 1))
+  got = updates_of([g1, g2], name="sgd", momentum=mu, weight_decay=wd)
+  for leaf, decay in (("kernel", wd), ("bias", 0.0)):
+    p = TWO_LEAVES["dense"][leaf]
+    a, b = (g["dense"][leaf] + decay * p for g in (g1, g2))
+    np.testing.assert_allclose(got[1]["dense"][leaf], -LR * (mu * a + b),
+                               rtol=1e-6)
+
+
+def test_adamw_is_adam_with_decoupled_decay_on_kernels():
+  """Adam (b1 0.9, b2 0.999, eps 1e-8, bias-corrected moments) plus
+  lr * wd * p on kernels, outside the moments: the mini configs' rule."""
+  wd, grads = 0.01, [grads_like(1.0, 0), grads_like(0.1, 1), grads_like(3, 2)]
+  got = updates_of(grads, name="adamw", weight_decay=wd)
+  for leaf, decay in (("kernel", wd), ("bias", 0.0)):
+    p = TWO_LEAVES["dense"][leaf]
+    m = v = 0.0
+    for t, g in enumerate(grads, start=1):
+      g = g["dense"][leaf].astype(np.float64)
+      m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+      m_hat, v_hat = m / (1 - 0.9 ** t), v / (1 - 0.999 ** t)
+      want = -LR * (m_hat / (np.sqrt(v_hat) + 1e-8) + decay * p)
+      np.testing.assert_allclose(got[t - 1]["dense"][leaf], want, rtol=1e-4,
+                                 err_msg=f"{leaf} step {t}")
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_gradients_are_clipped_by_their_global_norm(name):
+  """grad_clip_norm=1: a gradient of global norm 10 acts as itself / 10; one
+  of norm 0.5 is left as it is (first step, no decay)."""
+  big = grads_like(1.0, 0)
+  norm = np.sqrt(sum(np.sum(g ** 2) for g in jax.tree.leaves(big)))
+  big = jax.tree.map(lambda g: g * (10.0 / norm), big)
+  small = jax.tree.map(lambda g: g / 20.0, big)
+  for grads, scale in ((big, 0.1), (small, 1.0)):
+    clipped = updates_of([grads], name=name, momentum=0.9, grad_clip_norm=1.0)
+    as_given = updates_of([jax.tree.map(lambda g, s=scale: g * s, grads)],
+                          name=name, momentum=0.9)
+    for x, y in zip(jax.tree.leaves(clipped), jax.tree.leaves(as_given)):
+      np.testing.assert_allclose(x, y, rtol=1e-5)
+  # And the unclipped SGD step of the big gradient is 10 times larger.
+  sgd = updates_of([big], name="sgd", momentum=0.9)[0]
+  np.testing.assert_allclose(sgd["dense"]["kernel"],
+                             -LR * big["dense"]["kernel"], rtol=1e-6)
