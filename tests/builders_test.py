@@ -331,6 +331,40 @@ def test_killed_prepare_resumes_from_the_decode_cache(
   assert not os.path.exists(cache)
 
 
+def test_prepare_killed_mid_decode_decodes_only_the_rest(
+    kinetics_dir, tmp_path, monkeypatch):
+  """Killed while decoding its third file: the restart decodes only the
+  files not yet in the cache; every file is decoded once in all."""
+  real = decode.decode_video
+  first, second = [], []
+
+  def killed_at_the_third(path, *args, **kwargs):
+    if len(first) == 2:
+      raise KeyboardInterrupt
+    first.append(path)
+    return real(path, *args, **kwargs)
+
+  def build():
+    builder = kinetics.Kinetics400(data_dir=tmp_path / "data",
+                                   manual_dir=kinetics_dir, num_workers=0)
+    builder.download_and_prepare()
+    return builder
+
+  with monkeypatch.context() as patch:
+    patch.setattr(decode, "decode_video", killed_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+      build()
+  monkeypatch.setattr(decode, "decode_video", lambda path, *args, **kwargs: (
+      second.append(path), real(path, *args, **kwargs))[1])
+  report = report_of(build())
+  assert len(first) == 2 and second and not set(first) & set(second)
+  assert len(first + second) == 5  # the 5 present files (one is corrupt)
+  counts = report["splits"].values()
+  assert sum(c["from_cache"] for c in counts) == 2
+  assert sum(c["decoded"] for c in counts) == len(second)
+  assert report["splits"]["train"]["written"] == 2  # as uninterrupted
+
+
 def test_decode_stage_cache_follows_the_file_and_settings(tmp_path):
   path = media_files.write_video(tmp_path / "v.mp4", 3)
   decoding = decode_stage.Decoding("video", short_side=16)
