@@ -1,6 +1,7 @@
 """The training loop: smoke run, exact resume after SIGKILL, SIGTERM, restore
 onto another device count, loss weighting, non-finite losses, config errors."""
 
+import math
 import os
 import re
 import signal
@@ -112,6 +113,38 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
   from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
   written = evaluate.read_json(str(tmp_path))
   assert written == {"step": 2, "results": results}
+  # TensorBoard, read back from the event files: one training summary of
+  # steps 1-2 (log_every_steps=2), and the evaluation, at step 2.
+  names = ("digits_image", "digits_appearance", "digits_motion")
+  logged = {tag: scalars(str(tmp_path), tag) for tag in (
+      ["train/loss", "train/grad_norm", "train/learning_rate",
+       "train/skipped_steps", "train/steps_per_sec"] +
+      [f"train/{n}/{m}" for n in names for m in ("loss", "top1")] +
+      [f"eval/{n}/{m}" for n in names for m in ("top1", "top5", "loss")])}
+  assert all(list(values) == [2] for values in logged.values()), logged
+  at_2 = {tag: values[2] for tag, values in logged.items()}
+  # The rate of the summary's last step (its index is 1), warm-up not over.
+  examples = sum(s.num_examples for s in train.inp.make.sources(
+      config, "train_split"))
+  warmup_steps = round(config.optimizer.warmup_epochs *
+                       math.ceil(examples / config.batch_size))
+  assert at_2["train/learning_rate"] == pytest.approx(
+      config.optimizer.learning_rates[0] / warmup_steps)
+  assert at_2["train/learning_rate"] > 0 and at_2["train/skipped_steps"] == 0
+  assert at_2["train/steps_per_sec"] > 0 and at_2["train/grad_norm"] > 0
+  for name, classes in zip(names, (10, 10, 8)):
+    # Near chance after one small step: cross-entropy about log(classes).
+    assert at_2[f"train/{name}/loss"] == pytest.approx(np.log(classes),
+                                                       rel=0.2), name
+    assert 0 <= at_2[f"train/{name}/top1"] <= 1
+    for metric in ("top1", "top5", "loss"):
+      assert at_2[f"eval/{name}/{metric}"] == pytest.approx(
+          results[name][metric], rel=1e-6)
+  # The loss is the weighted sum of the datasets' (weights 0.5, 1, 1).
+  assert at_2["train/loss"] == pytest.approx(
+      0.5 * at_2["train/digits_image/loss"] +
+      at_2["train/digits_appearance/loss"] + at_2["train/digits_motion/loss"],
+      rel=0.02)
   # Started again: nothing left to do, the same checkpoint is kept.
   again = train.train_and_evaluate(config, str(tmp_path))
   assert again == results
@@ -147,21 +180,30 @@ def test_sigterm_saves_and_exits_zero_then_resumes(digits_dir, tmp_path):
       out.stdout)
 
 
-def test_final_step_is_evaluated_once(digits_dir, tmp_path, monkeypatch):
-  """A step count that is a multiple of eval_every_steps: the loop's
-  evaluations before it, then the final one, once."""
+def test_evaluation_during_training_sees_the_current_parameters(
+    digits_dir, tmp_path, monkeypatch):
+  """eval_every_steps=2 of 4 steps, eval_reverse: steps 2 and 4 evaluated,
+  each with and without reversed frames, once, on the parameters of that
+  step (as checkpointed then)."""
   from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
-  steps = []
+  calls = []
 
-  def count(model, params, config, *, step, **kwargs):  # stands in: fast
-    del model, params, config, kwargs
-    steps.append(step)
-    return {"digits_motion": {"top1": 0.0, "top5": 0.0, "loss": 0.0, "examples": 1}}
+  def record(model, params, config, *, step, reverse=False, **kwargs):
+    del model, config, kwargs  # stands in: fast
+    calls.append((step, reverse, jax.device_get(params)))
+    return {"digits_motion" + ("/reversed" if reverse else ""): {
+        "top1": 0.0, "top5": 0.0, "loss": 0.0, "examples": 1}}
 
-  monkeypatch.setattr(evaluate, "evaluate", count)
-  config = tiny_config(digits_dir, num_train_steps=4, eval_every_steps=2)
-  train.train_and_evaluate(config, str(tmp_path))
-  assert steps == [2, 4]
+  monkeypatch.setattr(evaluate, "evaluate", record)
+  config = tiny_config(digits_dir, num_train_steps=4, eval_every_steps=2,
+                       eval_reverse=True)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert [(s, r) for s, r, _ in calls] == [(2, False), (2, True), (4, False),
+                                           (4, True)]
+  assert set(results) == {"digits_motion", "digits_motion/reversed"}
+  for step, _, params in calls:
+    assert_same_params(params, checkpointing.read_params(
+        os.path.join(tmp_path, "checkpoints", str(step))))
 
 
 def test_restore_onto_fewer_devices(digits_dir, tmp_path):
@@ -178,7 +220,7 @@ def test_restore_onto_fewer_devices(digits_dir, tmp_path):
   kernel = state["params"]["encoderblock_0"]["mlp"]["Dense_0"]["kernel"]
   assert len(kernel.sharding.device_set) == 4
   assert_same_params(jax.device_get(state["params"]), saved)
-  assert data["states"][0]["step"] == 2
+  assert data["step"] == 2 and data["process_count"] == 1
 
 
 def test_loss_weights_each_dataset_by_its_own_examples():
@@ -333,9 +375,12 @@ def test_linear_probe_moves_only_the_heads(digits_dir, tmp_path):
   # Same init (same seed and split): backbone untouched, heads trained.
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   before = jax.device_get(train.init_params(model, init_rng))
-  np.testing.assert_array_equal(after["cls"], before["cls"])
-  assert not np.array_equal(after["heads"]["digits_motion"]["kernel"],
-                            before["heads"]["digits_motion"]["kernel"])
+  assert_same_params({k: v for k, v in after.items() if k != "heads"},
+                     {k: v for k, v in before.items() if k != "heads"})
+  for name, head in after["heads"].items():
+    for leaf in ("kernel", "bias"):
+      assert not np.array_equal(head[leaf], before["heads"][name][leaf]), (
+          name, leaf)
 
 
 def test_transfer_from_our_checkpoint_keeps_backbone_adds_fresh_head(
