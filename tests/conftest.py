@@ -28,3 +28,20 @@ def synthetic_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("synthetic"))
   synthetic_data.prepare(data_dir)
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(digits_dir, tmp_path_factory):
+  """Workdir of a 5-step run of tests.train_test.tiny_config (evaluation
+  stubbed out), checkpointed every step with keep=3: steps 3, 4, 5."""
+  from cover_jax import evaluate, train  # pylint: disable=import-outside-toplevel
+  from tests import train_test  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  config = train_test.tiny_config(
+      digits_dir, num_train_steps=5,
+      **{"checkpoint.every_steps": 1, "checkpoint.keep": 3,
+         "checkpoint.async_save": False})
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
+    train.train_and_evaluate(config, workdir)
+  return workdir
