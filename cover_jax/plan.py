@@ -100,9 +100,13 @@ def topology_devices(name: str | None) -> list[jax.Device]:
   # Compiling only, no chip to share: let plans run beside each other.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  # v4 and v5p chips have two TensorCores; JAX runs them as one device
+  # ("megacore"), which jax.make_mesh requires.
+  megacore = ({"chip_config_name": "megacore"}
+              if name.split(":")[0] in ("v4", "v5p") else {})
   try:
     topology = topologies.get_topology_desc(platform="tpu",
-                                            topology_name=name)
+                                            topology_name=name, **megacore)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"--topology={name} is not a TPU topology libtpu "
                      f"knows ({type(e).__name__}: {e}); names look like "
@@ -111,33 +115,25 @@ def topology_devices(name: str | None) -> list[jax.Device]:
 
 
 def chip(devices: Sequence[jax.Device]) -> dict:
-  """Generation, HBM bytes and bf16 peak FLOP/s per device (None for CPU).
-
-  HBM comes from the device where it reports it, else HBM_BYTES. A device
-  is a chip, except in v4 topologies, which list each chip's two
-  TensorCores as devices: each then gets half the chip's HBM and peak.
-  """
+  """Generation, HBM bytes and bf16 peak FLOP/s of the devices' chip (None
+  for CPU). HBM comes from the device where it reports it, else the table."""
   device = devices[0]
   if device.platform == "cpu":
     return dict(kind="cpu", generation=None, hbm_bytes=None, peak_flops=None,
-                hbm_source=None, devices_per_chip=1)
+                hbm_source=None)
   kind = device.device_kind
   generation = next((g for k, g in sorted(_DEVICE_KINDS.items(),
                                           key=lambda kv: -len(kv[0]))
                      if kind.startswith(k)), None)
-  per_chip = max(1, len(devices) // len({tuple(d.coords) for d in devices}))
   hbm, source = HBM_BYTES.get(generation), "table"
-  hbm = hbm // per_chip if hbm else None
   try:  # topology devices have no runtime: usually absent
     reported = (device.memory_stats() or {}).get("bytes_limit")
   except Exception:  # pylint: disable=broad-except
     reported = None
   if reported:
     hbm, source = int(reported), "device"
-  peak = PEAK_BF16_FLOPS.get(generation)
   return dict(kind=kind, generation=generation, hbm_bytes=hbm,
-              peak_flops=peak / per_chip if peak else None,
-              hbm_source=source, devices_per_chip=per_chip)
+              peak_flops=PEAK_BF16_FLOPS.get(generation), hbm_source=source)
 
 
 # ----------------------------------------------------------------------------
@@ -285,8 +281,9 @@ def plan(config: ConfigDict, devices: Sequence[jax.Device], *,
              flops.forward_flops(model, batch=image, num_frames=1))
   analytic = 3 * forward  # forward + backward; remat recompute not counted
   compiler_flops = float(cost.get("flops", 0.0)) * chips  # cost is per device
-  seconds = cost.get("optimal_seconds")
-  seconds = float(seconds) if seconds and seconds > 0 else None
+  raw_seconds = cost.get("optimal_seconds")
+  # Negative: the compiler has no estimate (seen for v5e).
+  seconds = float(raw_seconds) if raw_seconds and raw_seconds > 0 else None
   mix = mixture(config)
   steps_per_epoch = (optimizer.steps_per_epoch(mix["epoch_examples"],
                                                config.batch_size)
@@ -297,8 +294,7 @@ def plan(config: ConfigDict, devices: Sequence[jax.Device], *,
   mfu = (analytic / seconds / (target["peak_flops"] * chips)
          if seconds and target["peak_flops"] else None)
   return dict(
-      topology=target["kind"], devices=chips,
-      chips=chips // target["devices_per_chip"], chip=target,
+      topology=target["kind"], chips=chips, chip=target,
       mesh=dict(mesh.shape), settings=knobs(config, chips),
       batch=dict(global_batch=config.batch_size, split=split,
                  split_rule=mix["rule"], frames=config.input.num_frames,
@@ -313,6 +309,7 @@ def plan(config: ConfigDict, devices: Sequence[jax.Device], *,
       compiler_estimate=dict(
           step_seconds=seconds, mfu=mfu, steps=num_steps,
           days=num_steps * seconds / 86400 if num_steps and seconds else None,
+          optimal_seconds=None if raw_seconds is None else float(raw_seconds),
           note="the compiler's estimate (cost_analysis optimal_seconds), "
                "not a measurement"),
       compile_seconds=compile_s)
@@ -521,19 +518,15 @@ def format_plan(p: dict) -> str:
   """The plan as the lines main.py prints."""
   b, est = p["bytes_per_chip"], p["compiler_estimate"]
   cpu = p["chip"]["generation"] is None
-  per = p["chip"]["devices_per_chip"]
   lines = [
       f"Plan for {p['chips']} x {p['topology']}"
-      + (f" ({p['devices']} devices: {per} TensorCores per chip, each with "
-         f"1/{per} of its HBM and peak)" if per > 1 else "")
       + (" (fake CPU devices: memory and FLOPs only, no TPU compiler, no "
          "time estimate)" if cpu else "")
       + f"; mesh {p['mesh']}; {_settings_text(p['settings'])}",
       f"  batch {p['batch']['global_batch']}: {p['batch']['split']} "
       f"({p['batch']['frames']}x{p['batch']['crop']}; split by "
       f"{p['batch']['split_rule']})",
-      f"  per {'device' if per > 1 else 'chip'}: parameters "
-      f"{_bytes(b['parameters'])}, optimizer state "
+      f"  per chip: parameters {_bytes(b['parameters'])}, optimizer state "
       f"{_bytes(b['optimizer_state'])}, batch {_bytes(b['batch'])}, "
       f"temporaries {_bytes(b['temporaries'])}; total {_bytes(b['total'])}"
       + (f" of {_bytes(p['hbm_bytes'])} HBM" if p["hbm_bytes"] else
@@ -550,6 +543,9 @@ def format_plan(p: dict) -> str:
         f" s per step, modelled MFU {est['mfu']:.3f}"
         + (f", {est['days']:.1f} days for {est['steps']} steps"
            if est["days"] else ""))
+  elif not cpu:
+    lines.append(f"  no step-time estimate: the compiler gave optimal_seconds="
+                 f"{est['optimal_seconds']} for this chip")
   lines.append(f"  compiled in {p['compile_seconds']:.0f} s")
   return "\n".join(lines)
 

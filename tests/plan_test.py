@@ -1,6 +1,6 @@
 """--mode=plan (cover_jax/plan.py) on a tiny config: numbers against the
 compiler's own analysis and the analytic FLOPs, on fake CPU devices and, with
-libtpu installed, on a v5e:2x2 topology; a too-large batch gets the nearest
+libtpu installed, on a v5p:2x2x1 topology; a too-large batch gets the nearest
 settings that fit."""
 
 import json
@@ -101,11 +101,18 @@ def test_cpu_plan_matches_the_compiler():
                     'install -e ".[tpu]"): no TPU topology to compile for')
 def test_tpu_plan_matches_the_compiler():
   config = tiny_config()
-  devices = plan.topology_devices("v5e:2x2")
+  # v5p: the compiler estimates a step time there (not on v5e).
+  devices = plan.topology_devices("v5p:2x2x1")
   report = plan.plan(config, devices)
-  assert report["chip"]["generation"] == "v5e"
-  assert report["hbm_bytes"] == 16 * plan.GiB and report["fits"]
+  assert report["chip"]["generation"] == "v5p"
+  assert report["hbm_bytes"] == 95 * plan.GiB and report["fits"]
   check_against_compiler(report, config, devices)
+  est = report["compiler_estimate"]
+  assert est["step_seconds"] > 0
+  assert est["mfu"] == pytest.approx(report["flops"]["analytic_per_step"] /
+                                     est["step_seconds"] / (459e12 * 4))
+  # v4 as JAX runs it: one device per chip (megacore), 2x2x1 = 4 chips.
+  assert len(plan.topology_devices("v4:2x2x1")) == 4
   with pytest.raises(ValueError, match="not a TPU topology"):
     plan.topology_devices("v9z:1x1")
 
