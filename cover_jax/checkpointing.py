@@ -1,9 +1,10 @@
 """Training checkpoints (orbax): the state, the data position, restore order.
 
 A checkpoint holds the training state (`step`, `params`, `opt_state`, `rng`:
-sharded arrays, restored onto any mesh or device count) and, as JSON, every
-process's data-iterator state, so that a resumed run reads exactly the
-batches an uninterrupted one would. Orbax writes each step to a temporary
+sharded arrays, restored onto any mesh or device count) and, as JSON, the
+data-iterator state (global, so the same for every process), so that a
+resumed run reads exactly the batches an uninterrupted one would, on any
+number of processes. Orbax writes each step to a temporary
 directory and renames it when complete, so a run killed mid-save never
 leaves a checkpoint that looks complete but is not.
 
@@ -47,39 +48,35 @@ def manager(directory: str | epath.Path, *, keep: int | None = None,
                                item_names=(STATE, DATA))
 
 
-def all_data_states(local_state: dict, names: list[str]) -> dict:
-  """Every process's iterator state, gathered (collective: call on all)."""
-  row = np.array([local_state["step"]] +
-                 [local_state["consumed"][n] for n in names], np.int64)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    rows = np.asarray(multihost_utils.process_allgather(row))
-  else:
-    rows = row[None]
-  return {"names": list(names), "process_count": int(rows.shape[0]),
-          "states": [{"step": int(r[0]),
-                      "consumed": dict(zip(names, map(int, r[1:])))}
-                     for r in rows]}
+def data_state(iterator_state: dict, names: list[str]) -> dict:
+  """The data position to save: the iterator's, the same on every process.
+
+  (TrainIterator counts the examples of the global batches, so one state
+  serves every process and any number of them.)
+  """
+  return {"names": list(names), "step": int(iterator_state["step"]),
+          "consumed": {n: int(iterator_state["consumed"][n]) for n in names},
+          "process_count": jax.process_count()}
 
 
-def local_data_state(saved: dict, names: list[str]) -> dict | None:
-  """This process's iterator state from `all_data_states` of a checkpoint.
+def resumed_data_state(saved: dict, names: list[str]) -> dict:
+  """The iterator state to resume from a checkpoint's `data_state`.
 
-  With another number of processes than the saving run, positions cannot be
-  split exactly: each process resumes at the saved step with the consumed
-  counts spread evenly (same epoch, new order within it).
+  Exact on any number of processes. Checkpoints written before the data
+  position became global ("states": one per process) resume at their step
+  with the processes' counts summed: the same epoch, a new order within it.
   """
   if sorted(saved["names"]) != sorted(names):
     raise ValueError(f"The checkpoint's data state is for datasets "
                      f"{sorted(saved['names'])}, this config trains on "
                      f"{sorted(names)}: use init_from (weights only) to "
                      f"change the mixture.")
-  states = saved["states"]
-  if len(states) == jax.process_count():
-    return states[jax.process_index()]
-  total = {n: sum(s["consumed"][n] for s in states) for n in names}
-  return {"step": states[0]["step"],
-          "consumed": {n: total[n] // jax.process_count() for n in names}}
+  if "states" in saved:
+    states = saved["states"]
+    return {"step": states[0]["step"],
+            "consumed": {n: sum(s["consumed"][n] for s in states)
+                         for n in names}}
+  return {"step": saved["step"], "consumed": dict(saved["consumed"])}
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any,

@@ -22,8 +22,8 @@ One jitted function per model scores a batch and adds its sums to running
 totals on the devices; it compiles once per dataset head and input shape and
 is reused by later calls with the same model object (periodic evaluation).
 Only the final totals, a few scalars, leave the devices. With several
-processes, each feeds its shard of every global batch (all run the same
-number of batches) and the sums run over the global arrays, so every process
+processes, each feeds the rows of its batch shards of every global batch
+(all run the same number of batches) and the sums run over the global arrays, so every process
 gets the same results.
 """
 
@@ -61,23 +61,14 @@ def eval_batch_size(config: ConfigDict, mesh: jax.sharding.Mesh) -> int:
   batch = config.get("eval_batch_size") or config.batch_size
   field = ("config.eval_batch_size" if config.get("eval_batch_size")
            else "config.batch_size (config.eval_batch_size is unset)")
-  shards = _batch_shards(mesh)
+  shards = sharding.batch_shards(mesh)
   if batch % shards:
     raise ValueError(
         f"{field} = {batch} is not divisible by the {shards} batch shards of "
-        f"the mesh (its {_batch_axes(mesh)} axes); set "
+        f"the mesh (its {sharding.batch_axes(mesh)} axes); set "
         f"--config.eval_batch_size to a multiple of {shards}, e.g. "
         f"{math.ceil(batch / shards) * shards}.")
   return batch
-
-
-def _batch_axes(mesh: jax.sharding.Mesh) -> tuple[str, ...]:
-  axes = sharding.batch_sharding(mesh, 1).spec[0] or ()
-  return (axes,) if isinstance(axes, str) else tuple(axes)
-
-
-def _batch_shards(mesh: jax.sharding.Mesh) -> int:
-  return math.prod(mesh.shape[a] for a in _batch_axes(mesh))
 
 
 def _sources(config: ConfigDict, names: Iterable[str] | None,
@@ -180,7 +171,8 @@ def evaluate_source(model: nn.Module, params, config: ConfigDict,
   eval_batch_size(config, mesh)
   totals = _zero_totals(mesh)
   static = _Static(model)
-  stream = inp.make.for_eval(config, source, reverse=reverse)
+  stream = inp.make.for_eval(config, source, mesh=mesh,
+                                reverse=reverse)
   try:
     with sharding.use(mesh):
       for local in stream:
@@ -236,7 +228,7 @@ def evaluate(model: nn.Module, params, config: ConfigDict, *,
     raise ValueError("evaluate(writer=...) needs the step to write at.")
   eval_batch_size(config, mesh)
   sources = _sources(config, names, reverse)
-  params = jax.device_put(params, sharding.param_shardings(model, mesh))
+  params = sharding.put(params, sharding.param_shardings(model, mesh))
   results = {}
   for source in sources:
     start = time.time()

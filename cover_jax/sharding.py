@@ -129,3 +129,61 @@ def batch_sharding(mesh: jax.sharding.Mesh, ndim: int,
                                  rules)
   return jax.sharding.NamedSharding(mesh, spec)
 
+
+
+def batch_axes(mesh: jax.sharding.Mesh, rules=DEFAULT_RULES
+               ) -> tuple[str, ...]:
+  """The mesh axes the batch is split over (those of "activation_batch")."""
+  axes = batch_sharding(mesh, 1, rules).spec[0] or ()
+  return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def batch_shards(mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> int:
+  """How many equal shards a batch is split into on `mesh`."""
+  return math.prod(mesh.shape[a] for a in batch_axes(mesh, rules))
+
+
+def process_batch_shards(mesh: jax.sharding.Mesh, process_index=None,
+                         rules=DEFAULT_RULES) -> list[int]:
+  """The batch shards (0 .. batch_shards - 1) that a process's devices hold.
+
+  Shard k is the k-th of `batch_shards(mesh)` equal blocks of rows. Several
+  processes hold the same shard when a replicated axis (e.g. "tensor")
+  spans them: they must feed it the same examples.
+  """
+  process_index = (jax.process_index() if process_index is None
+                   else process_index)
+  count = batch_shards(mesh, rules)
+  indices = batch_sharding(mesh, 1, rules).devices_indices_map((count,))
+  return sorted({index[0].start or 0 for device, index in indices.items()
+                 if device.process_index == process_index})
+
+
+def to_host(tree):
+  """Whole numpy values of (possibly multi-process) arrays, on every process.
+
+  (`jax.device_get` refuses arrays whose shards live on other processes.)
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return multihost_utils.process_allgather(x, tiled=True)
+    return jax.device_get(x)
+  return jax.tree.map(get, tree)
+
+
+def put(tree, shardings):
+  """`tree` (numpy or jax arrays, the same on every process) on `shardings`.
+
+  Each device takes its slice of the value, so this works where the
+  shardings span several processes.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  def place(x, target):
+    if isinstance(x, jax.Array):
+      return jax.device_put(x, target)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, target, lambda i: x[i])
+  return jax.tree.map(place, tree, shardings)

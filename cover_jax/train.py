@@ -156,6 +156,19 @@ def weighted_loss(sums: dict, counts: dict, heads: list[Head],
   return loss
 
 
+def micro_batches(batch, count: int):
+  """`batch` as `count` micro-batches along a new leading axis.
+
+  Micro-batch a holds rows a, a + count, a + 2 count, ...: with each batch
+  shard's rows a multiple of `count` (TrainIterator's micro_batches), every
+  micro-batch is spread over all batch shards, so accumulation moves no
+  data between devices and keeps them all busy.
+  """
+  def split(x):
+    return jnp.swapaxes(x.reshape((-1, count) + x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
 def make_train_step(model, tx, schedule, heads: list[Head], *,
                     accumulation_steps: int = 1, skip_nonfinite: bool = False,
                     loss_reduction: str = "weighted_sum"):
@@ -185,8 +198,7 @@ def make_train_step(model, tx, schedule, heads: list[Head], *,
     else:
       # The loss is a sum over examples divided by whole-batch counts, so the
       # micro-batch gradients add up to the whole batch's exactly.
-      micro = jax.tree.map(lambda x: x.reshape(
-          (accumulation_steps, -1) + x.shape[1:]), batch)
+      micro = micro_batches(batch, accumulation_steps)
 
       def accumulate(carry, xs):
         micro_batch, index = xs
@@ -289,7 +301,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   workdir = str(storage.resolve(workdir))
   # -- Mesh -------------------------------------------------------------------
   mesh = sharding.make_mesh(**config.mesh)
-  granule = mesh.shape["data"] * mesh.shape["fsdp"]
 
   # -- Data (every check before any compute) ----------------------------------
   sources = inp.make.sources(config, "train_split")
@@ -327,7 +338,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   logging.info("Start: %s", origin)
   if jax.process_index() == 0:
     print(f"Start: {origin}", flush=True)
-  train_iter = inp.make.for_train(config, granule=granule, state=data_state)
+  train_iter = inp.make.for_train(config, mesh=mesh, state=data_state)
 
   # -- Step -------------------------------------------------------------------
   train_step = jax.jit(
@@ -371,7 +382,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     if step == saved_step or (not force and step % ckpt.every_steps):
       return
     flush_metrics(step)  # never save after a non-finite step in "stop" mode
-    checkpointing.save(mngr, step, state, checkpointing.all_data_states(
+    checkpointing.save(mngr, step, state, checkpointing.data_state(
         train_iter.state(), [h.name for h in heads]))
     saved_step = step
 
@@ -445,10 +456,10 @@ def results_table(results: dict) -> str:
 
 def restore_or_init(config, mngr, model, init, abstract, shardings,
                     names: list[str]) -> tuple[Any, dict | None, str]:
-  """(state, this process's data state or None, what was used)."""
+  """(state, the data state to resume or None, what was used)."""
   if mngr.latest_step() is not None:
     state, data = checkpointing.restore(mngr, abstract)
-    return (state, checkpointing.local_data_state(data, names),
+    return (state, checkpointing.resumed_data_state(data, names),
             f"resumed from this workdir's checkpoint at step "
             f"{mngr.latest_step()}")
   if config.get("resume_from"):
@@ -456,16 +467,17 @@ def restore_or_init(config, mngr, model, init, abstract, shardings,
         config.resume_from, "config.resume_from")
     other = checkpointing.manager(directory)  # read only
     state, data = checkpointing.restore(other, abstract, step)
-    return (state, checkpointing.local_data_state(data, names),
+    return (state, checkpointing.resumed_data_state(data, names),
             f"resumed from {directory} at step {step}")
   rng = jax.random.PRNGKey(config.seed)
   state = jax.jit(init, out_shardings=shardings)(rng)
   if config.get("init_from"):
+    # The fresh parameters whole on every process (for the new heads), even
+    # where fsdp or tensor axes spread them over several processes.
     params, note = checkpointing.init_params_from(
-        config.init_from, model, jax.device_get(state["params"]))
+        config.init_from, model, sharding.to_host(state["params"]))
     # Optimizer slots start at zero whatever the weights: keep init's.
-    state = {**state,
-             "params": jax.device_put(params, shardings["params"])}
+    state = {**state, "params": sharding.put(params, shardings["params"])}
     return state, None, note
   return state, None, f"initialised from scratch (seed {config.seed})"
 
@@ -496,7 +508,7 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
                      f"config.init_from is set.")
   if jax.process_index() == 0:
     print(f"Evaluating {origin}", flush=True)
-  params = jax.device_put(params, sharding.param_shardings(model, mesh))
+  params = sharding.put(params, sharding.param_shardings(model, mesh))
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   results = run_evaluation(model, params, config, mesh, writer, step, workdir)

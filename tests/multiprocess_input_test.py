@@ -1,8 +1,8 @@
 """Two JAX processes (jax.distributed on 127.0.0.1) assemble one global batch.
 
-Each process reads its own shard of every dataset and feeds its 4 local
-devices; the global array must be process 0's local batch followed by
-process 1's, each exactly what a single process computes for that shard.
+Each process loads the rows of the batch shards its 4 devices hold; the
+global array must be exactly the batch one process computes for the whole
+mesh: the global batch of a step does not depend on the number of processes.
 """
 
 import sys
@@ -24,7 +24,7 @@ def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
                              process_id=process_id)
   assert jax.process_count() == 2 and jax.local_device_count() == 4
   mesh = sharding.make_mesh(data=-1)
-  it = make_iterator(data_dir, jax.process_index(), jax.process_count())
+  it = make_iterator(data_dir, sharding.process_batch_shards(mesh))
   for _ in range(2):
     batch = inp.to_global(next(it), mesh)
   assert batch["video"]["frames"].shape[0] == 8
@@ -36,33 +36,30 @@ def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
   jax.distributed.shutdown()
 
 
-def make_iterator(data_dir, process_index, process_count):
+def make_iterator(data_dir, shards=None):
   sources = [pipeline_test.source(data_dir, "video_large", name="large"),
              pipeline_test.source(data_dir, "image")]
   return inp.TrainIterator(sources, pipeline_test.PREP, flips=[True, True],
-                           global_batch=16, granule=8, seed=1,
-                           process_index=process_index,
-                           process_count=process_count)
+                           global_batch=16, granule=8, seed=1, shards=shards)
 
 
 def test_global_batch_from_two_processes(synthetic_dir, tmp_path):
   out = str(tmp_path / "global.npz")
   distributed.run_two_processes(__file__, synthetic_dir, out)
   got = np.load(out)
-  # What each process read, computed here one shard at a time.
-  expected = []
-  for p in range(2):
-    it = make_iterator(synthetic_dir, p, 2)
-    next(it)
-    expected.append(next(it))
-    it.close()
+  # The batch one process computes for all 8 shards.
+  it = make_iterator(synthetic_dir)
+  next(it)
+  expected = next(it)
+  it.close()
   for part in ("video", "image"):
     for key in ("frames", "label", "dataset"):
-      want = np.concatenate([e[part][key] for e in expected])
-      np.testing.assert_array_equal(got[f"{part}/{key}"], want)
-  # The two processes read different examples (disjoint shards).
-  assert not np.array_equal(expected[0]["video"]["frames"],
-                            expected[1]["video"]["frames"])
+      np.testing.assert_array_equal(got[f"{part}/{key}"],
+                                    expected[part][key])
+  # The two processes loaded different examples (their own shards).
+  half = len(expected["video"]["frames"]) // 2
+  assert not np.array_equal(expected["video"]["frames"][:half],
+                            expected["video"]["frames"][half:])
 
 
 if __name__ == "__main__":

@@ -87,33 +87,100 @@ def test_eval_visits_every_example_once_across_processes(synthetic_dir):
   src = source(synthetic_dir, "video", "test")  # 7 examples
   seen = []
   counts = set()
-  for p in range(3):
+  for p in range(3):  # each process holds one of 3 batch shards
     batches = list(inp.eval_batches(src, PREP, global_batch=6, reverse=False,
-                                    process_index=p, process_count=3))
+                                    granule=3, shards=[p]))
     counts.add(len(batches))
     for batch in batches:
       assert batch["frames"].shape[0] == 2
       seen += list(batch["record"][batch["mask"] == 1])
   assert len(counts) == 1  # every process runs the same number of batches
   assert sorted(seen) == list(range(7))
+  # Global batch b holds records 6b .. 6b + 5: shard 1 rows 2 and 3.
+  second = list(inp.eval_batches(src, PREP, global_batch=6, granule=3,
+                                 shards=[1]))
+  assert [list(b["record"]) for b in second] == [[2, 3], [0, 0]]
+  assert [list(b["mask"]) for b in second] == [[1, 1], [0, 0]]
 
 
-def test_training_shards_are_disjoint_and_complete_every_epoch(synthetic_dir):
+def test_every_epoch_reads_every_record_once_in_a_new_order(synthetic_dir):
   src = source(synthetic_dir, "video_large")  # 90 examples
-  shards = []
-  for p in range(4):
-    records = inp.pipeline._Records([src], p, 4)  # pylint: disable=protected-access
-    n = records.shard_sizes[0]
-    order = np.array([records.record(tf.constant(0), tf.constant(j, tf.int64),
-                                     shuffle_seed=5).numpy()
-                      for j in range(3 * n)])
-    epochs = order.reshape(3, n)
-    for epoch in epochs:  # each epoch is a permutation of the shard
-      assert sorted(epoch) == sorted(epochs[0])
-    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled
-    shards.append(set(epochs[0]))
-  assert sorted(set().union(*shards)) == list(range(90))
-  assert sum(len(s) for s in shards) == 90
+  records = inp.pipeline._Records([src])  # pylint: disable=protected-access
+  order = np.array([records.record(tf.constant(0), tf.constant(j, tf.int64),
+                                   shuffle_seed=5).numpy()
+                    for j in range(3 * 90)])
+  epochs = order.reshape(3, 90)
+  for epoch in epochs:  # each epoch is a permutation of the split
+    assert sorted(epoch) == list(range(90))
+  assert not np.array_equal(epochs[0], epochs[1])  # reshuffled
+  assert not np.array_equal(epochs[0], np.arange(90))
+
+
+def _take(it, steps):
+  batches = [next(it) for _ in range(steps)]
+  state = it.state()
+  it.close()
+  return batches, state
+
+
+def test_global_batch_does_not_depend_on_how_processes_split_it(
+    synthetic_dir):
+  """Each process loads the rows of its batch shards of one global batch:
+  four processes of one shard each, two holding the same two shards (a
+  tensor group across them), or one process of all, give the same batches
+  and the same state."""
+  sources = [source(synthetic_dir, "video", name="small"),      # 12
+             source(synthetic_dir, "video_large", name="large"),  # 90
+             source(synthetic_dir, "image")]                     # 60
+  make = lambda shards, state=None: inp.TrainIterator(
+      sources, PREP, flips=[False, False, True], global_batch=16, granule=4,
+      shards=shards, seed=2, state=state)
+  whole, whole_state = _take(make(None), 3)
+  assert {k: v for k, v in whole_state["consumed"].items()} == {
+      name: sum(int(np.sum(b[part]["dataset"] == i)) for b in whole
+                for part in b) for i, name in enumerate(
+                    ["small", "large", "image"])}
+  per_shard = [_take(make([k]), 3) for k in range(4)]
+  pairs = [_take(make(shards), 3) for shards in ([0, 2], [1, 3], [0, 2])]
+  for step in range(3):
+    for part in whole[step]:
+      for key in ("frames", "label", "dataset"):
+        want = whole[step][part][key]
+        rows = np.split(want, 4)
+        for k in range(4):
+          np.testing.assert_array_equal(per_shard[k][0][step][part][key],
+                                        rows[k])
+        np.testing.assert_array_equal(pairs[0][0][step][part][key],
+                                      np.concatenate([rows[0], rows[2]]))
+        np.testing.assert_array_equal(pairs[2][0][step][part][key],
+                                      pairs[0][0][step][part][key])
+        np.testing.assert_array_equal(pairs[1][0][step][part][key],
+                                      np.concatenate([rows[1], rows[3]]))
+  for _, state in per_shard + pairs:
+    assert state == whole_state
+  # A state saved by one split of the batch resumes exactly on another.
+  after, _ = _take(make([1], state=per_shard[0][1]), 1)
+  more, _ = _take(make(None), 4)
+  for part in more[3]:
+    np.testing.assert_array_equal(after[0][part]["frames"],
+                                  np.split(more[3][part]["frames"], 4)[1])
+
+
+def test_accumulation_makes_every_part_a_multiple_of_shards_times_steps(
+    synthetic_dir):
+  sources = [source(synthetic_dir, "video"), source(synthetic_dir, "image")]
+  it = inp.TrainIterator(sources, PREP, flips=[False, True], global_batch=16,
+                         granule=2, micro_batches=4)
+  assert it.global_batch_sizes == {"video": 8, "image": 8}
+  it.close()
+  with pytest.raises(ValueError, match=r"not divisible by the 2 batch shards "
+                     r"of the mesh x 4 accumulation steps; choose a multiple "
+                     r"of 8"):
+    inp.TrainIterator(sources, PREP, flips=[False, True], global_batch=12,
+                      granule=2, micro_batches=4)
+  with pytest.raises(ValueError, match=r"Batch shards \[4\] are not"):
+    inp.TrainIterator(sources, PREP, flips=[False, True], global_batch=16,
+                      granule=4, shards=[4])
 
 
 def test_mixture_follows_dataset_sizes(synthetic_dir):

@@ -47,28 +47,44 @@ def flips(config: ConfigDict) -> list[bool]:
   return [bool(spec.get("flip", True)) for spec in config.datasets.values()]
 
 
-def for_train(config: ConfigDict, *, granule: int = 1,
-              state: dict | None = None) -> TrainIterator:
-  """This process's training iterator over the config's mixture."""
+def for_train(config: ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
+              granule: int = 1, state: dict | None = None) -> TrainIterator:
+  """This process's training iterator over the config's mixture.
+
+  With `mesh`, the batch is split into the mesh's batch shards and this
+  process loads the rows of its own (see `sharding.process_batch_shards`);
+  without, into `granule` shards, all loaded here. Each part is also a
+  multiple of config.optimizer.accumulation_steps per shard.
+  """
+  from cover_jax import sharding  # pylint: disable=import-outside-toplevel
   specs = list(config.datasets.values())
+  shards = None
+  if mesh is not None:
+    granule, shards = (sharding.batch_shards(mesh),
+                       sharding.process_batch_shards(mesh))
   return TrainIterator(
       sources(config, "train_split"), preprocessing(config),
       flips=flips(config),
       global_batch=config.batch_size, seed=config.input.get("seed", 0),
       weights=[s.get("sample_weight") for s in specs], granule=granule,
-      video_share=config.input.get("video_share"),
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      state=state)
+      shards=shards,
+      micro_batches=config.get("optimizer", {}).get("accumulation_steps", 1),
+      video_share=config.input.get("video_share"), state=state)
 
 
 def for_eval(config: ConfigDict, source: Source, *,
+             mesh: jax.sharding.Mesh | None = None,
              reverse: bool = False) -> NumpyStream:
   """This process's evaluation batches of one source (every example once).
 
-  Batch size: config.eval_batch_size, else config.batch_size.
+  Batch size: config.eval_batch_size, else config.batch_size. With `mesh`,
+  this process's rows of each global batch (see `for_train`); without, all.
   """
+  from cover_jax import sharding  # pylint: disable=import-outside-toplevel
+  granule, shards = ((sharding.batch_shards(mesh),
+                      sharding.process_batch_shards(mesh))
+                     if mesh is not None else (1, None))
   return eval_batches(
       source, preprocessing(config),
       global_batch=config.get("eval_batch_size") or config.batch_size,
-      reverse=reverse, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      reverse=reverse, granule=granule, shards=shards)

@@ -5,10 +5,16 @@ A training batch is `{"video": part, "image": part}`; each part holds
 `[b]` and `dataset` int32 `[b]` (the index of the example's dataset in
 `TrainIterator.names`, which is also the order of the heads' losses).
 
-Determinism: every random choice is a stateless function of the seed and of
-counters (the step, and how many examples of each dataset this process has
-read), so the iterator state is those integers and a restored iterator
-yields exactly the batches the original would have.
+Determinism: the global batch of a step is a function of the seed and the
+step alone, never of the number of processes. Every random choice is a
+stateless function of the seed and of counters (the step, and how many
+examples of each dataset the whole run has read), so the iterator state is
+those integers, the same on every process. Each process loads only the rows
+of the batch shards its devices hold (`shards`; processes whose devices hold
+the same shard, as when a tensor group spans processes, load the same
+examples). So a restored iterator yields exactly the batches the original
+would have, on any number of processes, and a many-host run can be replayed
+on one host.
 """
 
 from __future__ import annotations
@@ -152,42 +158,56 @@ class NumpyStream:
     self._close()
 
 
-class _Records:
-  """Process-local shards of several sources, read by (source, position).
+def shard_rows(batch: int, granule: int, shards: Sequence[int]) -> np.ndarray:
+  """Rows of a `batch` split into `granule` equal shards that `shards` hold.
 
-  Process p of P owns records p, p + P, p + 2P, ...: the shards are disjoint
-  and together complete. Position j of a shard is record
-  `shuffle_epoch(j % n) * P + p` in training (a fresh permutation every
-  epoch), record `j * P + p` at evaluation.
+  Shard k is rows [k b / granule, (k + 1) b / granule), as the mesh places
+  them (sharding.batch_sharding); the rows come in shard order.
+  """
+  per = batch // granule
+  return np.concatenate([np.arange(k * per, (k + 1) * per) for k in shards]
+                        ).astype(np.int64)
+
+
+def _check_shards(granule: int, shards: Sequence[int] | None) -> list[int]:
+  shards = list(range(granule)) if shards is None else sorted(set(shards))
+  if not shards or not all(0 <= k < granule for k in shards):
+    raise ValueError(f"Batch shards {shards} are not a non-empty subset of "
+                     f"the {granule} shards 0..{granule - 1} of the mesh.")
+  return shards
+
+
+class _Records:
+  """Several sources, read by (source, position).
+
+  Position j of a source is record `shuffle_epoch(j % n)` in training (a
+  fresh permutation of all n records every epoch), record j at evaluation.
   """
 
-  def __init__(self, sources: Sequence[Source], process_index: int,
-               process_count: int, ids: Sequence[int] | None = None):
+  def __init__(self, sources: Sequence[Source],
+               ids: Sequence[int] | None = None):
     self.sources = list(sources)
     # Global dataset ids: each dataset gets its own permutations, even where
     # two datasets hold records in the same order (e.g. the mini digits).
     self.ids = list(range(len(sources)) if ids is None else ids)
-    self.process_index, self.process_count = process_index, process_count
-    self.shard_sizes = [len(range(process_index, s.num_examples,
-                                  process_count)) for s in sources]
-    empty = [s.name for s, n in zip(sources, self.shard_sizes) if n == 0]
+    self.sizes = [s.num_examples for s in sources]
+    empty = [s.name for s in sources if s.num_examples == 0]
     if empty:
-      raise ValueError(f"Datasets {empty} have fewer examples than the "
-                       f"{process_count} processes reading them.")
+      raise ValueError(f"Datasets {empty} have no examples in their split.")
     self._readers = [s.reader() for s in sources]
 
   def record(self, source, position, shuffle_seed=None):
-    """Record index (int64) of a shard position; shuffled if seeded."""
-    n = tf.gather(tf.constant(self.shard_sizes, tf.int64), source)
-    local = position % n
+    """Record index (int64) of a position; shuffled if seeded."""
+    n = tf.gather(tf.constant(self.sizes, tf.int64), source)
+    index = position % n
     if shuffle_seed is not None:
       epoch = position // n
       dataset_id = tf.gather(tf.constant(self.ids, tf.int64), source)
       epoch_seed = tf.random.experimental.stateless_fold_in(
           tf.stack([tf.cast(shuffle_seed, tf.int64), dataset_id]), epoch)
-      local = tf.random.experimental.index_shuffle(local, seed=epoch_seed,
+      index = tf.random.experimental.index_shuffle(index, seed=epoch_seed,
                                                    max_index=n - 1)
-    return local * self.process_count + self.process_index
+    return index
 
   def read(self, source, record):
     """(encoded frames [N] string, label int32) of one record."""
@@ -201,11 +221,14 @@ class _Records:
 
 
 class TrainIterator:
-  """Endless co-training batches of this process, with a saveable position.
+  """Endless co-training batches (this process's rows), with a saveable
+  position.
 
   Inside each part, every example's dataset is drawn with probability
   proportional to the dataset's weight (its size, or config weight); each
   dataset is read in a fresh random order every epoch and never runs dry.
+  The draws and positions are those of the whole global batch; this process
+  then loads the rows of its `shards` only.
 
   Args:
     sources: the training splits, in head order.
@@ -215,8 +238,12 @@ class TrainIterator:
     seed: the data seed.
     weights: per source sampling weight (default: its number of examples).
     granule: batch shards of the mesh (each part is a multiple of it).
+    shards: the batch shards this process loads (default: all), as
+      `sharding.process_batch_shards` gives them.
+    micro_batches: the step's gradient accumulation: each part is then a
+      multiple of granule x micro_batches, so every micro-batch has rows on
+      every shard.
     video_share: fraction of the batch for videos (default: by weight).
-    process_index, process_count: this process among the readers.
     state: a `state()` of an earlier iterator, to continue exactly there.
     threads: tf.data threads (None: TF's default, all cores).
   """
@@ -224,35 +251,38 @@ class TrainIterator:
   def __init__(self, sources: Sequence[Source], prep: Preprocessing, *,
                flips: Sequence[bool], global_batch: int, seed: int = 0,
                weights: Sequence[float] | None = None, granule: int = 1,
-               video_share: float | None = None, process_index: int = 0,
-               process_count: int = 1, state: dict | None = None,
+               shards: Sequence[int] | None = None, micro_batches: int = 1,
+               video_share: float | None = None, state: dict | None = None,
                threads: int | None = None):
     check_sources(sources, prep, flips)
     self.names = [s.name for s in sources]
+    self.shards = _check_shards(granule, shards)
     weights = [float(s.num_examples) if w is None else float(w) for s, w in
                zip(sources, weights or [None] * len(sources))]
     part_weight = {part: sum(w for s, w in zip(sources, weights)
                              if s.kind == part) for part in PARTS}
+    if global_batch % (granule * micro_batches):
+      raise ValueError(
+          f"Batch size {global_batch} is not divisible by the {granule} batch "
+          f"shards of the mesh x {micro_batches} accumulation steps; choose a "
+          f"multiple of {granule * micro_batches}.")
     self.global_batch_sizes = split_batch(
         global_batch, part_weight["video"], part_weight["image"],
-        granule=max(granule, process_count), video_share=video_share)
-    if global_batch % process_count:
-      raise ValueError(f"Batch size {global_batch} is not divisible by the "
-                       f"{process_count} processes.")
+        granule=granule * micro_batches, video_share=video_share)
     self._step = 0
     self._consumed = {name: 0 for name in self.names}
     if state is not None:
       self._restore(state)
-    self._process_index = process_index
+    self._part_ids = {}
     parts = {}
     for part in PARTS:
       ids = [i for i, s in enumerate(sources) if s.kind == part]
       if not ids:
         continue
-      parts[part] = self._part(
-          part, ids, sources, prep, flips, weights, seed,
-          self.global_batch_sizes[part] // process_count, process_index,
-          process_count)
+      self._part_ids[part] = ids
+      parts[part] = self._part(part, ids, sources, prep, flips, weights, seed,
+                               shard_rows(self.global_batch_sizes[part],
+                                          granule, self.shards))
     dataset = tf.data.Dataset.zip(parts).prefetch(2)
     if threads:
       options = tf.data.Options()
@@ -268,26 +298,29 @@ class TrainIterator:
     self._step = int(state["step"])
     self._consumed = {k: int(v) for k, v in state["consumed"].items()}
 
-  def _part(self, part, ids, sources, prep, flips, weights, seed,
-            local_batch, process_index, process_count):
-    records = _Records([sources[i] for i in ids], process_index,
-                       process_count, ids=ids)
+  def _part(self, part, ids, sources, prep, flips, weights, seed, rows):
+    """(this process's examples, consumed counts after the step) per step."""
+    records = _Records([sources[i] for i in ids], ids=ids)
     log_probs = tf.math.log(tf.constant(
         [[weights[i] / sum(weights[j] for j in ids) for i in ids]]))
-    part_seed = tf.constant([seed, PARTS.index(part) * 65536 + process_index],
-                            tf.int64)
+    part_seed = tf.constant([seed, PARTS.index(part) * 65536], tf.int64)
     global_ids = tf.constant(ids, tf.int32)
     flip = tf.constant([bool(flips[i]) for i in ids])
     num_frames = prep.frames_of(sources[ids[0]])
+    batch = self.global_batch_sizes[part]
+    rows = tf.constant(rows, tf.int64)
 
-    def draw(step):  # datasets of this step's examples, stateless in step
+    def draw(consumed, step):  # the whole batch's datasets and positions
       step_seed = tf.random.experimental.stateless_fold_in(part_seed, step)
-      return tf.random.stateless_categorical(log_probs, local_batch,
-                                             seed=step_seed)[0]
-
-    def count(consumed, source):  # the position of this example in its shard
-      return (consumed + tf.one_hot(source, len(ids), dtype=tf.int64),
-              (tf.cast(source, tf.int32), consumed[source]))
+      source = tf.random.stateless_categorical(log_probs, batch,
+                                               seed=step_seed)[0]
+      onehot = tf.one_hot(source, len(ids), dtype=tf.int64)
+      earlier = tf.cumsum(onehot, axis=0, exclusive=True)  # in this step
+      position = (tf.gather(consumed, source) +
+                  tf.reduce_sum(earlier * onehot, axis=1))
+      after = consumed + tf.reduce_sum(onehot, axis=0)
+      return after, (tf.cast(tf.gather(source, rows), tf.int32),
+                     tf.gather(position, rows), after)
 
     def load(source, position):
       record = records.record(source, position, shuffle_seed=seed)
@@ -303,60 +336,64 @@ class TrainIterator:
 
     start = tf.constant([self._consumed[self.names[i]] for i in ids],
                         tf.int64)
-    return (tf.data.Dataset.range(self._step, 2**62)
-            .map(draw).unbatch()
-            .scan(start, count)
-            .map(load, num_parallel_calls=tf.data.AUTOTUNE,
-                 deterministic=True)
-            .batch(local_batch, drop_remainder=True))
+    steps = tf.data.Dataset.range(self._step, 2**62).scan(start, draw)
+    examples = (steps.map(lambda source, position, _: (source, position))
+                .unbatch()
+                .map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
+                .batch(len(rows), drop_remainder=True))
+    return tf.data.Dataset.zip(examples, steps.map(lambda *x: x[-1]))
 
   def __iter__(self) -> Iterator[dict]:
     return self
 
   def __next__(self) -> dict:
-    batch = next(self._stream)
+    element = next(self._stream)
     self._step += 1
-    for part in batch.values():
-      for i, n in zip(*np.unique(part["dataset"], return_counts=True)):
-        self._consumed[self.names[i]] += int(n)
-    return batch
+    for part, (_, consumed) in element.items():
+      for i, count in zip(self._part_ids[part], consumed):
+        self._consumed[self.names[i]] = int(count)
+    return {part: examples for part, (examples, _) in element.items()}
 
   def close(self) -> None:
     """Stops the pipeline's threads."""
     self._stream.close()
 
   def state(self) -> dict:
-    """The position after the last batch returned: {"step", "consumed"}."""
+    """The position after the last batch returned: {"step", "consumed"}.
+
+    The same on every process (counts of the global batches), so it restores
+    onto any number of processes.
+    """
     return {"step": self._step, "consumed": dict(self._consumed)}
 
 
-def eval_num_batches(source: Source, global_batch: int,
-                     process_count: int = 1) -> int:
-  """Batches every process runs to cover the split once."""
-  largest_shard = math.ceil(source.num_examples / process_count)
-  return math.ceil(largest_shard / (global_batch // process_count))
+def eval_num_batches(source: Source, global_batch: int) -> int:
+  """Global batches that cover the split once."""
+  return math.ceil(source.num_examples / global_batch)
 
 
 def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
-                 reverse: bool = False, process_index: int = 0,
-                 process_count: int = 1) -> NumpyStream:
+                 reverse: bool = False, granule: int = 1,
+                 shards: Sequence[int] | None = None) -> NumpyStream:
   """Every example of the split once, all views of a video together.
 
-  Yields `frames` [b, views, T, crop, crop, 3], `label` [b], `mask` [b] (0 on
-  the padding that fills the last batch) and `record` [b] (the record index).
-  Every process yields the same number of batches.
+  Global batch b holds records b x global_batch + row; this process yields
+  the rows of its `shards` (of `granule`; default all). Yields `frames`
+  [b, views, T, crop, crop, 3], `label` [b], `mask` [b] (0 on the padding
+  that fills the last batch) and `record` [b] (the record index). Every
+  process yields the same number of batches.
   """
-  if global_batch % process_count:
+  if global_batch % granule:
     raise ValueError(f"Eval batch size {global_batch} is not divisible by "
-                     f"the {process_count} processes.")
-  records = _Records([source], process_index, process_count)
-  local_batch = global_batch // process_count
-  total = eval_num_batches(source, global_batch, process_count) * local_batch
-  shard_size = records.shard_sizes[0]
+                     f"the {granule} batch shards of the mesh.")
+  records = _Records([source])
+  rows = shard_rows(global_batch, granule, _check_shards(granule, shards))
   num_frames = prep.frames_of(source)
 
-  def load(position):
-    valid = position < shard_size
+  def load(batch, row):
+    position = batch * global_batch + row
+    valid = position < source.num_examples
     record = records.record(0, tf.where(valid, position, 0))
     encoded, label = records.read(0, record)
     return {"frames": preprocess_eval(encoded, num_frames=num_frames,
@@ -364,17 +401,35 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
             "label": label, "mask": tf.cast(valid, tf.int32),
             "record": tf.cast(record, tf.int32)}
 
-  dataset = (tf.data.Dataset.range(total)
+  row_dataset = tf.data.Dataset.from_tensor_slices(rows)
+  dataset = (tf.data.Dataset.range(eval_num_batches(source, global_batch))
+             .flat_map(lambda b: row_dataset.map(lambda r: (b, r)))
              .map(load, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
-             .batch(local_batch).prefetch(2))
+             .batch(len(rows)).prefetch(2))
   return NumpyStream(dataset)
 
 
 def to_global(local_batch, mesh):
-  """Global jax.Arrays over the mesh's batch axes from every process's part."""
+  """Global jax.Arrays over the mesh's batch axes from this process's rows.
+
+  `local_batch` holds the rows of `sharding.process_batch_shards(mesh)`, in
+  that order (as TrainIterator and eval_batches yield them); every device
+  gets its shard's rows, whichever processes share that shard.
+  """
   import jax  # pylint: disable=import-outside-toplevel
   from cover_jax import sharding  # pylint: disable=import-outside-toplevel
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(
-          sharding.batch_sharding(mesh, x.ndim), x), local_batch)
+  shards = sharding.process_batch_shards(mesh)
+  slot = {k: i for i, k in enumerate(shards)}
+  granule = sharding.batch_shards(mesh)
+
+  def place(x):
+    per = x.shape[0] // len(shards)
+
+    def rows(index):  # a device's slice of the global array
+      start = slot[(index[0].start or 0) // per] * per
+      return x[start:start + per][(slice(None),) + tuple(index[1:])]
+    return jax.make_array_from_callback(
+        (per * granule,) + x.shape[1:], sharding.batch_sharding(mesh, x.ndim),
+        rows)
+  return jax.tree.map(place, local_batch)

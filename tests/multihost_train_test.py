@@ -1,0 +1,227 @@
+"""Training across processes is training on one: 2 jax.distributed processes
+x 4 CPU devices end where 1 process x 8 devices ends, resume across a kill
+(on 2 processes or on 1), start from a checkpoint whose parameters are spread
+over both processes, and feed processes sharing a batch shard the same rows.
+
+The workers (this file run as a script) call the real loop,
+`train.train_and_evaluate`, on the tiny mini config of train_test.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cover_jax import checkpointing
+from cover_jax import sharding
+from cover_jax import train
+from tests import distributed
+from tests import train_test
+
+# Attention heads and MLP divisible by 8: the tensor axis can span 8 devices.
+WIDE_HEADS = dict(num_heads=8)
+RESUME_MARK = "Start: resumed from this workdir's checkpoint at step "
+
+
+def config_for(data_dir, mesh, **overrides):
+  overrides = {**{f"model.{k}": v for k, v in WIDE_HEADS.items()},
+               **overrides}
+  config = train_test.tiny_config(data_dir, **overrides)
+  config.mesh.update(dict(zip(("data", "fsdp", "tensor"), mesh)))
+  config.checkpoint.async_save = False
+  config.log_every_steps = 1
+  config.input.eval_views = 1  # evaluation is not what is tested here
+  return config
+
+
+# ----------------------------------------------------------------------------
+# The worker: one of two processes.
+# ----------------------------------------------------------------------------
+
+def worker(port: int, process_id: int, spec_json: str) -> None:
+  """Trains `spec` (data_dir, workdir, mesh, overrides) as process_id of 2."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2,
+                             process_id=process_id)
+  assert jax.process_count() == 2 and jax.local_device_count() == 4
+  spec = json.loads(spec_json)
+  config = config_for(spec["data_dir"], spec["mesh"], **spec["overrides"])
+  mesh = sharding.make_mesh(**config.mesh)
+  if jax.process_index() == 0:  # what the mesh spreads over the processes
+    print("shards " + json.dumps(
+        [sharding.process_batch_shards(mesh, p) for p in range(2)]),
+          flush=True)
+    print("tensor groups span processes: " + str(any(
+        len({d.process_index for d in group}) > 1 for group in
+        mesh.devices.reshape(-1, mesh.shape["tensor"]))), flush=True)
+  train.train_and_evaluate(config, spec["workdir"])
+  if spec.get("round_trip_fsdp"):
+    _round_trip_over_fsdp(config, spec["workdir"])
+  jax.distributed.shutdown()
+
+
+def _round_trip_over_fsdp(config, workdir: str) -> None:
+  """Parameters spread over the processes by fsdp come back whole."""
+  mesh = sharding.make_mesh(data=1, fsdp=8, tensor=1)
+  model = train.model_from_config(config)
+  params = checkpointing.read_params(os.path.join(workdir, "checkpoints"))
+  placed = sharding.put(params, sharding.param_shardings(model, mesh))
+  kernel = placed["encoderblock_0"]["mlp"]["Dense_0"]["kernel"]
+  assert not kernel.is_fully_addressable  # rows on both processes
+  back = sharding.to_host(placed)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  print("fsdp round trip: equal", flush=True)
+
+
+def launch(tmp_path, name, data_dir, mesh, *, kill_at=None, **overrides):
+  """Runs the two workers; returns process 0's output.
+
+  kill_at: SIGKILL both when process 0 prints a line starting with it.
+  """
+  workdir = str(tmp_path / name)
+  spec = json.dumps(dict(data_dir=data_dir, workdir=workdir, mesh=mesh,
+                         overrides=overrides.pop("config", {}), **overrides))
+  port = distributed.free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=distributed.ROOT,
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  procs = [subprocess.Popen(
+      [sys.executable, __file__, str(port), str(i), spec], env=env,
+      cwd=distributed.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(2)]
+  lines = []
+  for line in procs[0].stdout:
+    lines.append(line)
+    if kill_at and line.startswith(kill_at):
+      for p in procs:
+        p.send_signal(signal.SIGKILL)
+      break
+  logs = ["".join(lines) + procs[0].communicate(timeout=300)[0],
+          procs[1].communicate(timeout=300)[0]]
+  if not kill_at:
+    for p, log in zip(procs, logs):
+      assert p.returncode == 0, log[-3000:]
+  else:
+    assert any(l.startswith(kill_at) for l in lines), logs[0][-3000:]
+  return logs[0]
+
+
+def assert_close_params(got, want):
+  flat_got = jax.tree_util.tree_leaves_with_path(got)
+  flat_want = jax.tree_util.tree_leaves_with_path(want)
+  assert [p for p, _ in flat_got] == [p for p, _ in flat_want]
+  for (path, a), (_, b) in zip(flat_got, flat_want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def saved_data_state(workdir, step):
+  return json.loads((checkpointing.epath.Path(workdir) / "checkpoints" /
+                     str(step) / checkpointing.DATA / "metadata").read_text())
+
+
+# ----------------------------------------------------------------------------
+# Tests.
+# ----------------------------------------------------------------------------
+
+def test_micro_batches_spread_over_every_batch_shard():
+  mesh = sharding.make_mesh(data=4, fsdp=2)
+  rows = np.arange(32 * 3, dtype=np.float32).reshape(32, 3)
+  batch = jax.device_put(rows, sharding.batch_sharding(mesh, 2))
+  with sharding.use(mesh):
+    micro = jax.jit(lambda x: train.micro_batches(x, 2))(batch)
+  # Micro-batch a: rows a, a + 2, ...; its rows on all 8 batch shards.
+  np.testing.assert_array_equal(np.asarray(micro[1]), rows[1::2])
+  assert micro.sharding.spec == jax.sharding.PartitionSpec(
+      None, ("data", "fsdp"))
+
+  def accumulate(x):  # a scan over the micro-batches, as the step runs it
+    return jax.lax.scan(lambda c, m: (c + jnp.sum(m ** 2), None), 0.,
+                        train.micro_batches(x, 2))[0]
+  with sharding.use(mesh):
+    hlo = jax.jit(accumulate).lower(batch).compile().as_text()
+  assert "all-gather" not in hlo and "all-to-all" not in hlo
+
+
+def test_data_state_is_global_and_old_per_process_states_resume_summed():
+  saved = checkpointing.data_state({"step": 5, "consumed": {"a": 3, "b": 7}},
+                                   ["a", "b"])
+  want = {"step": 5, "consumed": {"a": 3, "b": 7}}
+  assert checkpointing.resumed_data_state(saved, ["b", "a"]) == want
+  # Written before positions were global: one state per process.
+  old = {"names": ["a", "b"], "process_count": 2, "states": [
+      {"step": 5, "consumed": {"a": 1, "b": 4}},
+      {"step": 5, "consumed": {"a": 2, "b": 3}}]}
+  assert checkpointing.resumed_data_state(old, ["a", "b"]) == want
+  with pytest.raises(ValueError, match=r"this config trains on \['a'\]: use "
+                     r"init_from \(weights only\) to change the mixture"):
+    checkpointing.resumed_data_state(saved, ["a"])
+
+
+@pytest.fixture(scope="module")
+def one_process_run(digits_dir, tmp_path_factory):
+  """1 process x 8 devices, mesh data=2, fsdp=2, tensor=2, straight through."""
+  workdir = str(tmp_path_factory.mktemp("one_process"))
+  train.train_and_evaluate(config_for(digits_dir, (2, 2, 2)), workdir)
+  return workdir
+
+
+def test_two_processes_train_as_one_and_resume_after_kill(
+    digits_dir, one_process_run, tmp_path):
+  mesh = (2, 2, 2)
+  want = train_test.final_params(one_process_run)
+  # 2 processes x 4 devices, killed mid-training after step 4 is logged (its
+  # checkpoint may or may not be complete), then the same command again.
+  first = launch(tmp_path, "two", digits_dir, mesh, kill_at="step 4/6")
+  assert "shards [[0, 1], [2, 3]]" in first  # data spans the processes
+  second = launch(tmp_path, "two", digits_dir, mesh)
+  resumed = [l for l in second.splitlines() if l.startswith(RESUME_MARK)]
+  assert resumed and int(resumed[0][len(RESUME_MARK):]) in (2, 4), second
+  workdir = str(tmp_path / "two")
+  assert_close_params(train_test.final_params(workdir), want)
+  # The data position is global: the same integers as one process saved.
+  got = saved_data_state(workdir, 6)
+  ref = saved_data_state(one_process_run, 6)
+  assert got["process_count"] == 2 and ref["process_count"] == 1
+  assert (got["step"], got["consumed"]) == (ref["step"], ref["consumed"])
+  # The 2-process checkpoint of step 2 resumed on 1 process ends the same.
+  one_more = str(tmp_path / "resumed_on_one")
+  train.train_and_evaluate(config_for(
+      digits_dir, mesh, resume_from=os.path.join(workdir, "checkpoints", "2")),
+                           one_more)
+  assert_close_params(train_test.final_params(one_more), want)
+
+
+def test_tensor_axis_across_processes_and_init_from_spread_params(
+    digits_dir, one_process_run, tmp_path):
+  """mesh data=1, fsdp=1, tensor=8: every tensor group spans both processes,
+  both hold the one batch shard (so load the same rows), and init_from
+  places a checkpoint's parameters across them."""
+  mesh = (1, 1, 8)
+  init = os.path.join(one_process_run, "checkpoints", "2")
+  overrides = {"init_from": init}
+  reference = str(tmp_path / "one_process")
+  train.train_and_evaluate(config_for(digits_dir, mesh, **overrides),
+                           reference)
+  out = launch(tmp_path, "two", digits_dir, mesh, config=overrides,
+               round_trip_fsdp=True)
+  assert "shards [[0], [0]]" in out
+  assert "tensor groups span processes: True" in out
+  assert "initialised from cover-jax checkpoint" in out
+  assert "fsdp round trip: equal" in out
+  got = train_test.final_params(str(tmp_path / "two"))
+  assert_close_params(got, train_test.final_params(reference))
+  # Trained from the init checkpoint, not from scratch.
+  start = checkpointing.read_params(init)
+  assert not np.allclose(got["heads"]["digits_motion"]["kernel"],
+                         start["heads"]["digits_motion"]["kernel"])
+
+
+if __name__ == "__main__":
+  worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
