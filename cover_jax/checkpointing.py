@@ -12,8 +12,8 @@ Where a run starts (`restore_or_init`), first that applies:
   1. the latest checkpoint in `workdir/checkpoints` (the run was restarted);
   2. `config.resume_from`, a checkpoint of another run (state and data);
   3. `config.init_from`, weights only: a ViT `.npz`, a TimeSformer `.pyth`
-     or a checkpoint of ours; heads are matched by name, new heads start
-     fresh;
+     (imported by `cover_jax.models.pretrained`) or a checkpoint of ours;
+     heads are matched by name, new heads start fresh;
   4. scratch.
 
 Paths may be local or URIs (gs://bucket/run): they are read through
@@ -220,7 +220,8 @@ def init_params_from(path: str, model, fresh_params: dict
 
   Returns (params as numpy, a sentence saying what was loaded).
   """
-  from cover_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  # Imported here: the importers are only needed when init_from is set.
+  from cover_jax.models import pretrained  # pylint: disable=import-outside-toplevel
   resolved = storage.resolve(path)
   path = str(resolved)
   if not storage.exists(resolved, "config.init_from"):
@@ -236,10 +237,10 @@ def init_params_from(path: str, model, fresh_params: dict
                    param_dtype=model.param_dtype,
                    fresh_heads=fresh_params["heads"])
   if path.endswith(".npz"):
-    _, loaded = checkpoints.load_vit_npz(path, **overrides)
+    _, loaded = pretrained.load_vit_npz(path, **overrides)
     kind = "ViT .npz"
   elif path.endswith(".pyth"):
-    _, loaded = checkpoints.load_timesformer_pyth(
+    _, loaded = pretrained.load_timesformer_pyth(
         path, num_heads=model.num_heads, **overrides)
     kind = "TimeSformer .pyth"
   else:

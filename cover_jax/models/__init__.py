@@ -1,4 +1,5 @@
-"""TimeSformer model, its variants and its FLOP count."""
+"""TimeSformer model, its variants, its FLOP count (flops) and the import of
+pretrained ViT and TimeSformer weights (pretrained)."""
 
 from cover_jax.models.timesformer import (VARIANTS, TimeSformer,
                                           abstract_variables, create,

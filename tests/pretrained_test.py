@@ -1,4 +1,5 @@
-"""Checkpoint import, checked against independent reference implementations."""
+"""Pretrained-weight import (cover_jax.models.pretrained), checked against
+independent reference implementations."""
 
 import sys
 
@@ -9,9 +10,9 @@ import pytest
 import scipy.ndimage
 
 from cover_jax import checkpointing
-from cover_jax import checkpoints
-from cover_jax.checkpoints import CheckpointError
 from cover_jax.models import init_params
+from cover_jax.models import pretrained
+from cover_jax.models.pretrained import CheckpointError
 from tests import reference_vit
 
 try:
@@ -62,7 +63,7 @@ def to64(tree):
                                     "big_vision_scanned"])
 def test_vit_one_frame_equals_the_vit(tmp_path, vit, images, layout):
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, layout))
-  model, params = checkpoints.load_vit_npz(
+  model, params = pretrained.load_vit_npz(
       path, num_frames=4, image_size=16, heads={"imagenet": 10})
   assert (model.width, model.depth, model.num_heads, model.mlp_dim,
           model.patch_size) == (32, 2, 4, 64, 4)
@@ -78,7 +79,7 @@ def test_vit_pre_logits_and_scanned_model(tmp_path, images):
   vit = reference_vit.random_vit(np.random.default_rng(2),
                                  representation_size=24)
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "original"))
-  model, params = checkpoints.load_vit_npz(
+  model, params = pretrained.load_vit_npz(
       path, num_frames=2, image_size=16, heads={"imagenet": 10},
       scan_layers=True)
   assert model.representation_size == 24
@@ -90,7 +91,7 @@ def test_vit_pre_logits_and_scanned_model(tmp_path, images):
 
 def test_vit_temporal_layers_start_as_timesformer(tmp_path, vit):
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "linen"))
-  _, params = checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+  _, params = pretrained.load_vit_npz(path, num_frames=4, image_size=16,
                                        heads={"imagenet": 10})
   block = params["encoderblock_1"]
   for proj in ("query", "key", "value", "out"):
@@ -110,7 +111,7 @@ def test_vit_video_input_is_timesformers_function_of_the_vit(tmp_path, vit):
   it is neither one frame's ViT logits nor their mean; a video of one
   repeated frame gives that frame's."""
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "linen"))
-  model, params = checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+  model, params = pretrained.load_vit_npz(path, num_frames=4, image_size=16,
                                            heads={"imagenet": 10})
   video = np.random.default_rng(3).standard_normal((2, 4, 16, 16, 3))
   out = model.apply({"params": params}, video)["imagenet"]
@@ -127,7 +128,7 @@ def test_vit_video_input_is_timesformers_function_of_the_vit(tmp_path, vit):
 
 def test_vit_position_embedding_resampled_as_a_grid(tmp_path, vit):
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "original"))
-  _, params = checkpoints.load_vit_npz(path, num_frames=4, image_size=28,
+  _, params = pretrained.load_vit_npz(path, num_frames=4, image_size=28,
                                        heads={"imagenet": 10})
   pos = params["pos_embedding"]
   assert pos.shape == (1 + 7 * 7, 32)
@@ -140,7 +141,7 @@ def test_vit_position_embedding_resampled_as_a_grid(tmp_path, vit):
 def test_vit_heads_initialised_from_checkpoint_only_when_sizes_match(
     tmp_path, vit):
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "original"))
-  _, params = checkpoints.load_vit_npz(
+  _, params = pretrained.load_vit_npz(
       path, num_frames=4, image_size=16,
       heads={"imagenet": 10, "in1k": 10, "kinetics": 7})
   for name in ("imagenet", "in1k"):
@@ -156,7 +157,7 @@ def test_init_from_vit_new_heads_follow_the_runs_seed(tmp_path, vit):
   """config.seed reaches the heads the .npz lacks: init_params_from takes
   them from the run's own initialisation (fresh_params)."""
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "original"))
-  model, _ = checkpoints.load_vit_npz(
+  model, _ = pretrained.load_vit_npz(
       path, num_frames=4, image_size=16, heads={"imagenet": 10, "kinetics": 7})
 
   def heads_with_seed(seed):
@@ -180,7 +181,7 @@ def test_vit_missing_key_is_named(tmp_path, vit):
   path = write_npz(tmp_path, arrays)
   with pytest.raises(CheckpointError,
                      match="missing key 'Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias'"):
-    checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+    pretrained.load_vit_npz(path, num_frames=4, image_size=16,
                              heads={"imagenet": 10})
 
 
@@ -190,7 +191,7 @@ def test_vit_wrong_shape_names_key_and_shapes(tmp_path, vit):
   path = write_npz(tmp_path, arrays)
   with pytest.raises(CheckpointError, match=r"'Transformer/encoder_norm/scale' "
                      r"has shape \(31,\).*expects \(32,\)"):
-    checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+    pretrained.load_vit_npz(path, num_frames=4, image_size=16,
                              heads={"imagenet": 10})
 
 
@@ -199,14 +200,14 @@ def test_vit_without_class_token_is_refused(tmp_path, vit):
   del arrays["params/cls"]
   path = write_npz(tmp_path, arrays)
   with pytest.raises(CheckpointError, match="no class token"):
-    checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+    pretrained.load_vit_npz(path, num_frames=4, image_size=16,
                              heads={"imagenet": 10})
 
 
 def test_vit_unknown_layout_is_refused(tmp_path):
   path = write_npz(tmp_path, {"weights": np.zeros(3, np.float32)})
   with pytest.raises(CheckpointError, match="no 'embedding/kernel'"):
-    checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+    pretrained.load_vit_npz(path, num_frames=4, image_size=16,
                              heads={"imagenet": 10})
 
 
@@ -214,7 +215,7 @@ def test_vit_unreadable_file(tmp_path):
   path = tmp_path / "broken.npz"
   path.write_bytes(b"not a zip file")
   with pytest.raises(CheckpointError, match="not a readable .npz"):
-    checkpoints.load_vit_npz(str(path), num_frames=4, image_size=16,
+    pretrained.load_vit_npz(str(path), num_frames=4, image_size=16,
                              heads={"imagenet": 10})
 
 
@@ -245,7 +246,7 @@ def test_pyth_logits_equal_reference(tmp_path, divided, prefix):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(0),
                                                divided=divided)
   path = write_pyth(tmp_path, sd, prefix)
-  model, params = checkpoints.load_timesformer_pyth(path, num_heads=4)
+  model, params = pretrained.load_timesformer_pyth(path, num_heads=4)
   assert set(model.heads) == {"timesformer"} and not model.gelu_approximate
   assert model.attention_type == ("divided_space_time" if divided
                                   else "space_only")
@@ -260,7 +261,7 @@ def test_pyth_logits_equal_reference(tmp_path, divided, prefix):
 def test_pyth_other_input_sizes_follow_the_official_resizing(tmp_path, frames,
                                                              size):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(1))
-  model, params = checkpoints.load_timesformer_pyth(write_pyth(tmp_path, sd),
+  model, params = pretrained.load_timesformer_pyth(write_pyth(tmp_path, sd),
                                                     num_heads=4)
   video = np.random.default_rng(1).standard_normal((2, frames, size, size, 3))
   ours = model.apply({"params": params}, video)["timesformer"]
@@ -270,7 +271,7 @@ def test_pyth_other_input_sizes_follow_the_official_resizing(tmp_path, frames,
 @needs_torch
 def test_pyth_overrides_resize_embeddings_at_load(tmp_path):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(2))
-  model, params = checkpoints.load_timesformer_pyth(
+  model, params = pretrained.load_timesformer_pyth(
       write_pyth(tmp_path, sd), num_heads=4, num_frames=8, image_size=20)
   assert params["time_embedding"].shape == (8, 32)
   assert params["pos_embedding"].shape == (1 + 25, 32)
@@ -282,7 +283,7 @@ def test_pyth_overrides_resize_embeddings_at_load(tmp_path):
 @needs_torch
 def test_pyth_new_heads(tmp_path):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(3))
-  _, params = checkpoints.load_timesformer_pyth(
+  _, params = pretrained.load_timesformer_pyth(
       write_pyth(tmp_path, sd), num_heads=4, heads={"k400": 7, "ssv2": 5})
   np.testing.assert_array_equal(params["heads"]["k400"]["kernel"],
                                 sd["head.weight"].numpy().T)
@@ -296,33 +297,33 @@ def test_pyth_bad_files(tmp_path):
   bad["blocks.0.attn.qkv.weight"] = bad["blocks.0.attn.qkv.weight"][:10]
   with pytest.raises(CheckpointError, match=r"'blocks.0.attn.qkv.weight' has "
                      r"shape \(10, 32\); expected \(96, 32\)"):
-    checkpoints.load_timesformer_pyth(write_pyth(tmp_path, bad), num_heads=4)
+    pretrained.load_timesformer_pyth(write_pyth(tmp_path, bad), num_heads=4)
   extra = dict(sd, **{"blocks.0.extra_layer.weight": torch.zeros(3)})
   with pytest.raises(CheckpointError, match="keys not understood.*extra_layer"):
-    checkpoints.load_timesformer_pyth(write_pyth(tmp_path, extra), num_heads=4)
+    pretrained.load_timesformer_pyth(write_pyth(tmp_path, extra), num_heads=4)
   missing = {k: v for k, v in sd.items() if k != "blocks.1.mlp.fc2.bias"}
   with pytest.raises(CheckpointError, match="missing key 'blocks.1.mlp.fc2.bias'"):
-    checkpoints.load_timesformer_pyth(write_pyth(tmp_path, missing), num_heads=4)
+    pretrained.load_timesformer_pyth(write_pyth(tmp_path, missing), num_heads=4)
   with pytest.raises(ValueError, match="not divisible by num_heads 5"):
-    checkpoints.load_timesformer_pyth(write_pyth(tmp_path, sd), num_heads=5)
+    pretrained.load_timesformer_pyth(write_pyth(tmp_path, sd), num_heads=5)
   garbage = tmp_path / "garbage.pyth"
   garbage.write_bytes(b"\x00\x01 not a pickle")
   with pytest.raises(CheckpointError, match="could not be read by torch.load"):
-    checkpoints.load_timesformer_pyth(str(garbage))
+    pretrained.load_timesformer_pyth(str(garbage))
 
 
 def test_pyth_without_torch_explains_the_extra(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)
   with pytest.raises(ImportError, match=r"pip install 'cover-jax\[torch\]'"):
-    checkpoints.load_timesformer_pyth(str(tmp_path / "any.pyth"))
+    pretrained.load_timesformer_pyth(str(tmp_path / "any.pyth"))
 
 
 @needs_torch
 def test_bf16_model_from_checkpoint_close_to_fp32(tmp_path):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(5))
   path = write_pyth(tmp_path, sd)
-  model, params = checkpoints.load_timesformer_pyth(path, num_heads=4)
-  bf16, _ = checkpoints.load_timesformer_pyth(path, num_heads=4,
+  model, params = pretrained.load_timesformer_pyth(path, num_heads=4)
+  bf16, _ = pretrained.load_timesformer_pyth(path, num_heads=4,
                                               dtype=jnp.bfloat16)
   video = np.random.default_rng(5).standard_normal((2, 4, 12, 12, 3))
   full = model.apply({"params": params}, video)["timesformer"]
@@ -336,5 +337,5 @@ def test_bf16_model_from_checkpoint_close_to_fp32(tmp_path):
 def test_vit_override_adding_a_layer_the_checkpoint_lacks(tmp_path, vit):
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "original"))
   with pytest.raises(CheckpointError, match="missing key 'pre_logits/kernel'"):
-    checkpoints.load_vit_npz(path, num_frames=4, image_size=16,
+    pretrained.load_vit_npz(path, num_frames=4, image_size=16,
                              heads={"imagenet": 10}, representation_size=16)

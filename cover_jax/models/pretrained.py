@@ -9,6 +9,8 @@
 Both return `(model, params)` with `params` in the loop layout (or scanned if
 `scan_layers=True` is among the overrides). Bad files fail with a
 `CheckpointError` that names the key and the shapes involved.
+
+Our own training checkpoints (orbax) are `cover_jax.checkpointing`'s.
 """
 
 import re
