@@ -25,6 +25,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cover_jax import command_line
 from cover_jax import host
 
 FLAGS = flags.FLAGS
@@ -132,6 +133,9 @@ def main(argv):
   # Local or gs://: every file of the run goes through epath or orbax.
   workdir = storage.resolve(FLAGS.workdir)
   config_path = workdir / "config.json"
+  if FLAGS.mode in ("train", "eval"):  # all that is missing, before opening
+    from cover_jax import preflight  # pylint: disable=import-outside-toplevel
+    preflight.exit_if_missing(config, str(workdir), FLAGS.mode)
   if jax.process_index() == 0:
     storage.write_text(config_path, config.to_json_best_effort(indent=2),
                        "--workdir")
@@ -161,4 +165,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Mistyped overrides and missing config files: one line, nothing started.
+  app.run(main, flags_parser=command_line.parse_flags)

@@ -81,13 +81,59 @@ def _latest_version_dir(config_dir: str) -> str | None:
   return os.path.join(config_dir, newest)
 
 
-def _prepare_hint(base: str, data_dir: str) -> str:
+def _prepare_hint(base: str, data_dir: str, config: str = "") -> str:
+  """The command that prepares `base`/`config` in data_dir."""
   if base in NAMED_BY_USER:
     flag = "--videos" if base == "video_folder" else "--images"
-    return (f"python -m data.prepare folder {flag}=ROOT --name=NAME "
-            f"--data_dir={data_dir}")
+    return (f"python -m data.prepare folder {flag}=ROOT "
+            f"--name={config or 'NAME'} --data_dir={data_dir}")
+  # Config names as data.video_builder.config_name writes them.
+  match = re.fullmatch(r"short(\d+)(?:_fps([\dp]+))?", config)
+  flags = ""
+  if match and match.group(1) != "320":  # 320: data.prepare's default
+    flags += f" --short_side={match.group(1)}"
+  if match and match.group(2):
+    flags += f" --fps={match.group(2).replace('p', '.')}"
   return (f"python -m data.prepare {base} --manual_dir=DIR "
-          f"--data_dir={data_dir}")
+          f"--data_dir={data_dir}{flags}")
+
+
+def _tfds_hint(name: str, data_dir: str) -> str:
+  """The command that prepares the TFDS catalogue dataset `name`."""
+  return (f"tfds build {name} --manual_dir=DIR --data_dir={data_dir} "
+          f"--file_format={features.FILE_FORMAT}")
+
+
+def preparation(name: str, data_dir: str | None = None) -> str | None:
+  """The command that prepares `name`, or None when nothing is to be done
+  (prepared, or a mini dataset built on first use). Reads directories
+  only: nothing is opened or built.
+
+  Raises ValueError for a name of ours with no config part that needs one.
+  """
+  data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
+  base, _, config = name.partition("/")
+  if base in BUILT_ON_FIRST_USE:
+    return None
+  if base in BUILDERS:
+    cls = builder_class(base)
+    if not config and base not in NAMED_BY_USER:
+      config = cls.BUILDER_CONFIGS[0].name if cls.BUILDER_CONFIGS else ""
+    config_dir = os.path.join(data_dir, base, config)
+    if base in NAMED_BY_USER:
+      prepared = config and _latest_version_dir(config_dir)
+    else:  # exactly the version this code builds, never a stale one
+      prepared = os.path.isfile(os.path.join(config_dir, str(cls.VERSION),
+                                             "dataset_info.json"))
+    return None if prepared else _prepare_hint(base, data_dir, config)
+  # A TFDS catalogue dataset: prepared if some version (of some config,
+  # when the name has none) has its dataset_info.json.
+  root = os.path.join(data_dir, name)
+  candidates = [root] + ([os.path.join(root, c) for c in sorted(
+      os.listdir(root))] if os.path.isdir(root) and not config else [])
+  if any(_latest_version_dir(c) for c in candidates):
+    return None
+  return _tfds_hint(name, data_dir)
 
 
 def load_builder(name: str, data_dir: str | None = None
@@ -128,15 +174,20 @@ def load_builder(name: str, data_dir: str | None = None
     raise ValueError(
         f"Dataset {name!r} is not prepared in {data_dir} (no "
         f"{config_dir}/<version>/dataset_info.json). Prepare it once with: "
-        f"{_prepare_hint(base, data_dir)}")
+        f"{_prepare_hint(base, data_dir, config)}")
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    tfds.builder_cls(base)  # the catalogue only: reads no directory
   except tfds.core.registered.DatasetNotFoundError:
     raise ValueError(f"Unknown dataset {name!r}. Known datasets: "
                      f"{', '.join(known_names(data_dir))}; or any prepared "
                      f"TFDS dataset name (e.g. imagenet2012).") from None
+  # Checked before tfds.builder, which warns about the version folder it
+  # looks for even when there is none.
+  if preparation(name, data_dir) is not None:
+    raise ValueError(f"TFDS dataset {name!r} is not prepared in {data_dir}. "
+                     f"Prepare it once with: {_tfds_hint(name, data_dir)}")
+  builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     raise ValueError(f"TFDS dataset {name!r} is not prepared in {data_dir}. "
-                     f"Prepare it with tfds (file_format="
-                     f"'{features.FILE_FORMAT}').")
+                     f"Prepare it once with: {_tfds_hint(name, data_dir)}")
   return builder
