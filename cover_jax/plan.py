@@ -282,7 +282,7 @@ def plan(config: ConfigDict, devices: Sequence[jax.Device], *,
   analytic = 3 * forward  # forward + backward; remat recompute not counted
   compiler_flops = float(cost.get("flops", 0.0)) * chips  # cost is per device
   raw_seconds = cost.get("optimal_seconds")
-  # Negative: the compiler has no estimate (seen for v5e).
+  # Negative: the compiler has no estimate (seen for v4 and v5e).
   seconds = float(raw_seconds) if raw_seconds and raw_seconds > 0 else None
   mix = mixture(config)
   steps_per_epoch = (optimizer.steps_per_epoch(mix["epoch_examples"],

@@ -101,7 +101,7 @@ def test_cpu_plan_matches_the_compiler():
                     'install -e ".[tpu]"): no TPU topology to compile for')
 def test_tpu_plan_matches_the_compiler():
   config = tiny_config()
-  # v5p: the compiler estimates a step time there (not on v5e).
+  # v5p: the compiler estimates a step time there (not on v4 or v5e).
   devices = plan.topology_devices("v5p:2x2x1")
   report = plan.plan(config, devices)
   assert report["chip"]["generation"] == "v5p"
