@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from cover_jax import command_line
 from cover_jax import host
+from cover_jax import log_noise
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -79,6 +80,8 @@ def describe(config) -> dict:
   model.validate()
   shapes = abstract_variables(model)
   count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+  # The papers' "TFLOPs" are multiply-adds (flops.py), per evaluated clip.
+  macs, views = flops.forward_macs(model), config.input.get("eval_views", 3)
   return dict(
       model=dict(width=model.width, depth=model.depth,
                  num_heads=model.num_heads, mlp_dim=model.mlp_dim,
@@ -88,7 +91,10 @@ def describe(config) -> dict:
       gflops_per_clip=flops.forward_flops(model) / 1e9,
       gflops_per_image=flops.forward_flops(model, num_frames=1) / 1e9,
       tflops_per_step_all_video=flops.train_step_flops(
-          model, batch=config.batch_size) / 1e12)
+          model, batch=config.batch_size) / 1e12,
+      tflops_as_in_the_papers=(
+          f"{macs * views / 1e12:.2f} TFLOPs = {macs / 1e12:.3f} per view x "
+          f"{views} views (multiply-adds, as TimeSformer and CoVeR count)"))
 
 
 def describe_data(config) -> dict:
@@ -113,10 +119,12 @@ def describe_data(config) -> dict:
 
 def main(argv):
   del argv
-  # The run prints its own concise lines; orbax's and clu's INFO logs would
-  # bury them. --verbosity=0 brings them back.
+  # The run prints its own concise lines; orbax's and clu's INFO logs and
+  # TensorFlow's and TFDS's start-up noise would bury them. --verbosity=0
+  # brings them back.
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+    log_noise.quiet()  # before TensorFlow is imported
   host.retain_freed_host_memory()
   # TensorFlow only reads data here: keep it off the accelerators.
   import tensorflow as tf  # pylint: disable=import-outside-toplevel

@@ -12,7 +12,6 @@ data position) as if it had never stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import time
 from typing import Any
@@ -430,21 +429,25 @@ def run_evaluation(model, params, config, mesh, writer, step, workdir):
     results.update(evaluate.evaluate(model, params, config, mesh=mesh,
                                      reverse=True, writer=writer, step=step,
                                      workdir=workdir))
-  if jax.process_index() == 0:
-    print(f"Evaluation at step {step}: {json.dumps(results)}", flush=True)
+  if jax.process_index() == 0:  # every metric is in the JSON, not here
+    where = evaluate.json_paths(workdir, step)[0] if workdir else None
+    print(f"Evaluation at step {step}" +
+          (f" (all metrics: {where})" if where else "") + ":", flush=True)
     print(results_table(results), flush=True)
   return results
 
 
 def results_table(results: dict) -> str:
-  """Test top-1 per dataset, with frames reversed beside it where measured."""
+  """Test top-1 and top-5 per dataset, and top-1 with frames reversed
+  where measured."""
   reversed_suffix = "/reversed"
-  rows = [f"{'dataset':<24}{'top-1':>8}{'reversed':>10}{'examples':>10}"]
+  rows = [f"{'dataset':<24}{'top-1':>8}{'top-5':>8}{'reversed':>10}"
+          f"{'examples':>10}"]
   for name, metrics in results.items():
     if name.endswith(reversed_suffix):
       continue
     flipped = results.get(name + reversed_suffix)
-    rows.append(f"{name:<24}{metrics['top1']:>8.3f}"
+    rows.append(f"{name:<24}{metrics['top1']:>8.3f}{metrics['top5']:>8.3f}"
                 f"{format(flipped['top1'], '.3f') if flipped else '-':>10}"
                 f"{metrics['examples']:>10}")
   return "\n".join(rows)

@@ -420,3 +420,15 @@ def test_mini_configs_arguments_and_stages():
     load("cover_mini.py:video30")
   with pytest.raises(ValueError, match="'no_kinetics400'"):
     load("cover_mini.py:no_kinetics400")
+
+
+@pytest.mark.parametrize("name, paper", [
+    ("timesformer_b16_k400.py",  # TimeSformer paper, Table 1: 0.59 TFLOPs
+     "0.59 TFLOPs = 0.196 per view x 3 views"),
+    ("cover_l16_jft.py",  # L/16 at 16x448: (17 d^2 + 2 (s+1) d + 2 n d)
+     # n s L = 5.860 T, plus 0.010 T of patch embedding
+     "17.61 TFLOPs = 5.870 per view x 3 views")])
+def test_describe_states_flops_as_the_papers_do(name, paper):
+  import main  # pylint: disable=import-outside-toplevel
+  assert main.describe(load(name))["tflops_as_in_the_papers"] == (
+      f"{paper} (multiply-adds, as TimeSformer and CoVeR count)")

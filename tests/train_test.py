@@ -506,3 +506,27 @@ def test_step_loss_and_update_match_an_independent_computation(
   # Every head learns from its own examples.
   for name in classes:
     assert np.abs(grads["heads"][name]["kernel"]).max() > 1e-3
+
+
+def test_evaluation_prints_a_table_and_where_the_json_is(
+    monkeypatch, capsys, tmp_path):
+  """run_evaluation prints top-1, top-5 and reversed top-1 per dataset, not
+  the results' JSON (that is in eval/)."""
+  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
+
+  def fake(*args, reverse=False, **kwargs):
+    del args, kwargs
+    suffix = "/reversed" if reverse else ""
+    return {f"ssv2{suffix}": dict(top1=0.25 if reverse else 0.5,
+                                  top5=0.875, loss=1.0, examples=8),
+            **({} if reverse else {"imagenet": dict(
+                top1=0.75, top5=1.0, loss=0.5, examples=16)})}
+  monkeypatch.setattr(evaluate, "evaluate", fake)
+  train.run_evaluation(None, None, ConfigDict({"eval_reverse": True}), None,
+                       None, 7, str(tmp_path))
+  assert capsys.readouterr().out == (
+      f"Evaluation at step 7 (all metrics: {tmp_path}/eval/step_7.json):\n"
+      "dataset                    top-1   top-5  reversed  examples\n"
+      "ssv2                       0.500   0.875     0.250         8\n"
+      "imagenet                   0.750   1.000         -        16\n")

@@ -1,0 +1,45 @@
+"""Third-party start-up noise kept out of a run's default output.
+
+TensorFlow (only the data pipeline uses it) prints its oneDNN and CPU-feature
+lines from C++ when it is imported, and TFDS logs absl WARNINGs (the
+`TensorInfo.dtype` deprecation, version folders) that are about TFDS, not
+the run. `quiet` hides them; main.py calls it unless --verbosity is given,
+so `--verbosity=0` shows everything again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+# Modules whose warnings and absl WARNING logs are about themselves.
+_NOISY = ("tensorflow", "tensorflow_datasets")
+
+
+class _DropNoisyWarnings(logging.Filter):
+  """Drops records at WARNING or below logged from a noisy package."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno > logging.WARNING:
+      return True
+    parts = record.pathname.replace("\\", "/").split("/")
+    return not any(name in parts for name in _NOISY)
+
+
+def quiet() -> None:
+  """Hides the noise; call before TensorFlow is imported.
+
+  (Its C++ log level is read once, at import.)
+  """
+  # 2: C++ errors only (the cpu_feature_guard line is INFO). TensorFlow
+  # prints its oneDNN line unless oneDNN is off; the input pipeline has no
+  # op oneDNN rewrites (matmuls, convolutions), so its batches are the same.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  for module in _NOISY:
+    warnings.filterwarnings("ignore", category=DeprecationWarning,
+                            module=module + r"(\.|$)")
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _DropNoisyWarnings) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropNoisyWarnings())

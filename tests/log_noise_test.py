@@ -1,0 +1,49 @@
+"""Start-up noise (cover_jax/log_noise.py): main.py's default output holds
+only its own lines; --verbosity=0 brings TensorFlow's back. (Two runs of
+main.py that stop at preflight, after TensorFlow started: ~8 s each.)"""
+
+import logging
+import os
+import subprocess
+import sys
+
+from cover_jax import log_noise
+from tests import preflight_test
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOISE_VARIABLES = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")
+
+
+def main_py(tmp_path, *args):
+  """stderr of the headline config with nothing prepared."""
+  env = {k: v for k, v in os.environ.items() if k not in NOISE_VARIABLES}
+  proc = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/cover_l16_jft.py",
+       f"--workdir={tmp_path / 'run'}",
+       f"--config.data_dir={tmp_path / 'tfds'}", *args],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  return proc.stderr
+
+
+def test_default_output_is_only_the_runs_own(tmp_path):
+  lines = "\n".join(f"  - {line}"
+                    for line in preflight_test.expected(tmp_path / "tfds"))
+  assert main_py(tmp_path) == f"This run cannot start; 5 missing:\n{lines}\n"
+
+
+def test_verbosity_brings_tensorflow_logs_back(tmp_path):
+  stderr = main_py(tmp_path, "--verbosity=0")
+  assert "oneDNN custom operations are on" in stderr
+  assert "cpu_feature_guard" in stderr
+
+
+def test_tfds_warnings_are_dropped_errors_and_ours_kept():
+  def record(path, level):
+    return logging.LogRecord("absl", level, path, 1, "message", (), None)
+  drop = log_noise._DropNoisyWarnings()  # pylint: disable=protected-access
+  tfds_file = "/venv/site-packages/tensorflow_datasets/core/features/a.py"
+  assert not drop.filter(record(tfds_file, logging.WARNING))
+  assert drop.filter(record(tfds_file, logging.ERROR))
+  assert drop.filter(record("/work/main/cover_jax/train.py", logging.WARNING))
