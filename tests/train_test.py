@@ -206,21 +206,21 @@ def test_evaluation_during_training_sees_the_current_parameters(
         os.path.join(tmp_path, "checkpoints", str(step))))
 
 
-def test_restore_onto_fewer_devices(digits_dir, tmp_path):
-  config = tiny_config(digits_dir, num_train_steps=2)
-  train.train_and_evaluate(config, str(tmp_path))  # 8 devices, data=8
-  saved = final_params(str(tmp_path))
+def test_restore_onto_fewer_devices(digits_dir, tiny_run):
+  """The 8-device (data=8) run tiny_run (tests/conftest.py) onto 4."""
+  config = tiny_config(digits_dir)
+  saved = final_params(tiny_run)
   model = train.model_from_config(config)
   tx, _ = train.optimizer.make(config, 10)
   mesh = train.sharding.make_mesh(data=2, fsdp=2,
                                   devices=jax.devices()[:4])
   _, abstract, _ = train.state_layout(model, tx, mesh)
-  mngr = checkpointing.manager(str(tmp_path / "checkpoints"), keep=3)
+  mngr = checkpointing.manager(os.path.join(tiny_run, "checkpoints"))
   state, data = checkpointing.restore(mngr, abstract)
   kernel = state["params"]["encoderblock_0"]["mlp"]["Dense_0"]["kernel"]
   assert len(kernel.sharding.device_set) == 4
   assert_same_params(jax.device_get(state["params"]), saved)
-  assert data["step"] == 2 and data["process_count"] == 1
+  assert data["step"] == 5 and data["process_count"] == 1
 
 
 def test_loss_weights_each_dataset_by_its_own_examples():
@@ -384,10 +384,8 @@ def test_linear_probe_moves_only_the_heads(digits_dir, tmp_path):
 
 
 def test_transfer_from_our_checkpoint_keeps_backbone_adds_fresh_head(
-    digits_dir, tmp_path):
-  source_run = str(tmp_path / "cover")
-  train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=2),
-                           source_run)
+    digits_dir, tiny_run, tmp_path):
+  source_run = tiny_run  # tests/conftest.py: a co-training run
   trained = final_params(source_run)
   from configs import args  # pylint: disable=import-outside-toplevel
   config = args.load(os.path.join(ROOT, "configs",
