@@ -199,7 +199,8 @@ def test_dropout_and_stochastic_depth_are_random_only_in_training(
   a, b, a2 = train(0), train(1), train(0)
   assert np.abs(a["kinetics"] - b["kinetics"]).max() > 1e-4
   np.testing.assert_array_equal(a["kinetics"], a2["kinetics"])
-  # Scanned blocks: the same, and each block draws its own masks.
+  # Scanned blocks (their eval output: test_scan_equals_loop_values_and_
+  # gradients): random in training, each block drawing its own masks.
   scanned = noisy.clone(scan_layers=True)
   masks = {}
 
@@ -214,13 +215,7 @@ def test_dropout_and_stochastic_depth_are_random_only_in_training(
   with nn.intercept_methods(record_masks):
     s_a = apply(scanned, scan_params(params), video, train=True,
                 rngs={"dropout": jax.random.PRNGKey(0)})["kinetics"]
-  s_b = apply(scanned, scan_params(params), video, train=True,
-              rngs={"dropout": jax.random.PRNGKey(1)})["kinetics"]
-  np.testing.assert_allclose(
-      apply(scanned, scan_params(params), video)["kinetics"], eval_out,
-      rtol=1e-5, atol=1e-6)
-  assert np.isfinite(s_a).all() and np.abs(s_a - s_b).max() > 1e-4
-  assert np.abs(s_a - eval_out).max() > 1e-4
+  assert np.isfinite(s_a).all() and np.abs(s_a - eval_out).max() > 1e-4
   in_blocks = {p: m for p, m in masks.items() if "encoderblock" in p}
   assert len(in_blocks) == 4  # temporal, spatial attention; MLP twice
   for path, per_block in in_blocks.items():
