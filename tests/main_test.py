@@ -84,5 +84,6 @@ def test_eval_mode_evaluates_the_last_checkpoint_without_training(
   train_test.assert_same_params(run_main.calls[0][2], checkpointing.read_params(
       os.path.join(tiny_run, "checkpoints", "3")))
   assert not os.path.exists(tmp_path / "other" / "checkpoints")
-  with pytest.raises(ValueError, match="Nothing to evaluate: no checkpoint"):
+  with pytest.raises(ValueError, match=r"no checkpoint in .*empty.*neither "
+                     r"config.resume_from nor config.init_from is set"):
     run_main(tmp_path / "empty", "eval")
