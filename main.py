@@ -13,7 +13,9 @@ training step ahead of time for --topology (a TPU slice, e.g. v5p:4x4x4,
 from any host with `pip install -e ".[tpu]"`; or cpu:N fake devices) and
 reports memory per chip, FLOPs and the compiler's step-time estimate, in
 WORKDIR/plan.json (cover_jax/plan.py); --plan_search also tries remat, scan,
-mesh shapes and accumulation. Run the same command
+mesh shapes and accumulation; `predict` classifies video and image files
+(--inputs), `features` writes their clip embeddings, `export` writes a TF
+SavedModel and a jax.export artifact (cover_jax/apply.py). Run the same command
 on every host of a pod slice or cluster: jax.distributed finds the others
 (TPU, SLURM, Open MPI), or pass --coordinator_address, --num_processes and
 --process_id.
@@ -34,11 +36,25 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for the resolved config, "
                     "checkpoints, TensorBoard events and evaluation results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "describe", "plan"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "describe", "plan",
+                                   "predict", "features", "export"],
                   "train: train and evaluate; eval: evaluate the last "
                   "checkpoint; describe: report the model and the data; "
                   "plan: compile the step for --topology and report memory "
-                  "and speed.")
+                  "and speed; predict: classify --inputs; features: their "
+                  "clip embeddings; export: SavedModel and jax.export.")
+flags.DEFINE_list("inputs", None, "--mode=predict/features: video and image "
+                  "files or folders (searched recursively).")
+flags.DEFINE_string("output", None, "--mode=predict: a .jsonl file (one "
+                    "line per input); --mode=features: the .npz to write.")
+flags.DEFINE_integer("top_k", 5, "--mode=predict: classes per head.")
+flags.DEFINE_list("heads", None, "--mode=predict/features: the heads to "
+                  "report (default: those of each input's kind).")
+flags.DEFINE_list("class_names", None, "HEAD=FILE pairs (or one FILE for a "
+                  "one-head model): class names for weights from elsewhere, "
+                  "e.g. an official TimeSformer .pyth (JSON list, JSON "
+                  "{name: index} or one name per line).")
+flags.DEFINE_string("export_dir", None, "--mode=export: where to write.")
 flags.DEFINE_string("topology", None, "--mode=plan: a TPU topology "
                     "(v4:2x2x4, v5p:4x4x4, v5e:8x8, v6e:4x4), or cpu:N for N "
                     "fake CPU devices (default: this host's CPU devices).")
@@ -50,6 +66,9 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, "
 flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
 flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# Modes that apply a trained model (cover_jax/apply.py).
+APPLY_MODES = ("predict", "features", "export")
 
 # Environment variables that mean "one of several processes" to jax.distributed.
 _CLUSTER_HINTS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
@@ -141,6 +160,17 @@ def main(argv):
   # Local or gs://: every file of the run goes through epath or orbax.
   workdir = storage.resolve(FLAGS.workdir)
   config_path = workdir / "config.json"
+  if FLAGS.mode in APPLY_MODES:  # a trained run's workdir: read, not written
+    from cover_jax import apply  # pylint: disable=import-outside-toplevel
+    try:
+      status = apply.main(config, str(workdir), mode=FLAGS.mode,
+                          inputs=FLAGS.inputs, output=FLAGS.output,
+                          top_k=FLAGS.top_k, heads=FLAGS.heads,
+                          class_names=FLAGS.class_names,
+                          export_dir=FLAGS.export_dir)
+    except (ValueError, FileNotFoundError) as e:  # what to fix, one line
+      raise SystemExit(f"main.py: error: {e}") from None
+    raise SystemExit(status)
   if FLAGS.mode in ("train", "eval"):  # all that is missing, before opening
     from cover_jax import preflight  # pylint: disable=import-outside-toplevel
     preflight.exit_if_missing(config, str(workdir), FLAGS.mode)

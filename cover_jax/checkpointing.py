@@ -257,3 +257,39 @@ def init_params_from(path: str, model, fresh_params: dict
   if new:
     note += f" (new heads, initialised fresh: {', '.join(new)})"
   return params, note
+
+
+def has_checkpoint(path) -> bool:
+  """Whether `path` holds a complete checkpoint; raises when it cannot be
+  read (so an unreadable workdir never silently restarts at step 0)."""
+  try:
+    checkpoint_step_dir(path)
+    return True
+  except (ValueError, FileNotFoundError):
+    return False
+
+
+def inference_params(config, workdir: str, model) -> tuple[dict, str, int]:
+  """(params as numpy, where they came from, step) to apply `model` with.
+
+  The one restore policy of --mode=eval, predict, features and export: the
+  workdir's last checkpoint, else config.resume_from's, else
+  config.init_from (a ViT .npz, a TimeSformer .pyth or a run of ours; heads
+  it lacks start fresh from config.seed).
+  """
+  checkpoints_dir = storage.resolve(workdir) / "checkpoints"
+  path = next((p for p in (checkpoints_dir, config.get("resume_from"))
+               if p and has_checkpoint(p)), None)
+  if path is not None:
+    directory, step = checkpoint_step_dir(path)
+    return (read_params(path), f"the checkpoint at step {step} in "
+            f"{directory}", step)
+  if config.get("init_from"):
+    from cover_jax.models import init_params  # pylint: disable=import-outside-toplevel
+    fresh = jax.device_get(init_params(model,
+                                       jax.random.PRNGKey(config.seed)))
+    params, origin = init_params_from(config.init_from, model, fresh)
+    return params, origin, 0
+  raise ValueError(f"Nothing to apply the model with: no checkpoint in "
+                   f"{checkpoints_dir}, and neither config.resume_from nor "
+                   f"config.init_from is set.")

@@ -119,15 +119,21 @@ class _Static:
     return isinstance(other, _Static) and other.module is self.module
 
 
+def view_averaged_log_probs(logits, views: int):
+  """log of the view-averaged softmax: logits [b * views, classes] (the views
+  of an example together) -> [b, classes]."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  log_probs = log_probs.reshape(-1, views, log_probs.shape[-1])
+  return jax.nn.logsumexp(log_probs, axis=1) - math.log(views)
+
+
 def _averaged_log_probs(model, head, params, frames):
   """log of the view-averaged softmax of `head`: [b, classes]."""
   b, views = frames.shape[:2]
   logits = model.apply({"params": params},
                        frames.reshape((b * views,) + frames.shape[2:]),
                        train=False)[head]
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-  log_probs = log_probs.reshape(b, views, -1)
-  return jax.nn.logsumexp(log_probs, axis=1) - math.log(views)
+  return view_averaged_log_probs(logits, views)
 
 
 def _batch_sums(log_probs, label, mask):

@@ -310,7 +310,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       sum(s.num_examples for s in sources), config.batch_size)
   num_steps = train_steps(config, steps_per_epoch)
   if (config.get("requires_init") and not config.get("init_from") and
-      not config.get("resume_from") and not _has_checkpoint(
+      not config.get("resume_from") and not checkpointing.has_checkpoint(
           storage.resolve(workdir) / "checkpoints")):
     raise ValueError(
         "This config starts from pretrained weights, but config.init_from is "
@@ -320,6 +320,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   if config.nonfinite not in ("stop", "skip"):
     raise ValueError(f"config.nonfinite must be 'stop' or 'skip', not "
                      f"{config.nonfinite!r}.")
+  if jax.process_index() == 0:  # class names for predict, with no data
+    from cover_jax import predict  # pylint: disable=import-outside-toplevel
+    predict.write_label_maps(workdir, sources)
 
   # -- Init -------------------------------------------------------------------
   model = model_from_config(config)
@@ -492,23 +495,8 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
   check_heads(config, inp.make.sources(config, "eval_split"))
   model = model_from_config(config)
   workdir = str(storage.resolve(workdir))
-  checkpoints_dir = storage.resolve(workdir) / "checkpoints"
-  path = next((p for p in (checkpoints_dir, config.get("resume_from"))
-               if p and _has_checkpoint(p)), None)
-  if path is not None:
-    params = checkpointing.read_params(path)
-    directory, step = checkpointing.checkpoint_step_dir(path)
-    origin = f"the checkpoint at step {step} in {directory}"
-  elif config.get("init_from"):
-    fresh = jax.device_get(init_params(model,
-                                       jax.random.PRNGKey(config.seed)))
-    params, origin = checkpointing.init_params_from(config.init_from, model,
-                                                    fresh)
-    step = 0
-  else:
-    raise ValueError(f"Nothing to evaluate: no checkpoint in "
-                     f"{checkpoints_dir}, and neither config.resume_from nor "
-                     f"config.init_from is set.")
+  params, origin, step = checkpointing.inference_params(config, workdir,
+                                                         model)
   if jax.process_index() == 0:
     print(f"Evaluating {origin}", flush=True)
   params = sharding.put(params, sharding.param_shardings(model, mesh))
@@ -517,13 +505,3 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
   results = run_evaluation(model, params, config, mesh, writer, step, workdir)
   writer.flush()
   return results
-
-
-def _has_checkpoint(path) -> bool:
-  """Whether `path` holds a complete checkpoint; raises when it cannot be
-  read (so an unreadable workdir never silently restarts at step 0)."""
-  try:
-    checkpointing.checkpoint_step_dir(path)
-    return True
-  except (ValueError, FileNotFoundError):
-    return False

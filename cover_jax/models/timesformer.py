@@ -95,13 +95,40 @@ def _drop_path(x, rate, deterministic: bool, module: nn.Module):
   return x * scale.astype(x.dtype)
 
 
-def gelu(x, approximate: bool):
+# XLA's own float32 erf: x P(x^2) / Q(x^2) on [-4, 4] (xla/client/lib/math).
+_ERF_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08,
+              -2.10102402082508e-06, -5.69250639462346e-05,
+              -7.34990630326855e-04, -2.95459980854025e-03,
+              -1.60960333262415e-02)
+_ERF_BETA = (-1.45660718464996e-05, -2.13374055278905e-04,
+             -1.68282697438203e-03, -7.37332916720468e-03,
+             -1.42647390514189e-02)
+
+
+def portable_erf(x):
+  """erf from elementary ops (within 5e-7 of lax.erf in float32).
+
+  lax.erf lowers to chlo.erf, which jax.export serialises as a StableHLO
+  composite that TensorFlow's XlaCallModule (TF 2.21) cannot read, and whose
+  decomposition it cannot shape-refine for a polymorphic batch: exports
+  (cover_jax/export.py) compute the exact GELU with this instead.
+  """
+  x = jnp.clip(x, -4.0, 4.0)
+  x2 = x * x
+  horner = lambda cs: functools.reduce(lambda r, c: r * x2 + c, cs,
+                                       jnp.zeros_like(x2))
+  return x * horner(_ERF_ALPHA) / horner(_ERF_BETA)
+
+
+def gelu(x, approximate: bool, portable: bool = False):
   """GELU. The exact form is written with erf, as PyTorch computes it; on CPU
-  it costs half of jax.nn.gelu's erfc form and differs from it by < 1e-6."""
+  it costs half of jax.nn.gelu's erfc form and differs from it by < 1e-6.
+  portable: erf from elementary ops (`portable_erf`), for exports."""
   if approximate:
     return nn.gelu(x, approximate=True)
+  erf = portable_erf if portable else jax.lax.erf
   # Python-float constants keep bf16 activations in bf16.
-  return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+  return 0.5 * x * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
 
 
 class Linear(nn.Module):
@@ -180,6 +207,7 @@ class Mlp(nn.Module):
   """Dense -> GELU -> Dense on tokens `[n, width]`, dropout after each."""
   mlp_dim: int
   gelu_approximate: bool = False
+  portable_erf: bool = False
   dropout_rate: float = 0.0
   deterministic: bool = True
   dtype: Dtype = jnp.float32
@@ -191,7 +219,8 @@ class Mlp(nn.Module):
     dense = functools.partial(Linear, dtype=self.dtype,
                               param_dtype=self.param_dtype)
     y = dense((self.mlp_dim,), ("embed", "mlp"), name="Dense_0")(tokens)
-    y = nn.with_logical_constraint(gelu(y, self.gelu_approximate),
+    y = nn.with_logical_constraint(gelu(y, self.gelu_approximate,
+                                        self.portable_erf),
                                    ("activation_batch", "activation_mlp"))
     y = nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
     y = dense((width,), ("mlp", "embed"), name="Dense_1")(y)
@@ -208,6 +237,7 @@ class Block(nn.Module):
   attention_type: str = "divided_space_time"
   qkv_bias: bool = True
   gelu_approximate: bool = False
+  portable_erf: bool = False
   dropout_rate: float = 0.0
   stochastic_depth: bool = False
   deterministic: bool = True
@@ -261,7 +291,7 @@ class Block(nn.Module):
     x = constrain(x + y)
 
     y = Mlp(self.mlp_dim, gelu_approximate=self.gelu_approximate,
-            dropout_rate=self.dropout_rate, deterministic=self.deterministic,
+            portable_erf=self.portable_erf, dropout_rate=self.dropout_rate, deterministic=self.deterministic,
             dtype=self.dtype, param_dtype=self.param_dtype,
             name="mlp")(norm("mlp_norm")(tokens(x)))
     return constrain(x + drop_path(y.reshape(x.shape))), None
@@ -286,6 +316,8 @@ class TimeSformer(nn.Module):
       applied per frame, class tokens averaged over frames at the end).
     gelu_approximate: True for the tanh GELU that JAX ViT checkpoints were
       trained with, False for the exact GELU of PyTorch checkpoints.
+    portable_erf: the exact GELU's erf from elementary ops (`portable_erf`),
+      for models exported to TensorFlow; parameters are the same.
     representation_size: optional `pre_logits` Dense+tanh before the heads, as
       in the original ImageNet-21k ViT checkpoints.
     stochastic_depth_rate: drop-path rate of the last block; it grows linearly
@@ -310,6 +342,7 @@ class TimeSformer(nn.Module):
   attention_type: str = "divided_space_time"
   qkv_bias: bool = True
   gelu_approximate: bool = False
+  portable_erf: bool = False
   representation_size: Optional[int] = None
   posemb_interpolation: str = "linear"
   dropout_rate: float = 0.0
@@ -409,10 +442,13 @@ class TimeSformer(nn.Module):
 
     cls_out = jnp.mean(x[:, :, 0], axis=1) if not divided else x[:, 0, 0]
     feature = _layer_norm("encoder_norm", self.dtype, self.param_dtype)(cls_out)
+    # The clip embedding, for features: apply(..., mutable=["intermediates"]).
+    self.sow("intermediates", "cls", feature)
     if self.representation_size is not None:
       feature = nn.tanh(Linear(
           (self.representation_size,), ("embed", "mlp"), dtype=self.dtype,
           param_dtype=self.param_dtype, name="pre_logits")(feature))
+      self.sow("intermediates", "pre_logits", feature)
     return Heads(self.heads, param_dtype=self.param_dtype,
                  name="heads")(feature)
 
@@ -426,6 +462,7 @@ class TimeSformer(nn.Module):
         num_heads=self.num_heads, mlp_dim=self.mlp_dim,
         attention_type=self.attention_type, qkv_bias=self.qkv_bias,
         gelu_approximate=self.gelu_approximate,
+        portable_erf=self.portable_erf,
         dropout_rate=self.dropout_rate,
         stochastic_depth=self.stochastic_depth_rate > 0,
         deterministic=deterministic,
