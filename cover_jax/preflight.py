@@ -44,12 +44,9 @@ def missing(config: ConfigDict, workdir: str, mode: str) -> list[str]:
 def _missing_weights(config: ConfigDict, workdir: str,
                      has_stage: bool) -> list[str]:
   """init_from / resume_from that do not exist, when the run needs them."""
-  try:  # a restart: the workdir's own checkpoint comes first
-    checkpointing.checkpoint_step_dir(storage.resolve(workdir) /
-                                      "checkpoints")
+  # A restart: the workdir's own checkpoint comes first.
+  if checkpointing.has_checkpoint(storage.resolve(workdir) / "checkpoints"):
     return []
-  except (ValueError, FileNotFoundError):  # none there
-    pass
   resume_from = config.get("resume_from")
   if resume_from:
     if not storage.exists(storage.resolve(resume_from), "resume_from"):

@@ -11,14 +11,19 @@ from cover_jax import input as inp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def mini_config(data_dir):
+def config_file(name: str, data_dir: str):
+  """configs/<name>.py's get_config(), reading data from data_dir."""
   spec = importlib.util.spec_from_file_location(
-      "cover_mini", os.path.join(ROOT, "configs", "cover_mini.py"))
+      name, os.path.join(ROOT, "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
   config.data_dir = data_dir
   return config
+
+
+def mini_config(data_dir):
+  return config_file("cover_mini", data_dir)
 
 
 def test_mini_config_trains_on_all_three_datasets(digits_dir):

@@ -2,7 +2,6 @@
 predict.py, apply.py, export.py) on real mp4, webm and png files and a
 corrupt one, from a run's workdir and from an official-format .pyth."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,10 +12,9 @@ import numpy as np
 import pytest
 
 from cover_jax import apply
-from cover_jax import export as exporting
 from cover_jax import predict
-from cover_jax import train
 from cover_jax.input import make
+from tests import make_test
 from tests import media_files
 from tests import train_test
 
@@ -157,12 +155,7 @@ def test_nothing_to_predict_is_refused(tiny_run, digits_dir, tmp_path):
 # ----------------------------------------------------------------------------
 
 def pyth_config(pyth, data_dir):
-  spec = importlib.util.spec_from_file_location(
-      "k400", os.path.join(ROOT, "configs", "timesformer_b16_k400.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.data_dir = data_dir
+  config = make_test.config_file("timesformer_b16_k400", data_dir)
   config.init_from = pyth
   config.heads.kinetics400 = 7
   config.model.update(dict(width=32, depth=2, num_heads=4, mlp_dim=64,
