@@ -282,8 +282,12 @@ def plan(config: ConfigDict, devices: Sequence[jax.Device], *,
   analytic = 3 * forward  # forward + backward; remat recompute not counted
   compiler_flops = float(cost.get("flops", 0.0)) * chips  # cost is per device
   raw_seconds = cost.get("optimal_seconds")
-  # Negative: the compiler has no estimate (seen for v4 and v5e).
-  seconds = float(raw_seconds) if raw_seconds and raw_seconds > 0 else None
+  # Negative: the compiler has no estimate (seen for v4 and v5e). Scanned
+  # layers: XLA's cost analysis counts the loop body once (FLOPs ~1/depth),
+  # so neither FLOPs nor time stand for the step.
+  scanned = bool(config.model.get("scan_layers"))
+  seconds = (float(raw_seconds) if raw_seconds and raw_seconds > 0 and
+             not scanned else None)
   mix = mixture(config)
   steps_per_epoch = (optimizer.steps_per_epoch(mix["epoch_examples"],
                                                config.batch_size)
@@ -304,8 +308,11 @@ def plan(config: ConfigDict, devices: Sequence[jax.Device], *,
           optimizer_state=_shard_bytes(abstract["opt_state"]),
           batch=_shard_bytes(batch), **mem),
       hbm_bytes=budget, fits=None if budget is None else mem["total"] <= budget,
-      flops=dict(compiler_per_step=compiler_flops, analytic_per_step=analytic,
-                 ratio=compiler_flops / analytic if analytic else None),
+      flops=dict(compiler_per_step=None if scanned else compiler_flops,
+                 analytic_per_step=analytic,
+                 ratio=None if scanned else compiler_flops / analytic,
+                 compiler_scanned_body_once=compiler_flops if scanned
+                 else None),
       compiler_estimate=dict(
           step_seconds=seconds, mfu=mfu, steps=num_steps,
           days=num_steps * seconds / 86400 if num_steps and seconds else None,
@@ -400,7 +407,7 @@ def _distance(settings: dict, base: dict) -> int:
 
 def search(config: ConfigDict, devices: Sequence[jax.Device], *,
            hbm_bytes: int | None = None, max_compiles: int = 8,
-           scan_layers: bool | None = True, first_fit: bool = False,
+           scan_layers: bool | None = None, first_fit: bool = False,
            base_plan: dict | None = None, log=print) -> dict:
   """Plans of candidate settings; the fastest and the nearest that fit.
 
@@ -460,9 +467,9 @@ def search(config: ConfigDict, devices: Sequence[jax.Device], *,
         break
   fitting = [r for r in rows if fits(r)]
 
-  def speed(r):
+  def speed(r):  # unknown (scanned): last
     return (r["compiler_estimate"]["step_seconds"] or
-            r["flops"]["compiler_per_step"])
+            r["flops"]["compiler_per_step"] or float("inf"))
   return dict(rows=rows, base=base,
               fastest=min(fitting, key=speed, default=None),
               nearest=min(fitting, key=lambda r: (
@@ -533,17 +540,20 @@ def format_plan(p: dict) -> str:
          " (no HBM to compare: CPU)")
       + ("" if p["fits"] is None else
          ("  -> fits" if p["fits"] else "  -> DOES NOT FIT")),
-      f"  FLOPs per step: compiler {p['flops']['compiler_per_step']:.4g}, "
-      f"analytic {p['flops']['analytic_per_step']:.4g} (ratio "
-      f"{p['flops']['ratio']:.3f}: above 1 is remat recompute and work the "
-      f"count leaves out)"]
+      (f"  FLOPs per step: compiler {p['flops']['compiler_per_step']:.4g}, "
+       f"analytic {p['flops']['analytic_per_step']:.4g} (ratio "
+       f"{p['flops']['ratio']:.3f}: above 1 is remat recompute and work the "
+       f"count leaves out)" if p["flops"]["ratio"] else
+       f"  FLOPs per step: analytic {p['flops']['analytic_per_step']:.4g}; "
+       f"scan_layers: the compiler counts the scanned block once, so no "
+       f"compiler FLOPs or time (plan with scan_layers=False for them)")]
   if est["step_seconds"]:
     lines.append(
         f"  compiler's estimate (not a measurement): {est['step_seconds']:.3f}"
         f" s per step, modelled MFU {est['mfu']:.3f}"
         + (f", {est['days']:.1f} days for {est['steps']} steps"
            if est["days"] else ""))
-  elif not cpu:
+  elif not cpu and p["flops"]["ratio"]:
     lines.append(f"  no step-time estimate: the compiler gave optimal_seconds="
                  f"{est['optimal_seconds']} for this chip")
   lines.append(f"  compiled in {p['compile_seconds']:.0f} s")
@@ -579,16 +589,16 @@ def format_search(result: dict) -> str:
 def run(config: ConfigDict, devices: Sequence[jax.Device], *,
         search_all: bool = False, hbm_bytes: int | None = None,
         log=print) -> dict:
-  """The plan, printed as it comes; with `search_all` the search too. A plan
-  that does not fit gets a short search (at most 4 compiles, the config's
-  scan_layers) for the nearest settings that fit."""
+  """The plan, printed as it comes; with `search_all` the search too (8
+  compiles). A plan that does not fit gets a short search (at most 4
+  compiles) for the nearest settings that fit."""
   result = dict(plan=plan(config, devices, hbm_bytes=hbm_bytes), search=None)
   log(format_plan(result["plan"]))
   if search_all or result["plan"]["fits"] is False:
     result["search"] = search(
         config, devices, hbm_bytes=hbm_bytes, base_plan=result["plan"],
         log=log, max_compiles=8 if search_all else 4,
-        scan_layers=True if search_all else None, first_fit=not search_all)
+        first_fit=not search_all)
     log(format_search(result["search"]))
   return result
 
