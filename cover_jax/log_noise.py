@@ -15,6 +15,9 @@ import warnings
 
 # Modules whose warnings and absl WARNING logs are about themselves.
 _NOISY = ("tensorflow", "tensorflow_datasets")
+# Warnings of other packages that say nothing to a user: orbax reading a
+# checkpoint saved without its optional metadata file.
+_NOISY_MESSAGES = ("Metadata file does not exist",)
 
 
 class _DropNoisyWarnings(logging.Filter):
@@ -23,6 +26,8 @@ class _DropNoisyWarnings(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno > logging.WARNING:
       return True
+    if any(text in record.getMessage() for text in _NOISY_MESSAGES):
+      return False
     parts = record.pathname.replace("\\", "/").split("/")
     return not any(name in parts for name in _NOISY)
 
@@ -40,6 +45,7 @@ def quiet() -> None:
   for module in _NOISY:
     warnings.filterwarnings("ignore", category=DeprecationWarning,
                             module=module + r"(\.|$)")
-  absl_logger = logging.getLogger("absl")
-  if not any(isinstance(f, _DropNoisyWarnings) for f in absl_logger.filters):
-    absl_logger.addFilter(_DropNoisyWarnings())
+  # absl's logger, and TensorFlow's own (its deprecation notices).
+  for logger in (logging.getLogger("absl"), logging.getLogger("tensorflow")):
+    if not any(isinstance(f, _DropNoisyWarnings) for f in logger.filters):
+      logger.addFilter(_DropNoisyWarnings())

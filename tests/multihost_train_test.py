@@ -7,8 +7,10 @@ The workers (this file run as a script) call the real loop,
 `train.train_and_evaluate`, on the tiny mini config of train_test.
 """
 
+import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,6 +53,7 @@ def worker(port: int, process_id: int, spec_json: str) -> None:
                              process_id=process_id)
   assert jax.process_count() == 2 and jax.local_device_count() == 4
   spec = json.loads(spec_json)
+  print(f"process {jax.process_index()} pid {os.getpid()}", flush=True)
   config = config_for(spec["data_dir"], spec["mesh"], **spec["overrides"])
   mesh = sharding.make_mesh(**config.mesh)
   if jax.process_index() == 0:  # what the mesh spreads over the processes
@@ -109,7 +112,11 @@ def launch(tmp_path, name, data_dir, mesh, *, kill_at=None, **overrides):
       assert p.returncode == 0, log[-3000:]
   else:
     assert any(l.startswith(kill_at) for l in lines), logs[0][-3000:]
-  return logs[0]
+  return logs
+
+
+def pid_of(log: str, process: int) -> int:
+  return int(re.search(rf"^process {process} pid (\d+)$", log, re.M)[1])
 
 
 def assert_close_params(got, want):
@@ -178,9 +185,9 @@ def test_two_processes_train_as_one_and_resume_after_kill(
   want = train_test.final_params(one_process_run)
   # 2 processes x 4 devices, killed mid-training after step 4 is logged (its
   # checkpoint may or may not be complete), then the same command again.
-  first = launch(tmp_path, "two", digits_dir, mesh, kill_at="step 4/6")
+  first = launch(tmp_path, "two", digits_dir, mesh, kill_at="step 4/6")[0]
   assert "shards [[0, 1], [2, 3]]" in first  # data spans the processes
-  second = launch(tmp_path, "two", digits_dir, mesh)
+  second = launch(tmp_path, "two", digits_dir, mesh)[0]
   resumed = [l for l in second.splitlines() if l.startswith(RESUME_MARK)]
   assert resumed and int(resumed[0][len(RESUME_MARK):]) in (2, 4), second
   workdir = str(tmp_path / "two")
@@ -209,14 +216,19 @@ def test_tensor_axis_across_processes_and_init_from_spread_params(
   reference = str(tmp_path / "one_process")
   train.train_and_evaluate(config_for(digits_dir, mesh, **overrides),
                            reference)
-  out = launch(tmp_path, "two", digits_dir, mesh, config=overrides,
-               round_trip_fsdp=True)
+  out, other = launch(tmp_path, "two", digits_dir, mesh, config=overrides,
+                      round_trip_fsdp=True)
   assert "shards [[0], [0]]" in out
   assert "tensor groups span processes: True" in out
   assert "initialised from cover-jax checkpoint" in out
   assert "fsdp round trip: equal" in out
   got = train_test.final_params(str(tmp_path / "two"))
   assert_close_params(got, train_test.final_params(reference))
+  # Only process 0 writes TensorBoard events (their names hold the pid) and
+  # prints; process 1 only logs.
+  events = glob.glob(str(tmp_path / "two" / "events.out.tfevents.*"))
+  assert len(events) == 1 and f".{pid_of(out, 0)}." in events[0], events
+  assert "Evaluation at step" not in other and pid_of(other, 1)
   # Trained from the init checkpoint, not from scratch.
   start = checkpointing.read_params(init)
   assert not np.allclose(got["heads"]["digits_motion"]["kernel"],
