@@ -195,6 +195,28 @@ def test_predict_from_a_pyth_with_class_names_equals_pytorch(tmp_path,
   got = dict(result.heads["kinetics400"])
   for i, name in enumerate(names):
     np.testing.assert_allclose(got[name], want[i], rtol=1e-4, atol=1e-6)
+  # Features and export from the same .pyth.
+  class_names = [f"kinetics400={tmp_path / 'classes.json'}"]
+  assert apply.main(config, str(tmp_path), mode="features", inputs=[path],
+                    output=str(tmp_path / "f.npz"),
+                    class_names=class_names) == 0
+  assert np.load(tmp_path / "f.npz")["cls"].shape == (1, 32)
+  out = tmp_path / "export"
+  assert apply.main(config, str(tmp_path), mode="export",
+                    export_dir=str(out), class_names=class_names) == 0
+  exported = jax.export.deserialize((out / "model.jax_export").read_bytes())
+  frames = np.random.default_rng(1).integers(0, 256, (2, 4, 12, 12, 3),
+                                             dtype=np.uint8)
+  x = (frames / 255.0 - np.array(prep.mean)) / np.array(prep.std)
+  x = torch.from_numpy(x).permute(0, 4, 1, 2, 3)
+  with torch.no_grad():
+    z = reference_timesformer.logits({k: v.double() for k, v in sd.items()},
+                                     x, 4).numpy()
+  np.testing.assert_allclose(
+      np.asarray(exported.call(frames)["kinetics400"]),
+      np.exp(z) / np.exp(z).sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+  assert json.loads((out / "class_names.json").read_text()) == {
+      "kinetics400": list(names)}
 
 
 # ----------------------------------------------------------------------------
