@@ -76,9 +76,9 @@ def main(config: ConfigDict, workdir: str, *, mode: str, inputs=None,
   paths = predict.expand_inputs(inputs)
   if not paths:
     raise ValueError(f"--inputs {inputs}: no video or image files found.")
-  results = list(predict.run(model, params, config, infos, paths,
-                             heads=heads, top_k=top_k,
-                             batch_size=config.get("eval_batch_size") or 8))
+  results = predict.run(model, params, config, infos, paths, heads=heads,
+                        top_k=top_k,
+                        batch_size=config.get("eval_batch_size") or 8)
   failed = [r for r in results if r.error]
   if mode == "predict":
     print(predict.table(results))

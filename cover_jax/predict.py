@@ -238,7 +238,6 @@ class Result:
   features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   error: str | None = None
   note: str | None = None
-  index: int = dataclasses.field(default=-1, repr=False)
 
   def as_json(self) -> dict:
     out = {"input": self.path, "kind": self.kind}
@@ -256,7 +255,7 @@ class Result:
 def run(model, params, config: ConfigDict, infos: dict[str, HeadInfo],
         paths: Sequence[str], *, heads: Sequence[str] | None = None,
         top_k: int = 5, batch_size: int = 8, progress: bool = True
-        ) -> Iterator[Result]:
+        ) -> list[Result]:
   """Results for `paths`, in order, batched by kind of input.
 
   heads: the heads to report (default: those of the input's kind).
@@ -276,58 +275,47 @@ def run(model, params, config: ConfigDict, infos: dict[str, HeadInfo],
                  for kind, names in chosen.items()}
   pending = {"video": [], "image": []}
 
-  def flush(kind):
+  def flush(kind):  # scores the pending inputs, filling their results
     batch, pending[kind] = pending[kind], []
     if not batch:
-      return []
+      return
     views = np.stack([v for _, v in batch])
     # Pad to a fixed batch: one compile per kind of input.
     pad = batch_size - len(batch)
     views = np.concatenate([views, np.zeros((pad,) + views.shape[1:],
                                             views.dtype)])
     probs, features = jax.device_get(scorers[kind](params, views))
-    out = []
     for i, (result, _) in enumerate(batch):
       for h in chosen[kind]:
         order = np.argsort(-probs[h][i])[:top_k]
         result.heads[h] = [(infos[h].labels[j], float(probs[h][i][j]))
                            for j in order]
       result.features = {k: np.asarray(v[i]) for k, v in features.items()}
-      out.append(result)
-    return out
 
-  bar = tqdm.tqdm(total=len(paths), unit=" inputs", disable=not progress)
-  ready: dict[int, Result] = {}  # done, waiting for earlier inputs
-  next_out = 0
-  with bar:
-    for index, decoded in enumerate(decode_all(paths, short_sides)):
+  results = []
+  with tqdm.tqdm(total=len(paths), unit=" inputs",
+                 disable=not progress) as bar:
+    for decoded in decode_all(paths, short_sides):
       result = Result(decoded.path, decoded.kind, error=decoded.error,
-                      note=decoded.note, index=index)
+                      note=decoded.note)
+      results.append(result)
       if decoded.error is None and decoded.kind not in scorers:
         result.error = (f"no {decoded.kind} head to score it: heads "
                         f"{sorted(infos)}; choose some with --heads")
-      if result.error is not None:
-        ready[index] = result
-      else:
+      if result.error is None:
         num_frames = prep.num_frames if decoded.kind == "video" else 1
         try:
           views, result.frames = _views(decoded.frames, num_frames, prep)
         except Exception as e:  # pylint: disable=broad-except
           result.error = f"frames could not be decoded: {e}"
-          ready[index] = result
         else:
           pending[decoded.kind].append((result, views))
           if len(pending[decoded.kind]) == batch_size:
-            ready.update({r.index: r for r in flush(decoded.kind)})
+            flush(decoded.kind)
       bar.update()
-      while next_out in ready:
-        yield ready.pop(next_out)
-        next_out += 1
     for kind in pending:
-      ready.update({r.index: r for r in flush(kind)})
-    while next_out in ready:
-      yield ready.pop(next_out)
-      next_out += 1
+      flush(kind)
+  return results
 
 
 def table(results: Iterable[Result], top: int = 3) -> str:

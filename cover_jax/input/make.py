@@ -56,12 +56,8 @@ def for_train(config: ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
   without, into `granule` shards, all loaded here. Each part is also a
   multiple of config.optimizer.accumulation_steps per shard.
   """
-  from cover_jax import sharding  # pylint: disable=import-outside-toplevel
   specs = list(config.datasets.values())
-  shards = None
-  if mesh is not None:
-    granule, shards = (sharding.batch_shards(mesh),
-                       sharding.process_batch_shards(mesh))
+  granule, shards = _shards(mesh, granule)
   return TrainIterator(
       sources(config, "train_split"), preprocessing(config),
       flips=flips(config),
@@ -80,11 +76,18 @@ def for_eval(config: ConfigDict, source: Source, *,
   Batch size: config.eval_batch_size, else config.batch_size. With `mesh`,
   this process's rows of each global batch (see `for_train`); without, all.
   """
-  from cover_jax import sharding  # pylint: disable=import-outside-toplevel
-  granule, shards = ((sharding.batch_shards(mesh),
-                      sharding.process_batch_shards(mesh))
-                     if mesh is not None else (1, None))
+  granule, shards = _shards(mesh)
   return eval_batches(
       source, preprocessing(config),
       global_batch=config.get("eval_batch_size") or config.batch_size,
       reverse=reverse, granule=granule, shards=shards)
+
+
+def _shards(mesh: jax.sharding.Mesh | None, granule: int = 1
+            ) -> tuple[int, list[int] | None]:
+  """(batch shards, those this process loads): the mesh's, else `granule`
+  shards, all loaded here (None)."""
+  if mesh is None:
+    return granule, None
+  from cover_jax import sharding  # pylint: disable=import-outside-toplevel
+  return sharding.batch_shards(mesh), sharding.process_batch_shards(mesh)
