@@ -44,6 +44,7 @@ from ml_collections import ConfigDict
 import numpy as np
 
 from cover_jax import input as inp
+from cover_jax import pixels
 from cover_jax import sharding
 
 METRICS = ("top1", "top5", "loss")
@@ -127,12 +128,13 @@ def view_averaged_log_probs(logits, views: int):
   return jax.nn.logsumexp(log_probs, axis=1) - math.log(views)
 
 
-def _averaged_log_probs(model, head, params, frames):
-  """log of the view-averaged softmax of `head`: [b, classes]."""
+def _averaged_log_probs(model, head, params, frames, mean, std):
+  """log of the view-averaged softmax of `head`: [b, classes], from uint8
+  frames [b, views, T, H, W, 3] normalised with `mean`, `std`."""
   b, views = frames.shape[:2]
-  logits = model.apply({"params": params},
-                       frames.reshape((b * views,) + frames.shape[2:]),
-                       train=False)[head]
+  x = pixels.normalize(frames.reshape((b * views,) + frames.shape[2:]),
+                       mean, std)
+  logits = model.apply({"params": params}, x, train=False)[head]
   return view_averaged_log_probs(logits, views)
 
 
@@ -151,10 +153,12 @@ def _batch_sums(log_probs, label, mask):
           "examples": count(valid), "loss": jnp.sum(jnp.where(valid, nll, 0.))}
 
 
-@functools.partial(jax.jit, static_argnames=("model", "head"))
-def _accumulate(totals, params, batch, *, model: _Static, head: str):
+@functools.partial(jax.jit, static_argnames=("model", "head", "mean", "std"))
+def _accumulate(totals, params, batch, *, model: _Static, head: str,
+                mean: tuple[float, ...], std: tuple[float, ...]):
   """`totals` plus the sums of one global batch on `head`."""
-  log_probs = _averaged_log_probs(model.module, head, params, batch["frames"])
+  log_probs = _averaged_log_probs(model.module, head, params, batch["frames"],
+                                  mean, std)
   sums = _batch_sums(log_probs, batch["label"], batch["mask"])
   return jax.tree.map(jnp.add, totals, sums)
 
@@ -177,6 +181,7 @@ def evaluate_source(model: nn.Module, params, config: ConfigDict,
   eval_batch_size(config, mesh)
   totals = _zero_totals(mesh)
   static = _Static(model)
+  prep = inp.make.preprocessing(config)
   stream = inp.make.for_eval(config, source, mesh=mesh,
                                 reverse=reverse)
   try:
@@ -184,7 +189,8 @@ def evaluate_source(model: nn.Module, params, config: ConfigDict,
       for local in stream:
         local = {k: local[k] for k in ("frames", "label", "mask")}
         totals = _accumulate(totals, params, inp.to_global(local, mesh),
-                             model=static, head=source.name)
+                             model=static, head=source.name,
+                             mean=prep.mean, std=prep.std)
   finally:
     stream.close()
   return _finalize(jax.device_get(totals), source)

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cover_jax import pixels
+
 SAVED_MODEL = "saved_model"
 JAX_EXPORT = "model.jax_export"
 CLASS_NAMES = "class_names.json"
@@ -33,14 +35,11 @@ CLASS_NAMES = "class_names.json"
 def serving_fn(model, mean: Sequence[float], std: Sequence[float]):
   """(params, uint8 frames [b, T, H, W, 3]) -> {head: softmax [b, classes]}.
 
-  The normalisation is the input pipeline's (ops.normalize): frames / 255,
-  minus mean, over std, per channel.
+  The normalisation is training's (`pixels.normalize`): frames / 255, minus
+  mean, over std, per channel.
   """
-  scale = jnp.asarray([1.0 / (255.0 * s) for s in std], jnp.float32)
-  offset = jnp.asarray([-m / s for m, s in zip(mean, std)], jnp.float32)
-
   def serve(params, frames):
-    x = frames.astype(jnp.float32) * scale + offset
+    x = pixels.normalize(frames, mean, std)
     logits = model.apply({"params": params}, x, train=False)
     return {h: jax.nn.softmax(v.astype(jnp.float32), axis=-1)
             for h, v in logits.items()}

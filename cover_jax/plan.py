@@ -179,7 +179,8 @@ def batch_split(config: ConfigDict, granule: int) -> dict[str, int]:
 
 
 def abstract_batch(config: ConfigDict, split: dict[str, int], mesh) -> dict:
-  """ShapeDtypeStructs of a training batch as inp.to_global places it."""
+  """ShapeDtypeStructs of a training batch as inp.to_global places it (the
+  pipeline's uint8 frames)."""
   size, frames = config.input.crop_size, config.input.num_frames
   batch = {}
   for part, count in split.items():
@@ -188,7 +189,7 @@ def abstract_batch(config: ConfigDict, split: dict[str, int], mesh) -> dict:
     t = frames if part == "video" else 1
     batch[part] = {
         "frames": jax.ShapeDtypeStruct(
-            (count, t, size, size, 3), jnp.float32,
+            (count, t, size, size, 3), jnp.uint8,
             sharding=sharding.batch_sharding(mesh, 5)),
         "label": jax.ShapeDtypeStruct((count,), jnp.int32,
                                       sharding=sharding.batch_sharding(mesh, 1)),
@@ -223,9 +224,10 @@ def lower_step(config: ConfigDict, devices: Sequence[jax.Device]):
   tx, schedule = optimizer.make(config, steps)
   _, abstract, shardings = train.state_layout(model, tx, mesh)
   batch = abstract_batch(config, split, mesh)
+  prep = inp.make.preprocessing(config)
   step = jax.jit(
       train.make_train_step(
-          model, tx, schedule, heads,
+          model, tx, schedule, heads, mean=prep.mean, std=prep.std,
           accumulation_steps=config.optimizer.get("accumulation_steps", 1),
           skip_nonfinite=config.get("nonfinite") == "skip",
           loss_reduction=config.get("loss_reduction", "weighted_sum")),

@@ -32,6 +32,7 @@ from ml_collections import ConfigDict
 import numpy as np
 import tqdm
 
+from cover_jax import pixels
 from cover_jax import storage
 
 LABEL_MAPS = "label_maps.json"
@@ -184,18 +185,22 @@ def decode_all(paths: Sequence[str], short_sides: dict[str, int], *,
 # The model: views -> per-head probabilities and the clip embedding.
 # ----------------------------------------------------------------------------
 
-def make_scorer(model, heads: Sequence[str]):
-  """jitted (params, views [b, V, T, H, W, 3]) -> ({head: probs}, features).
+def make_scorer(model, heads: Sequence[str], *, mean: Sequence[float],
+                std: Sequence[float]):
+  """jitted (params, uint8 views [b, V, T, H, W, 3]) -> ({head: probs},
+  features).
 
-  Probabilities are the views' averaged softmax (evaluation's own function);
-  features are the normalised class token ("cls") and the pre-logits (when
-  the model has them), averaged over the views.
+  The views are normalised with `mean`, `std` (`pixels.normalize`, as in
+  training). Probabilities are the views' averaged softmax (evaluation's own
+  function); features are the normalised class token ("cls") and the
+  pre-logits (when the model has them), averaged over the views.
   """
   from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
 
   def score(params, views):
     b, v = views.shape[:2]
-    flat = views.reshape((b * v,) + views.shape[2:])
+    flat = pixels.normalize(views.reshape((b * v,) + views.shape[2:]), mean,
+                            std)
     logits, state = model.apply({"params": params}, flat, train=False,
                                 mutable=["intermediates"])
     probs = {h: jnp.exp(evaluate.view_averaged_log_probs(logits[h], v))
@@ -208,7 +213,7 @@ def make_scorer(model, heads: Sequence[str]):
 
 
 def _views(frames: list[bytes], num_frames: int, prep):
-  """(views [V, T, crop, crop, 3] float32, frame indices used)."""
+  """(views [V, T, crop, crop, 3] uint8, frame indices used)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from cover_jax import input as inp  # pylint: disable=import-outside-toplevel
   from cover_jax.input import ops  # pylint: disable=import-outside-toplevel
@@ -269,8 +274,8 @@ def run(model, params, config: ConfigDict, infos: dict[str, HeadInfo],
   chosen = {kind: list(heads) if heads else
             [h for h, info in infos.items() if info.kind == kind]
             for kind in ("video", "image")}
-  scorers = {kind: make_scorer(model, names) for kind, names in
-             chosen.items() if names}
+  scorers = {kind: make_scorer(model, names, mean=prep.mean, std=prep.std)
+             for kind, names in chosen.items() if names}
   short_sides = {kind: decode_short_side(infos, names, prep)
                  for kind, names in chosen.items()}
   pending = {"video": [], "image": []}

@@ -29,6 +29,7 @@ import optax
 from cover_jax import checkpointing
 from cover_jax import input as inp
 from cover_jax import optimizer
+from cover_jax import pixels
 from cover_jax import sharding
 from cover_jax import storage
 from cover_jax.models import create, init_params, unboxed
@@ -168,10 +169,14 @@ def micro_batches(batch, count: int):
   return jax.tree.map(split, batch)
 
 
-def make_train_step(model, tx, schedule, heads: list[Head], *,
+def make_train_step(model, tx, schedule, heads: list[Head], *, mean, std,
                     accumulation_steps: int = 1, skip_nonfinite: bool = False,
                     loss_reduction: str = "weighted_sum"):
-  """The pure step: (state, batch) -> (state, metrics)."""
+  """The pure step: (state, batch) -> (state, metrics).
+
+  The batch's frames are the pipeline's uint8 pixels; the step normalises
+  them with `mean` and `std` (config.input's, `pixels.normalize`).
+  """
   if loss_reduction not in LOSS_REDUCTIONS:
     raise ValueError(f"config.loss_reduction must be one of {LOSS_REDUCTIONS},"
                      f" not {loss_reduction!r}.")
@@ -179,8 +184,9 @@ def make_train_step(model, tx, schedule, heads: list[Head], *,
   def loss_fn(params, batch, rng, counts):
     sums = {}
     for part in sorted(batch):
-      logits = model.apply({"params": params}, batch[part]["frames"],
-                           train=True, rngs={"dropout": jax.random.fold_in(
+      frames = pixels.normalize(batch[part]["frames"], mean, std)
+      logits = model.apply({"params": params}, frames, train=True,
+                           rngs={"dropout": jax.random.fold_in(
                                rng, inp.PARTS.index(part))})
       sums.update(dataset_sums(logits, batch[part]["label"],
                                batch[part]["dataset"], heads, part))
@@ -343,8 +349,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   train_iter = inp.make.for_train(config, mesh=mesh, state=data_state)
 
   # -- Step -------------------------------------------------------------------
+  prep = inp.make.preprocessing(config)
   train_step = jax.jit(
-      make_train_step(model, tx, schedule, heads,
+      make_train_step(model, tx, schedule, heads, mean=prep.mean,
+                      std=prep.std,
                       accumulation_steps=config.optimizer.get(
                           "accumulation_steps", 1),
                       skip_nonfinite=config.nonfinite == "skip",

@@ -46,7 +46,7 @@ def tiny_config(data_dir, datasets=None, split="test", eval_batch_size=8):
   config.heads = {name: HEADS[name] for name in datasets}
   config.input = ml_collections.ConfigDict(dict(
       num_frames=4, crop_size=16, scale_range=(1.0, 1.0), eval_views=3,
-      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), seed=0))
+      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), seed=0))
   config.model = ml_collections.ConfigDict(MODEL)
   config.batch_size = 8
   config.eval_batch_size = eval_batch_size
@@ -93,16 +93,20 @@ def head_logits(static_model, name):
 
 
 def numpy_scores(model, params, config, name, reverse=False):
-  """The metrics recomputed batch by batch on one device, then in numpy."""
+  """The metrics recomputed batch by batch on one device, then in numpy;
+  the pipeline's uint8 frames normalised here ((x / 255 - mean) / std)."""
   (source,) = [s for s in inp.make.sources(config, "eval_split")
                if s.name == name]
   apply = head_logits(ev._Static(model), name)  # pylint: disable=protected-access
   top1 = top5 = loss = examples = 0.0
   records = []
+  mean, std = np.array(config.input.mean), np.array(config.input.std)
   for batch in inp.make.for_eval(config, source, reverse=reverse):
+    assert batch["frames"].dtype == np.uint8
     b, views = batch["frames"].shape[:2]
-    logits = np.asarray(apply(params, batch["frames"].reshape(
-        (b * views,) + batch["frames"].shape[2:])), np.float64)
+    x = ((batch["frames"] / 255.0 - mean) / std).astype(np.float32)
+    logits = np.asarray(apply(params, x.reshape((b * views,) + x.shape[2:])),
+                        np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs = (probs / probs.sum(-1, keepdims=True)).reshape(b, views, -1)
     probs = probs.mean(axis=1)

@@ -110,3 +110,11 @@ def test_normalize():
   out = ops.normalize(tf.constant([[0.0, 127.5, 255.0]]), (0.5, 0.25, 0.0),
                       (0.5, 0.25, 1.0)).numpy()
   np.testing.assert_allclose(out, [[-1.0, 1.0, 1.0]], atol=1e-6)
+
+
+def test_to_uint8_rounds_half_to_even_and_saturates():
+  values = [-3.0, 0.4, 0.5, 0.6, 1.5, 2.5, 127.49, 254.5, 254.6, 255.2, 300.0]
+  out = ops.to_uint8(tf.constant(values)).numpy()
+  assert out.dtype == np.uint8
+  np.testing.assert_array_equal(out, [0, 0, 0, 1, 2, 2, 127, 254, 255, 255,
+                                      255])

@@ -22,8 +22,9 @@ def source(data_dir, config, split="train", name=None):
 
 
 def pixels(frames):
-  """Normalised frames back to 0..255 (PREP's mean and std are 0.5)."""
-  return (np.asarray(frames) * 0.5 + 0.5) * 255
+  """The pipeline's uint8 frames as float 0..255."""
+  assert np.asarray(frames).dtype == np.uint8
+  return np.asarray(frames, np.float64)
 
 
 def sampled_indices(clip):
@@ -81,6 +82,59 @@ def test_eval_takes_segment_middles_in_order_and_reversed(synthetic_dir):
         # columns from x = 0, 4, 8, holding 12, 8, 4 of the dark columns.
         dark = [np.mean(pixels(v).mean(axis=(0, 1, 3)) < 20) for v in views]
         np.testing.assert_allclose(dark, [12 / 24, 8 / 24, 4 / 24], atol=0.07)
+
+
+def resized_pixels(frames, size):
+  """round(bilinear resize) of uint8 [T, h, w, 3] to size x size, by
+  jax.image (antialiased when shrinking, as the pipeline resizes)."""
+  out = jax.image.resize(np.asarray(frames, np.float32),
+                         (len(frames), size, size, 3), "linear",
+                         antialias=True)
+  return np.clip(np.round(np.asarray(out)), 0, 255)
+
+
+def stored_frames(indices, window=None):
+  """uint8 [T, h, w, 3]: a 24x32 synthetic clip's JPEG frames at `indices`,
+  decoded (only `window` [y, x, h, w] of them, as training decodes)."""
+  def decode(t):
+    encoded = synthetic_data.jpeg(synthetic_data.frame(t, 24, 32))
+    if window is None:
+      return tf.io.decode_jpeg(encoded, channels=3).numpy()
+    return tf.image.decode_and_crop_jpeg(encoded, window, channels=3).numpy()
+  return np.stack([decode(t) for t in indices])
+
+
+def test_training_frames_are_rounded_resized_uint8_crops(synthetic_dir):
+  it = inp.TrainIterator([source(synthetic_dir, "video")], PREP,
+                         flips=[False], global_batch=6)
+  batch = next(it)["video"]
+  it.close()
+  assert batch["frames"].dtype == np.uint8
+  for clip in batch["frames"]:
+    # Scale 1: a 24x24 window of the 24x32 frames (y = 0, x in 0..8),
+    # resized to 16; exactly one x matches.
+    errors = [np.abs(clip.astype(int) - resized_pixels(stored_frames(
+        sampled_indices(clip), window=[0, x, 24, 24]), 16)).max()
+              for x in range(9)]
+    assert min(errors) <= 1 and sorted(errors)[1] > 1, errors
+
+
+def test_eval_frames_are_rounded_resized_uint8_views(synthetic_dir):
+  batches = list(inp.eval_batches(source(synthetic_dir, "video", "test"),
+                                  PREP, global_batch=4))
+  for batch in batches:
+    assert batch["frames"].dtype == np.uint8
+    for views, label, mask in zip(batch["frames"], batch["label"],
+                                  batch["mask"]):
+      if not mask:
+        continue
+      n = synthetic_data.LENGTHS[label]
+      frames = stored_frames([min(int((i + 0.5) * n / 8), n - 1)
+                              for i in range(8)])
+      # Short side 24 -> 16: 3 windows of 24 columns from x = 0, 4, 8.
+      for view, x in zip(views, (0, 4, 8)):
+        want = resized_pixels(frames[:, :, x:x + 24], 16)
+        assert np.abs(view.astype(int) - want).max() <= 1
 
 
 def test_eval_visits_every_example_once_across_processes(synthetic_dir):

@@ -45,14 +45,16 @@ def independent_compile(config, devices):
            train.Head("digits_motion", "video", 1.0)]
   half = config.batch_size // 2  # video_share 0.5
   batch = {part: {"frames": jax.ShapeDtypeStruct(
-      (half, frames, 16, 16, 3), "float32",
+      (half, frames, 16, 16, 3), "uint8",
       sharding=sharding.batch_sharding(mesh, 5)),
                   "label": jax.ShapeDtypeStruct(
                       (half,), "int32", sharding=sharding.batch_sharding(mesh, 1)),
                   "dataset": jax.ShapeDtypeStruct(
                       (half,), "int32", sharding=sharding.batch_sharding(mesh, 1))}
            for part, frames in (("video", 2), ("image", 1))}
-  step = jax.jit(train.make_train_step(model, tx, schedule, heads),
+  step = jax.jit(train.make_train_step(model, tx, schedule, heads,
+                                       mean=config.input.mean,
+                                       std=config.input.std),
                  in_shardings=(shardings, jax.tree.map(lambda x: x.sharding,
                                                        batch)),
                  out_shardings=(shardings, None), donate_argnums=0)
@@ -69,11 +71,12 @@ def check_against_compiler(report, config, devices):
   assert b["total"] == (m.argument_size_in_bytes + m.output_size_in_bytes -
                         m.alias_size_in_bytes + m.temp_size_in_bytes +
                         m.generated_code_size_in_bytes)
-  # Data-parallel: every chip holds all parameters (float32) and 1/n batch.
+  # Data-parallel: every chip holds all parameters (float32) and 1/n batch
+  # (uint8 frames, int32 labels and dataset ids).
   count = sum(x.size for x in jax.tree.leaves(abstract["params"]))
   assert b["parameters"] == 4 * count
   half = config.batch_size // 2
-  assert b["batch"] == (half * (2 + 1) * 16 * 16 * 3 * 4 + 2 * half * 2 * 4
+  assert b["batch"] == (half * (2 + 1) * 16 * 16 * 3 * 1 + 2 * half * 2 * 4
                         ) // len(devices)
   analytic = (flops.train_step_flops(model, batch=half) +
               flops.train_step_flops(model, batch=half, num_frames=1))

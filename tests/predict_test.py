@@ -21,6 +21,14 @@ from tests import train_test
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def normalised(views, prep):
+  """The pipeline's uint8 views as the model's input, computed here:
+  (x / 255 - mean) / std in float64, then float32."""
+  assert views.dtype == np.uint8
+  return ((views / 255.0 - np.array(prep.mean)) /
+          np.array(prep.std)).astype(np.float32)
+
+
 def eval_indices(n, t):
   """Segment middles, written out: floor((i + 0.5) n / t)."""
   return [min(int((i + 0.5) * n / t), n - 1) for i in range(t)]
@@ -80,7 +88,8 @@ def test_predict_command_on_a_runs_workdir(tiny_run, digits_dir, inputs,
 def test_predictions_are_the_view_averaged_softmax(tiny_run, digits_dir,
                                                    inputs):
   """Independent of the batching: each input's probabilities are the mean
-  over its views of the softmax of the model's logits on those views."""
+  over its views of the softmax of the model's logits on those views
+  (uint8, normalised here)."""
   config = train_test.tiny_config(digits_dir)
   model, params, infos, origin = apply.load(config, tiny_run)
   assert "step 5" in origin
@@ -96,7 +105,8 @@ def test_predictions_are_the_view_averaged_softmax(tiny_run, digits_dir,
     views, _ = predict._views(decoded.frames,  # pylint: disable=protected-access
                               prep.num_frames if result.kind == "video"
                               else 1, prep)
-    logits = model.apply({"params": params}, views, train=False)
+    logits = model.apply({"params": params}, normalised(views, prep),
+                         train=False)
     for head, top in result.heads.items():
       z = np.asarray(logits[head], np.float64)
       softmax = np.exp(z - z.max(-1, keepdims=True))
@@ -125,6 +135,7 @@ def test_features_are_the_models_clip_embeddings(tiny_run, digits_dir,
   decoded = predict.decode(str(saved["ids"][1]), predict.decode_short_side(
       infos, ["digits_image"], prep))
   views, _ = predict._views(decoded.frames, 1, prep)  # pylint: disable=protected-access
+  views = normalised(views, prep)
   logits = model.apply({"params": params}, views, train=False)
   head = params["heads"]["digits_image"]
   _, state = model.apply({"params": params}, views, train=False,
@@ -187,7 +198,9 @@ def test_predict_from_a_pyth_with_class_names_equals_pytorch(tmp_path,
                         progress=False)
   prep = make.preprocessing(config)
   views, _ = predict._views(predict.decode(path, 12).frames, 4, prep)  # pylint: disable=protected-access
-  x = torch.from_numpy(np.asarray(views, np.float64)).permute(0, 4, 1, 2, 3)
+  assert views.dtype == np.uint8
+  x = (views / 255.0 - np.array(prep.mean)) / np.array(prep.std)
+  x = torch.from_numpy(x).permute(0, 4, 1, 2, 3)
   with torch.no_grad():
     z = reference_timesformer.logits({k: v.double() for k, v in sd.items()},
                                      x, 4).numpy()
@@ -258,13 +271,11 @@ def test_export_reloads_in_a_fresh_process_with_predicts_numbers(
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.loads(proc.stdout.splitlines()[-1]) == ["class_names.json"]
   reloaded = np.load(os.path.join(out, "reloaded.npz"))
-  # predict's own scorer on the same frames, normalised by the pipeline's
-  # formula ((x / 255 - mean) / std), one view each.
+  # predict's own scorer on the same uint8 frames, one view each.
   model, params, infos, _ = apply.load(config, tiny_run)
   prep = make.preprocessing(config)
-  x = (frames / 255.0 - np.array(prep.mean)) / np.array(prep.std)
-  probs, _ = predict.make_scorer(model, list(infos))(
-      params, x[:, None].astype(np.float32))
+  probs, _ = predict.make_scorer(model, list(infos), mean=prep.mean,
+                                 std=prep.std)(params, frames[:, None])
   for head in infos:
     for kind in ("tf", "jax"):
       np.testing.assert_allclose(reloaded[f"{kind}/{head}"],

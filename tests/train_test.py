@@ -21,6 +21,8 @@ from tests import make_test
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A model small enough that a step takes milliseconds.
 TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=8)
+# Per-channel pixel normalisation (ImageNet's): channels told apart.
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def tiny_config(data_dir, **overrides):
@@ -268,7 +270,8 @@ def test_loss_reduction_is_the_papers_sum_or_appendix_a_average(reduction):
 
 def test_unknown_loss_reduction_is_refused():
   with pytest.raises(ValueError, match="loss_reduction must be one of"):
-    train.make_train_step(None, None, None, [], loss_reduction="mean")
+    train.make_train_step(None, None, None, [], mean=MEAN, std=STD,
+                          loss_reduction="mean")
 
 
 def nonfinite_config(digits_dir, **overrides):
@@ -423,10 +426,10 @@ def test_gradient_accumulation_equals_the_whole_batch():
   tx = optax.sgd(0.1, momentum=0.9)
   rng = np.random.default_rng(0)
   batch = {
-      "video": {"frames": rng.normal(size=(8, 4, 16, 16, 3)),
+      "video": {"frames": rng.integers(0, 256, (8, 4, 16, 16, 3), np.uint8),
                 "label": rng.integers(0, 3, 8),
                 "dataset": np.array([0, 1, 0, 1, 1, 0, 0, 1])},
-      "image": {"frames": rng.normal(size=(4, 1, 16, 16, 3)),
+      "image": {"frames": rng.integers(0, 256, (4, 1, 16, 16, 3), np.uint8),
                 "label": rng.integers(0, 4, 4),
                 "dataset": np.full(4, 2)}}
   batch = jax.tree.map(jnp.asarray, batch)
@@ -436,6 +439,7 @@ def test_gradient_accumulation_equals_the_whole_batch():
   results = []
   for steps in (1, 2, 4):
     step = jax.jit(train.make_train_step(model, tx, lambda s: 0.1, order,
+                                         mean=MEAN, std=STD,
                                          accumulation_steps=steps))
     new_state, metrics = step(state, batch)
     results.append((new_state["params"], float(metrics["loss"])))
@@ -448,11 +452,13 @@ def test_gradient_accumulation_equals_the_whole_batch():
 @pytest.mark.parametrize("accumulation_steps", [1, 2])
 def test_step_loss_and_update_match_an_independent_computation(
     accumulation_steps):
-  """The jitted step on a raw batch (3 a + 1 b videos, 2 c images): its loss
-  and SGD update against w_d-weighted per-dataset mean cross-entropies
-  computed here from the model's logits, and jax.grad of that. The step
-  counts each dataset's examples itself; the second micro-batch holds no b,
-  so per-micro-batch counts would be caught as well."""
+  """The jitted step on a raw batch (3 a + 1 b videos, 2 c images) of uint8
+  pixels: its loss and SGD update against w_d-weighted per-dataset mean
+  cross-entropies computed here from the model's logits on frames
+  normalised here ((x / 255 - mean) / std, in float64), and jax.grad of
+  that. The step counts each dataset's examples itself; the second
+  micro-batch holds no b, so per-micro-batch counts would be caught as
+  well."""
   classes = {"a": 3, "b": 5, "c": 4}
   model = train.create(classes, num_frames=4, image_size=16, **TINY)
   heads = [train.Head("a", "video", 1.0), train.Head("b", "video", 1.0),
@@ -464,12 +470,13 @@ def test_step_loss_and_update_match_an_independent_computation(
   video_labels = np.array([2, 4, 0, 1])  # b's 4 is beyond a's classes
   image_labels = np.array([3, 1])
   batch = {
-      "video": {"frames": rng.normal(size=(4, 4, 16, 16, 3)),
+      "video": {"frames": rng.integers(0, 256, (4, 4, 16, 16, 3), np.uint8),
                 "label": video_labels, "dataset": video_ids},
-      "image": {"frames": rng.normal(size=(2, 1, 16, 16, 3)),
+      "image": {"frames": rng.integers(0, 256, (2, 1, 16, 16, 3), np.uint8),
                 "label": image_labels, "dataset": np.full(2, 2)}}
-  batch = jax.tree.map(lambda x: jnp.asarray(x, None if x.dtype.kind == "i"
-                                             else jnp.float32), batch)
+  normalised = {part: ((batch[part]["frames"] / 255.0 - np.array(MEAN)) /
+                       np.array(STD)).astype(np.float32) for part in batch}
+  batch = jax.tree.map(jnp.asarray, batch)
   params = train.init_params(model, jax.random.PRNGKey(0))
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
            "opt_state": tx.init(params), "rng": jax.random.PRNGKey(1)}
@@ -479,15 +486,16 @@ def test_step_loss_and_update_match_an_independent_computation(
     return -jnp.mean(log_p[np.arange(len(rows)), labels[rows]])
 
   def reference_loss(p):
-    video = model.apply({"params": p}, batch["video"]["frames"], train=False)
-    image = model.apply({"params": p}, batch["image"]["frames"], train=False)
+    video = model.apply({"params": p}, normalised["video"], train=False)
+    image = model.apply({"params": p}, normalised["image"], train=False)
     return (1.0 * mean_ce(video["a"], video_labels, np.array([0, 2, 3]))
             + 1.0 * mean_ce(video["b"], video_labels, np.array([1]))
             + 0.5 * mean_ce(image["c"], image_labels, np.array([0, 1])))
 
   expected_loss, grads = jax.value_and_grad(reference_loss)(params)
   step = jax.jit(train.make_train_step(
-      model, tx, lambda s: lr, heads, accumulation_steps=accumulation_steps))
+      model, tx, lambda s: lr, heads, mean=MEAN, std=STD,
+      accumulation_steps=accumulation_steps))
   new_state, metrics = step(state, batch)
   assert float(metrics["loss"]) == pytest.approx(float(expected_loss),
                                                  rel=1e-5)

@@ -126,9 +126,21 @@ def crop_views(frames: tf.Tensor, windows: tf.Tensor,
                        [None, crop_size, crop_size, 3], tf.float32))
 
 
+def to_uint8(frames: tf.Tensor) -> tf.Tensor:
+  """uint8 pixels of resized float frames: rounded half to even, saturated
+  to [0, 255]. The pipeline's output: the devices normalise them
+  (cover_jax.pixels.normalize), so a batch crosses as a quarter of the bytes
+  of float32."""
+  return tf.saturate_cast(tf.round(frames), tf.uint8)
+
+
 def normalize(frames: tf.Tensor, mean: Sequence[float],
               std: Sequence[float]) -> tf.Tensor:
-  """(frames / 255 - mean) / std, per channel, as one multiply-add."""
+  """(frames / 255 - mean) / std, per channel, as one multiply-add.
+
+  Not used by the pipeline (it yields uint8 frames, normalised on the
+  devices by cover_jax.pixels.normalize); kept for benchmarks/input_pipeline.py.
+  """
   scale = tf.constant([1.0 / (255.0 * s) for s in std], tf.float32)
   offset = tf.constant([-m / s for m, s in zip(mean, std)], tf.float32)
   return tf.cast(frames, tf.float32) * scale + offset

@@ -1,9 +1,11 @@
 """The co-training mixture and the evaluation views, as tf.data pipelines.
 
 A training batch is `{"video": part, "image": part}`; each part holds
-`frames` float32 `[b, T, crop, crop, 3]` (T = 1 for images), `label` int32
-`[b]` and `dataset` int32 `[b]` (the index of the example's dataset in
-`TrainIterator.names`, which is also the order of the heads' losses).
+`frames` uint8 `[b, T, crop, crop, 3]` (T = 1 for images; pixels, which the
+jitted step normalises on the devices: `cover_jax.pixels.normalize`),
+`label` int32 `[b]` and `dataset` int32 `[b]` (the index of the example's
+dataset in `TrainIterator.names`, which is also the order of the heads'
+losses).
 
 Determinism: the global batch of a step is a function of the seed and the
 step alone, never of the number of processes. Every random choice is a
@@ -44,7 +46,9 @@ class Preprocessing:
       side is resized to before the random crop.
     eval_short_side: evaluation resize of the short side (None: crop_size).
     eval_views: spatial crops per video at evaluation (paper: 3).
-    mean, std: per-channel normalisation of [0, 1] pixel values.
+    mean, std: per-channel normalisation of [0, 1] pixel values, applied
+      on the devices (`cover_jax.pixels.normalize`): the pipeline's frames
+      are uint8.
   """
   num_frames: int
   crop_size: int
@@ -113,13 +117,12 @@ def _preprocess_train(encoded, seed, *, num_frames: int, flip,
   # Flip the uint8 window, before the resize: a quarter of the bytes.
   frames = tf.cond(flip, lambda: ops.random_flip(frames, seed_flip),
                    lambda: frames)
-  return ops.normalize(ops.resize(frames, prep.crop_size), prep.mean,
-                       prep.std)
+  return ops.to_uint8(ops.resize(frames, prep.crop_size))
 
 
 def preprocess_eval(encoded, *, num_frames: int, prep: Preprocessing,
                     reverse: bool = False):
-  """float32 [views, T, crop, crop, 3]: middle frames of each segment, views."""
+  """uint8 [views, T, crop, crop, 3]: middle frames of each segment, views."""
   indices = ops.sample_frame_indices(tf.shape(encoded)[0], num_frames,
                                      training=False)
   if reverse:
@@ -129,8 +132,7 @@ def preprocess_eval(encoded, *, num_frames: int, prep: Preprocessing,
   windows = ops.view_windows(height, width, prep.crop_size,
                              prep.eval_short_side or prep.crop_size,
                              prep.eval_views)
-  views = ops.crop_views(frames, windows, prep.crop_size)
-  return ops.normalize(views, prep.mean, prep.std)
+  return ops.to_uint8(ops.crop_views(frames, windows, prep.crop_size))
 
 
 class NumpyStream:

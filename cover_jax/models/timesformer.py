@@ -395,6 +395,11 @@ class TimeSformer(nn.Module):
       raise ValueError(
           f"TimeSformer expects video float [batch, frames, height, width, 3] "
           f"(frames=1 for images), got shape {tuple(video.shape)}.")
+    if not jnp.issubdtype(video.dtype, jnp.floating):
+      raise TypeError(
+          f"TimeSformer expects normalised float frames, got "
+          f"{video.dtype}: normalise the pipeline's uint8 pixels with "
+          f"cover_jax.pixels.normalize(frames, mean, std) first.")
     _, _, height, width, _ = video.shape
     if height % self.patch_size or width % self.patch_size:
       raise ValueError(
