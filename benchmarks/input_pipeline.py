@@ -15,19 +15,26 @@ one accelerator therefore needs.
    short side 320 are about 15-30 KB at quality 90).
 2. Prepared with the real prepare command (`python -m data.prepare folder`)
    at short side 320 (for 224 crops) and 512 (for 448 crops); the prepare
-   throughput is printed. Videos and datasets are reused from `--data_dir`.
-3. Measured, for 8x224 clips from short side 320 and 16x448 clips from short
-   side 512 (scale jitter (256/224, 320/224) of the crop, as TimeSformer's
-   recipe, short side jittered in [256, 320] for 224):
+   throughput is printed. Images: `NUM_IMAGES` ImageNet-sized JPEGs (500x375
+   and 375x500, quality 90) of the same texture, stored as they are (as TFDS
+   imagenet2012 stores them). Videos and datasets are reused from
+   `--data_dir`. The old pipeline reads a copy of the video records in the
+   layout it was written for (every frame inside its record), written here.
+3. Measured, for 8x224 clips from short side 320, 16x448 clips from short
+   side 512 and 448 crops of the images (scale jitter (256/224, 320/224) of
+   the crop, as TimeSformer's recipe: short side jittered in [256, 320] for
+   224), each decoding only the sampled frames' crop window:
    - `TrainIterator`, the real training pipeline, with one tf.data thread and
-     with one per core: it decodes only the sampled frames, and of each only
-     the crop window;
-   - the same steps built here from `cover_jax.input.ops`, first decoding
-     every stored frame of the video, then gathering the sampled frames and
-     cropping (what a pipeline that decodes whole videos costs);
-   - the same pipeline decoding only the sampled frames (a control: it must
-     match `TrainIterator`, so the two above compare like with like), and one
-     that only reads and parses the records (the cost of the storage layout).
+     with one per core;
+   - the old pipeline (`TrainIterator` of commit 94e31d9, rebuilt here from
+     `cover_jax.input.ops`): a Python call per example reading the whole
+     record, parsed by tfds, float32 frames normalised on the host,
+     antialiased whenever the crop shrinks; then the changes one at a time
+     (frames read from the frame store, one Python call per batch; uint8
+     frames; antialiasing only beyond 2x), the last of which must match
+     `TrainIterator` (a control that old and new compare like with like);
+   - the CPU time of one `Source.read` of a batch (the pipeline's Python
+     part, which holds the interpreter lock).
    Each measurement warms up, then runs `--rounds` rounds of at least
    `--seconds` s; medians are reported. Clips per core is clips per second
    of process CPU time (all threads), so it holds whatever the thread count
@@ -53,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -64,12 +72,15 @@ import time
 
 import av
 import numpy as np
+from PIL import Image
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from cover_jax.input import ops
 from cover_jax.input.pipeline import NumpyStream, Preprocessing, TrainIterator
 from cover_jax.input.source import Source, open_source
 from cover_jax.models import create, flops
+from data import features as data_features
 from data import registry
 
 
@@ -77,8 +88,8 @@ from data import registry
 class Setting:
   """A clip shape the model is trained on and the frames it is cut from."""
   name: str
-  short_side: int  # of the stored frames
-  num_frames: int
+  short_side: int | None  # of the stored frames (None: images as they are)
+  num_frames: int  # 1: images
   crop_size: int
   # Short side resized to [256, 320] for a 224 crop (TimeSformer's recipe),
   # expressed as multiples of the crop, the same for 448.
@@ -90,7 +101,9 @@ class Setting:
 
 
 SETTINGS = (Setting("8x224", short_side=320, num_frames=8, crop_size=224),
-            Setting("16x448", short_side=512, num_frames=16, crop_size=448))
+            Setting("16x448", short_side=512, num_frames=16, crop_size=448),
+            Setting("image448", short_side=None, num_frames=1,
+                    crop_size=448))
 MODELS = ("B/16", "L/16")
 # Dense bf16 peak FLOP/s per chip, and the CPU cores a typical host has per
 # chip: DGX H100 (2 x 56-core Xeon 8480C, 8 GPUs); TPU v4 VM (240 vCPUs =
@@ -103,6 +116,7 @@ CPU_STEP = dict(config="d768x2 8x224", batch=2, step_seconds=2.313)
 FPS = 25
 WIDTH, HEIGHT = 640, 360
 NUM_CLASSES = 4
+NUM_IMAGES = 200
 
 
 # -- Source videos -------------------------------------------------------------
@@ -207,71 +221,187 @@ def prepare(videos: str, name: str, data_dir: str, short_side: int) -> float:
 
 def stored_stats(source: Source) -> dict:
   """Frames, frame shape and mean JPEG bytes per frame of every record."""
-  reader = source.reader()
   sizes, shape = [], None
   for i in range(source.num_examples):
-    encoded, _ = source.parse(tf.constant(reader[i]))
-    sizes += [len(jpeg) for jpeg in encoded.numpy()]
+    encoded, _ = source.encoded(i)
+    sizes += [len(jpeg) for jpeg in encoded]
     if shape is None:
       shape = tf.image.extract_jpeg_shape(encoded[0]).numpy()[:2].tolist()
   return dict(frames=len(sizes), frame_hw=shape,
               jpeg_kb=float(np.mean(sizes)) / 1024)
 
 
+# -- Images ----------------------------------------------------------------------
+
+
+class BenchImages(tfds.core.GeneratorBasedBuilder):
+  """ImageNet-sized JPEGs stored as they are (as TFDS imagenet2012 stores
+  them): 500x375 landscape and 375x500 portrait, quality 90."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, features=data_features.image_features(
+            [f"class{i}" for i in range(NUM_CLASSES)]))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(NUM_IMAGES):
+      rng = np.random.default_rng(1000 + i)
+      height, width = (375, 500) if i % 4 else (500, 375)
+      image = 128 + 40 * pink_texture(rng, height, width)
+      image += rng.standard_normal(image.shape, dtype=np.float32) * 2
+      buffer = io.BytesIO()
+      Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
+          buffer, format="JPEG", quality=90)
+      yield i, {"image": buffer.getvalue(), "label": i % NUM_CLASSES,
+                "id": f"image{i}"}
+
+
 # -- Pipelines -----------------------------------------------------------------
+#
+# Each training clip is made the same way (the sampled frames' crop window
+# decoded, flipped, resized); the pipelines differ in the ways issue 11
+# measured, so that each is measured on its own:
+#   read:   "record"  the whole record, every frame inside, read by a Python
+#                     call per example and parsed by tfds (the old layout);
+#           "batch"   the sampled frames only (frame store), one Python call
+#                     per batch (`Source.read`);
+#   output: "float32" normalised on the host (the old output), or "uint8"
+#                     (normalised in the jitted step);
+#   resize: "shrink"  antialiased whenever it shrinks (the old rule), or
+#           "2x"      only beyond 2x (`ops.resize`).
+# The old pipeline is (record, float32, shrink): `TrainIterator` before this
+# change (commit 94e31d9); the new one is (batch, uint8, 2x), which must
+# match `TrainIterator` (a control that the comparison is like for like).
+
+OLD = ("record", "float32", "shrink")
+NEW = ("batch", "uint8", "2x")
+LADDER = (OLD, ("batch", "float32", "shrink"), ("batch", "uint8", "shrink"),
+          NEW)
 
 
-def preprocess(encoded, seed, prep: Preprocessing, mode: str):
-  """A training clip as `TrainIterator` makes it, decoding the frames as
-  `mode` says: "sampled" (only the sampled frames' crop windows, as
-  TrainIterator) or "all" (every stored frame, whole, then sample and crop)."""
-  seed_time, seed_crop, seed_flip = tf.unstack(
+def write_old_layout(source: Source, path: str) -> str:
+  """The split's records as the old layout stored them: every frame inside
+  its record, tfds-serialised, ArrayRecord with tfds's options."""
+  if source.kind == "image" or os.path.exists(path):
+    return path
+  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+  features = source.builder.info.features
+  writer = array_record_module.ArrayRecordWriter(path + ".partial",
+                                                 "group_size:1")
+  for i in range(source.num_examples):
+    frames, label = source.encoded(i)
+    writer.write(features.serialize_example(
+        {"video": frames, "label": label, "id": f"clip{i}"}))
+  writer.close()
+  os.replace(path + ".partial", path)
+  return path
+
+
+def old_resize(frames, size: int):
+  """`ops.resize` before this change: antialiased whenever it shrinks."""
+  frames = tf.cast(frames, tf.float32)
+  return tf.cond(
+      tf.shape(frames)[1] > size,
+      lambda: tf.image.resize(frames, [size, size], antialias=True),
+      lambda: tf.image.resize(frames, [size, size], antialias=False))
+
+
+def make_clip(sampled, seed, prep: Preprocessing, output: str, resize: str):
+  """A training clip from its sampled JPEG frames (see the pipelines above)."""
+  _, seed_crop, seed_flip = tf.unstack(
       tf.random.experimental.stateless_split(seed, 3))
-  indices = ops.sample_frame_indices(tf.shape(encoded)[0], prep.num_frames,
-                                     training=True, seed=seed_time)
-  height, width = ops.frame_shape(encoded)
+  height, width = ops.frame_shape(sampled)
   window = ops.random_crop_window(height, width, prep.crop_size,
                                   prep.scale_range, seed_crop)
-  if mode == "sampled":
-    frames = ops.decode_frames(tf.gather(encoded, indices), window)
-  else:
-    frames = tf.gather(ops.decode_frames(encoded), indices)
-    y, x, h, w = tf.unstack(window)
-    frames = frames[:, y:y + h, x:x + w]
-  frames = ops.resize(frames, prep.crop_size)
-  frames = ops.random_flip(frames, seed_flip)
-  return ops.normalize(frames, prep.mean, prep.std)
+  frames = ops.random_flip(ops.decode_frames(sampled, window), seed_flip)
+  frames = (ops.resize if resize == "2x" else old_resize)(frames,
+                                                          prep.crop_size)
+  if output == "uint8":
+    return ops.to_uint8(frames)
+  # The old output: normalised on the host, (x / 255 - mean) / std.
+  scale = tf.constant([1 / (255 * s) for s in prep.std], tf.float32)
+  offset = tf.constant([-m / s for m, s in zip(prep.mean, prep.std)],
+                       tf.float32)
+  return frames * scale + offset
 
 
-def ops_stream(source: Source, prep: Preprocessing, mode: str, batch: int,
-                  threads: int) -> NumpyStream:
-  """Batches of one source, built like TrainIterator's: records read by a
-  py_function in a shuffled order, a parallel map, batch, prefetch(2), a
-  private thread pool. `mode`: "sampled", "all" (see `preprocess`) or
-  "none" (records read and parsed, nothing decoded)."""
-  reader = source.reader()
+def ladder_stream(source: Source, prep: Preprocessing, way: tuple[str, ...],
+                  batch: int, threads: int, old_records: str) -> NumpyStream:
+  """Batches of one source made `way` = (read, output, resize), built like
+  TrainIterator's: records in a shuffled order, parallel maps, batch,
+  prefetch(2), a private thread pool of `threads`."""
+  read, output, resize = way
   n = source.num_examples
+  num_frames = prep.frames_of(source)
+  counts = tf.constant(source.frame_counts())
 
-  def load(position):
+  def locate(position):
     record = tf.random.experimental.index_shuffle(
         position % n, seed=tf.stack([position // n, 0]), max_index=n - 1)
-    serialized = tf.py_function(lambda r: reader[int(r)], [record], tf.string)
-    serialized.set_shape([])
-    encoded, label = source.parse(serialized)
-    if mode == "none":
-      return tf.shape(encoded)[0], label
     seed = tf.stack([position, tf.constant(1, tf.int64)])
-    return preprocess(encoded, seed, prep, mode), label
+    time_seed = tf.random.experimental.stateless_split(seed, 3)[0]
+    return record, seed, time_seed
 
+  def sample(num_available, time_seed):
+    return ops.sample_frame_indices(num_available, num_frames, training=True,
+                                    seed=time_seed)
+
+  if read == "record":
+    from array_record.python import array_record_data_source  # pylint: disable=import-outside-toplevel
+    if source.kind == "image":
+      reader = source.records
+    else:
+      reader = array_record_data_source.ArrayRecordDataSource([old_records])
+    features = source.builder.info.features
+
+    def load(position):
+      record, seed, time_seed = locate(position)
+      serialized = tf.py_function(lambda r: reader[int(r)], [record],
+                                  tf.string)
+      serialized.set_shape([])
+      example = features.deserialize_example(
+          serialized, decoders={source.kind: tfds.decode.SkipDecoding()})
+      encoded = example[source.kind]
+      if source.kind == "image":
+        encoded = encoded[None]
+      sampled = tf.gather(encoded, sample(tf.shape(encoded)[0], time_seed))
+      return make_clip(sampled, seed, prep, output, resize), example["label"]
+
+    examples = tf.data.Dataset.range(2**62).map(
+        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  else:
+    def locate_frames(position):
+      record, seed, time_seed = locate(position)
+      return record, seed, sample(tf.gather(counts, record), time_seed)
+
+    def read_batch(record, seed, indices):
+      def py_read(r, i):
+        jpegs, labels = source.read(r.numpy(), i.numpy())
+        return np.asarray(jpegs, object), labels
+      encoded, label = tf.py_function(py_read, [record, indices],
+                                      (tf.string, tf.int32))
+      return tf.reshape(encoded, tf.shape(indices)), label, seed
+
+    def clip(encoded, label, seed):
+      return make_clip(encoded, seed, prep, output, resize), label
+
+    examples = (tf.data.Dataset.range(2**62).map(locate_frames)
+                .batch(batch)
+                .map(read_batch, num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
+                .unbatch()
+                .map(clip, num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True))
   options = tf.data.Options()
   options.threading.private_threadpool_size = threads
-  dataset = (tf.data.Dataset.range(2**62)
-             .map(load, num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True)
-             .batch(batch, drop_remainder=True)
-             .prefetch(2)
-             .with_options(options))
-  return NumpyStream(dataset)
+  return NumpyStream(examples.batch(batch, drop_remainder=True).prefetch(2)
+                     .with_options(options))
 
 
 def train_iterator(source: Source, prep: Preprocessing, batch: int,
@@ -307,35 +437,66 @@ def measure(stream, batch: int, seconds: float, rounds: int,
       clips=sum(c for c, _, _ in samples))
 
 
-def measure_setting(setting: Setting, source: Source, args) -> list[dict]:
+def read_seconds(source: Source, prep: Preprocessing, batch: int,
+                 repeats: int = 200) -> float:
+  """CPU seconds of one `Source.read` of a batch (the Python part of the
+  pipeline, which holds the interpreter lock)."""
+  rng = np.random.default_rng(0)
+  counts = source.frame_counts()
+  num_frames = prep.frames_of(source)
+  start = time.process_time()
+  for _ in range(repeats):
+    records = rng.integers(source.num_examples, size=batch)
+    indices = np.sort(rng.integers(counts[records, None],
+                                   size=(batch, num_frames)), axis=1)
+    source.read(records, indices)
+  return (time.process_time() - start) / repeats
+
+
+def way_name(way: tuple[str, ...]) -> str:
+  return {OLD: "old", NEW: "new"}.get(way, "+".join(way))
+
+
+def measure_setting(setting: Setting, source: Source, old_records: str,
+                    args) -> list[dict]:
   """Every pipeline of one setting: rows of the table."""
   prep = setting.preprocessing()
-  runs = [("TrainIterator", "sampled", 1)]
+  runs = [("TrainIterator", NEW, 1)]
   if os.cpu_count() > 1:
-    runs.append(("TrainIterator", "sampled", os.cpu_count()))
-  runs.append(("ops", "all", 1))
-  if not args.quick:
-    runs += [("ops", "sampled", 1), ("ops", "none", 1)]
+    runs.append(("TrainIterator", NEW, os.cpu_count()))
+  runs += [("built here", way, 1)
+           for way in (LADDER if not args.quick else (OLD, NEW))]
+  if os.cpu_count() > 1 and not args.quick:
+    runs.append(("built here", OLD, os.cpu_count()))
   rows = []
-  for pipeline, mode, threads in runs:
+  for pipeline, way, threads in runs:
     if pipeline == "TrainIterator":
       stream = train_iterator(source, prep, args.batch, threads)
     else:
-      stream = ops_stream(source, prep, mode, args.batch, threads)
-    row = dict(setting=setting.name, pipeline=pipeline, decode=mode,
-               threads=threads)
+      stream = ladder_stream(source, prep, way, args.batch, threads,
+                             old_records)
+    row = dict(setting=setting.name, pipeline=pipeline, way=way_name(way),
+               read=way[0], output=way[1], resize=way[2], threads=threads)
     row.update(measure(stream, args.batch, args.seconds, args.rounds,
                        args.warmup_seconds))
     print(f"  {format_row(row)}", flush=True)
     rows.append(row)
+  seconds = read_seconds(source, prep, args.batch)
+  print(f"  {setting.name}: Source.read of a batch of {args.batch}: "
+        f"{seconds * 1e3:.2f} CPU ms (the Python share of the pipeline)",
+        flush=True)
+  for row in rows:
+    row["python_read_ms_per_batch"] = seconds * 1e3
   return rows
 
 
 # -- Accelerators --------------------------------------------------------------
 
 
-def accelerator_rows(setting: Setting, per_core: float, mfu: float):
-  """Clips/s a chip trains on at `mfu`, and the cores that feeds it."""
+def accelerator_rows(setting: Setting, per_core: float, old_per_core: float,
+                     mfu: float):
+  """Clips/s a chip trains on at `mfu`, and the cores that feed it (new and
+  old pipeline)."""
   rows = []
   for model_name in MODELS:
     model = create({"kinetics400": 400}, model_name,
@@ -347,6 +508,7 @@ def accelerator_rows(setting: Setting, per_core: float, mfu: float):
                        train_tflop_per_clip=step_flops / 1e12,
                        clips_per_second=clips,
                        cores_needed=clips / per_core,
+                       old_cores_needed=clips / old_per_core,
                        host_cores_per_chip=host_cores))
   return rows
 
@@ -355,30 +517,35 @@ def accelerator_rows(setting: Setting, per_core: float, mfu: float):
 
 
 def format_row(r: dict) -> str:
-  return (f"{r['setting']:7s} {r['pipeline']:13s} decode {r['decode']:7s} "
+  return (f"{r['setting']:8s} {r['pipeline']:13s} {r['way']:22s} "
           f"threads {r['threads']}  {r['clips_per_second']:6.2f} clips/s  "
           f"{r['clips_per_cpu_second']:6.2f} clips/s/core  "
           f"{1e3 / r['clips_per_cpu_second']:6.1f} CPU ms/clip  "
           f"(cores busy {r['cores_busy']:.2f}, {r['clips']} clips)")
 
 
+def rate(rows, setting, pipeline, way, threads=1) -> float | None:
+  row = next((r for r in rows if (r["setting"], r["pipeline"], r["way"],
+                                  r["threads"]) ==
+              (setting, pipeline, way, threads)), None)
+  return row and row["clips_per_cpu_second"]
+
+
 def print_pipelines(rows: list[dict]):
-  by = {(r["setting"], r["pipeline"], r["decode"], r["threads"]): r
-        for r in rows}
-  print("\nclips/s/core (clips per CPU second of the process):")
+  print("\nclips/s/core (clips per CPU second of the process), one tf.data "
+        "thread; new against old, measured side by side:")
   for setting in SETTINGS:
-    ours = by[(setting.name, "TrainIterator", "sampled", 1)]
-    ours = ours["clips_per_cpu_second"]
-    whole = by[(setting.name, "ops", "all", 1)]["clips_per_cpu_second"]
-    print(f"  {setting.name}: sampled frames (TrainIterator) {ours:.2f}, all "
-          f"frames {whole:.2f}: {ours / whole:.1f}x")
-    control = by.get((setting.name, "ops", "sampled", 1))
-    read = by.get((setting.name, "ops", "none", 1))
-    if control and read:
-      print(f"    control (sampled frames, built here): "
-            f"{control['clips_per_cpu_second']:.2f}; reading and parsing the "
-            f"record alone: {1e3 / read['clips_per_cpu_second']:.1f} of "
-            f"{1e3 / ours:.1f} CPU ms per clip")
+    new = rate(rows, setting.name, "TrainIterator", "new")
+    old = rate(rows, setting.name, "built here", "old")
+    control = rate(rows, setting.name, "built here", "new")
+    print(f"  {setting.name}: TrainIterator {new:.2f}, old pipeline "
+          f"{old:.2f}: {new / old:.2f}x (control, new built here: "
+          f"{control:.2f})")
+    steps = [(way_name(w), rate(rows, setting.name, "built here",
+                                way_name(w))) for w in LADDER]
+    if all(r for _, r in steps):
+      print("    one change at a time: " + " -> ".join(
+          f"{name} {r:.1f}" for name, r in steps))
 
 
 def print_accelerators(rows: list[dict], mfu: float):
@@ -388,14 +555,15 @@ def print_accelerators(rows: list[dict], mfu: float):
         f"bf16 peak ({peaks} TFLOP/s);\n"
         f"  FLOPs per clip = 3 x analytic forward FLOPs "
         f"(cover_jax.models.flops); cores needed = the clips/s it trains on /\n"
-        f"  TrainIterator clips/s/core measured here; host cores per chip of "
-        f"a DGX H100 (112 / 8) and a TPU v4 VM (120 / 4):")
+        f"  clips/s/core measured here (new TrainIterator; old pipeline); "
+        f"host cores per chip of a DGX H100 (112 / 8)\n  and a TPU v4 VM "
+        f"(120 / 4); images are clips of one frame:")
   for r in rows:
-    print(f"  {r['setting']:7s} {r['model']} {r['chip']:7s} "
+    print(f"  {r['setting']:8s} {r['model']} {r['chip']:7s} "
           f"{r['train_tflop_per_clip']:6.2f} TFLOP/clip  "
           f"{r['clips_per_second']:6.1f} clips/s  needs "
-          f"{r['cores_needed']:5.1f} cores  "
-          f"(host has {r['host_cores_per_chip']:.0f})")
+          f"{r['cores_needed']:5.1f} cores (old: {r['old_cores_needed']:5.1f})"
+          f"  (host has {r['host_cores_per_chip']:.0f})")
 
 
 def print_cpu_training(rows: list[dict]):
@@ -425,10 +593,19 @@ def machine() -> str:
 
 def dataset_of(setting: Setting, videos: str, tag: str, data_dir: str):
   """(source, stats) of the setting's prepared dataset, prepared if needed."""
-  name = f"bench{tag}_short{setting.short_side}"
-  seconds = prepare(videos, name, data_dir, setting.short_side)
-  source = open_source(name, "train", dataset=f"video_folder/{name}",
-                       data_dir=data_dir)
+  if setting.short_side is None:
+    builder = BenchImages(data_dir=data_dir,
+                          file_format=data_features.FILE_FORMAT)
+    start = time.perf_counter()
+    fresh = not builder.is_prepared()
+    builder.download_and_prepare()
+    seconds = time.perf_counter() - start if fresh else 0.0
+    dataset = builder.name
+  else:
+    name = f"bench{tag}_short{setting.short_side}"
+    seconds = prepare(videos, name, data_dir, setting.short_side)
+    dataset = f"video_folder/{name}"
+  source = open_source(dataset, "train", data_dir=data_dir)
   stats = stored_stats(source)
   stats.update(dataset=source.dataset, prepare_seconds=seconds,
                prepare_frames_per_second=(stats["frames"] / seconds
@@ -483,10 +660,14 @@ def main():
   for setting in SETTINGS:
     source, stats = dataset_of(setting, videos, tag, args.data_dir)
     results["datasets"].append(stats)
-    rows = measure_setting(setting, source, args)
+    old_records = write_old_layout(source, os.path.join(
+        args.data_dir, f"old_layout_{source.dataset.replace('/', '_')}"
+                       ".array_record"))
+    rows = measure_setting(setting, source, old_records, args)
     results["pipelines"] += rows
     results["accelerators"] += accelerator_rows(
-        setting, rows[0]["clips_per_cpu_second"], args.mfu)
+        setting, rate(rows, setting.name, "TrainIterator", "new"),
+        rate(rows, setting.name, "built here", "old"), args.mfu)
 
   print_pipelines(results["pipelines"])
   print_accelerators(results["accelerators"], args.mfu)

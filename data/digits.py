@@ -34,6 +34,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from data import features
+from data import frame_store
 
 CANVAS = 40  # stored frame size (short side); configs crop 32
 SPRITE = 24  # digit size in pixels at scale 1: 6x6 patches of 4 px
@@ -189,15 +190,16 @@ class DigitsConfig(tfds.core.BuilderConfig):
   train_percent: int = 100
 
 
-class _Digits(tfds.core.GeneratorBasedBuilder):
+class _Digits(frame_store.WritesFrameStore, tfds.core.GeneratorBasedBuilder):
   """Shared split logic: TRAIN_COPIES renderings per train image, 1 per test."""
 
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {
       "1.0.0": "First release.",
       "1.1.0": "Digits drawn at 24 px instead of 16.",
       "1.2.0": "Builder configs trainNN: a fraction of the training source "
-               "digits. digits_motion: moving digits travel 24 px (was 12)."}
+               "digits. digits_motion: moving digits travel 24 px (was 12).",
+      "1.3.0": "Video frames in a frame store (data.frame_store)."}
   BUILDER_CONFIGS = [
       DigitsConfig(name=f"train{p}", train_percent=p,
                    description=f"{p}% of the training source digits, "
@@ -234,8 +236,11 @@ class _Digits(tfds.core.GeneratorBasedBuilder):
         # One generator per example: deterministic whatever the order.
         rng = np.random.default_rng([SEED, split == "test", copy, source_id])
         key = f"{source_id}_{copy}"
-        yield key, self._example(image, int(digit), n * copies + copy, rng,
-                                 key)
+        example = self._example(image, int(digit), n * copies + copy, rng,
+                                key)
+        if self.MEDIA == features.VIDEO:
+          example[self.MEDIA] = self._stored(split, key, example[self.MEDIA])
+        yield key, example
 
   def _example(self, image, digit, index, rng, key):
     raise NotImplementedError

@@ -10,8 +10,9 @@ differ only in where their annotations and files are. Each subclass of
 2. the decode stage (`decode_stage`): every file decoded once by a pool of
    worker processes into a resumable cache under
    `data_dir/<name>/<config>/.decode_cache/`;
-3. the examples, written from the cache as ArrayRecord files; files that are
-   missing or do not decode are skipped and counted;
+3. the examples, written from the cache as ArrayRecord files, video frames
+   in the split's frame store (`data.frame_store`); files that are missing
+   or do not decode are skipped and counted;
 4. `prepare_report.json` beside the dataset (`prepare_report`); the cache is
    deleted once the dataset is complete.
 """
@@ -30,6 +31,7 @@ import tensorflow_datasets as tfds
 
 from data import decode_stage
 from data import features
+from data import frame_store
 from data import prepare_report
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv",
@@ -99,7 +101,8 @@ def files_by_stem(root: str, extensions: Sequence[str]) -> dict[str, str]:
   return found
 
 
-class SourceFileBuilder(tfds.core.GeneratorBasedBuilder,
+class SourceFileBuilder(frame_store.WritesFrameStore,
+                        tfds.core.GeneratorBasedBuilder,
                         skip_registration=True):
   """A dataset of videos (or images) decoded from files the user downloaded.
 
@@ -298,7 +301,8 @@ class SourceFileBuilder(tfds.core.GeneratorBasedBuilder,
       if entry.problem:
         self._report.problem(split, prepare_report.TRUNCATED, source.id,
                              source.path, entry.problem)
-      media = entry.frames if self.MEDIA == features.VIDEO else entry.frames[0]
+      media = (self._stored(split, source.id, entry.frames)
+               if self.MEDIA == features.VIDEO else entry.frames[0])
       self._report.count(split, written=1)
       written += 1
       yield source.id, {self.MEDIA: media, "label": source.label,

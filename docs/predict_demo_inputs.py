@@ -14,7 +14,6 @@ import os
 import av
 import numpy as np
 from PIL import Image
-import tensorflow as tf
 
 from cover_jax import input as inp
 
@@ -22,10 +21,9 @@ from cover_jax import input as inp
 def test_example(name, index, data_dir):
   """(frames uint8 [T, H, W, 3], label name) of a test example."""
   source = inp.open_source(name, "test", data_dir=data_dir)
-  encoded, label = source.parse(tf.constant(source.reader()[index]))
-  frames = np.stack([np.asarray(Image.open(io.BytesIO(f)))
-                     for f in encoded.numpy()])
-  return frames, source.label_names[int(label)]
+  encoded, label = source.encoded(index)
+  frames = np.stack([np.asarray(Image.open(io.BytesIO(f))) for f in encoded])
+  return frames, source.label_names[label]
 
 
 def write_video(path, frames, codec, rate=10):

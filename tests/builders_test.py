@@ -5,11 +5,13 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data import decode
 from data import decode_stage
 from data import folder
+from data import frame_store
 from data import kinetics
 from data import moments
 from data import prepare_report
@@ -27,12 +29,18 @@ def write_text(path, text):
 
 
 def read_back(builder, split):
-  """The examples of a prepared split, by id, read as training reads them."""
+  """The examples of a prepared split, by id, with their decoded frames
+  (from the frame store, for videos): what training reads."""
   prepared = tfds.builder_from_directory(os.fspath(builder.data_dir))
+  store = (frame_store.FrameStore(prepared.data_dir, split)
+           if "video" in prepared.info.features else None)
   examples = {}
-  for example in prepared.as_data_source(split):
-    if "video" in example:
-      example["video"] = np.stack(example["video"])
+  for i, example in enumerate(prepared.as_data_source(split)):
+    if store is not None:
+      assert len(example["video"]) == 0  # the frames are in the store only
+      assert store.label[i] == example["label"]
+      example["video"] = np.stack([tf.io.decode_jpeg(jpeg).numpy()
+                                   for jpeg in store.frames(i)])
     examples[example["id"].decode()] = example
   return prepared, examples
 

@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data import digits
+from data import frame_store
 from data import registry
 
 
@@ -38,11 +40,16 @@ def test_training_shares_are_nested_balanced_and_never_test_digits():
 
 
 def stored_examples(builder, split):
-  """The stored records (tf.train.Example protos, frames as JPEG) by id."""
+  """(stored record: a tf.train.Example proto, its JPEG frames) by id; a
+  video's frames are in the frame store."""
   source = builder.as_data_source(
       split, deserialize_method=tfds.decode.DeserializeMethod.
       DESERIALIZE_NO_DECODE)
-  return {e.features.feature["id"].bytes_list.value[0]: e for e in source}
+  store = (frame_store.FrameStore(builder.data_dir, split)
+           if "video" in builder.info.features else None)
+  return {e.features.feature["id"].bytes_list.value[0]:
+          (e, store.frames(i) if store else None)
+          for i, e in enumerate(source)}
 
 
 def test_a_share_only_removes_examples(digits_dir, tmp_path):
@@ -125,10 +132,14 @@ def test_built_datasets_read_back(digits_dir):
     assert info.metadata["short_side"] == digits.CANVAS
     assert info.metadata["flip_changes_label"] == (name == "digits_motion")
     source = builder.as_data_source("test")
-    examples = [source[i] for i in range(3)]
-    for example in examples:
-      frames = np.asarray(example.get("video", example.get("image")))
-      frames = frames if frames.ndim == 4 else frames[None]
+    for i in range(3):
+      if name == "digits_image":
+        frames = np.asarray(source[i]["image"])[None]
+      else:
+        assert len(source[i]["video"]) == 0  # in the frame store only
+        frames = np.stack([tf.io.decode_jpeg(f).numpy() for f in
+                           frame_store.FrameStore(builder.data_dir,
+                                                  "test").frames(i)])
       assert frames.shape[1:] == (40, 40, 3)
       assert digits.FRAMES[0] <= len(frames) <= digits.FRAMES[1] or (
           name == "digits_image")

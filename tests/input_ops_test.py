@@ -106,15 +106,34 @@ def test_random_flip_mirrors_about_half_and_all_frames_alike():
   assert 70 < flipped < 130
 
 
-def test_normalize():
-  out = ops.normalize(tf.constant([[0.0, 127.5, 255.0]]), (0.5, 0.25, 0.0),
-                      (0.5, 0.25, 1.0)).numpy()
-  np.testing.assert_allclose(out, [[-1.0, 1.0, 1.0]], atol=1e-6)
-
-
-def test_to_uint8_rounds_half_to_even_and_saturates():
-  values = [-3.0, 0.4, 0.5, 0.6, 1.5, 2.5, 127.49, 254.5, 254.6, 255.2, 300.0]
+def test_to_uint8_rounds_half_up():
+  values = [0.0, 0.4, 0.5, 0.6, 1.5, 2.5, 127.49, 254.5, 254.6, 255.0]
   out = ops.to_uint8(tf.constant(values)).numpy()
   assert out.dtype == np.uint8
-  np.testing.assert_array_equal(out, [0, 0, 0, 1, 2, 2, 127, 254, 255, 255,
-                                      255])
+  np.testing.assert_array_equal(out, [0, 0, 1, 1, 2, 3, 127, 255, 255, 255])
+
+
+@pytest.mark.parametrize("size", [4, 7, 40])  # shrink > 2x, < 2x, enlarge
+def test_resized_frames_stay_in_range_so_to_uint8_needs_no_clip(size):
+  # The worst case for overshoot: a 0/255 checkerboard.
+  board = (np.indices((16, 16)).sum(axis=0) % 2 * 255).astype(np.uint8)
+  frames = np.repeat(board[None, :, :, None], 3, axis=-1)
+  resized = ops.resize(tf.constant(frames), size).numpy()
+  assert resized.min() >= 0 and resized.max() <= 255
+  np.testing.assert_array_equal(
+      ops.to_uint8(tf.constant(resized)).numpy(),
+      np.clip(np.floor(resized.astype(np.float64) + 0.5), 0, 255))
+
+
+@pytest.mark.parametrize("size,antialias", [(4, True), (7, True), (8, False),
+                                            (12, False), (40, False)])
+def test_resize_antialiases_only_beyond_2x(size, antialias):
+  frames = np.random.default_rng(size).integers(0, 256, (2, 16, 16, 3))
+  expected = tf.image.resize(frames.astype(np.float32), [size, size],
+                             antialias=antialias).numpy()
+  other = tf.image.resize(frames.astype(np.float32), [size, size],
+                          antialias=not antialias).numpy()
+  out = ops.resize(tf.constant(frames.astype(np.uint8)), size).numpy()
+  np.testing.assert_allclose(out, expected, atol=1e-3)
+  if size < 16:  # shrinking: the two differ, so the choice was checked
+    assert np.abs(out - other).max() > 1

@@ -86,11 +86,12 @@ def test_eval_takes_segment_middles_in_order_and_reversed(synthetic_dir):
 
 def resized_pixels(frames, size):
   """round(bilinear resize) of uint8 [T, h, w, 3] to size x size, by
-  jax.image (antialiased when shrinking, as the pipeline resizes)."""
+  jax.image (antialiased when shrinking more than 2x, as the pipeline
+  resizes)."""
   out = jax.image.resize(np.asarray(frames, np.float32),
                          (len(frames), size, size, 3), "linear",
-                         antialias=True)
-  return np.clip(np.round(np.asarray(out)), 0, 255)
+                         antialias=frames.shape[2] > 2 * size)
+  return np.clip(np.floor(np.asarray(out) + 0.5), 0, 255)
 
 
 def stored_frames(indices, window=None):

@@ -16,6 +16,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from data import features
+from data import frame_store
 
 DARK_COLUMNS = 12
 LENGTHS = (5, 8, 19)  # frames of a clip with label 0, 1, 2
@@ -52,7 +53,8 @@ class ClipsConfig(tfds.core.BuilderConfig):
   flip_changes_label: bool = False
 
 
-class SyntheticClips(tfds.core.GeneratorBasedBuilder):
+class SyntheticClips(frame_store.WritesFrameStore,
+                     tfds.core.GeneratorBasedBuilder):
   """Clips (or images) of known content; see the module docstring."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -77,17 +79,19 @@ class SyntheticClips(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {split: self._generate_examples(n)
+    return {split: self._generate_examples(split, n)
             for split, n in self.builder_config.sizes}
 
-  def _generate_examples(self, num_examples):
+  def _generate_examples(self, split, num_examples):
     c = self.builder_config
     for i in range(num_examples):
       label = i % len(LENGTHS)
       frames = [jpeg(frame(t, c.height, c.width))
                 for t in range(LENGTHS[label])]
-      content = frames if c.kind == "video" else frames[0]
-      yield i, {c.kind: content, "label": label, "id": f"clip{i}"}
+      key = f"clip{i}"
+      content = (self._stored(split, key, frames) if c.kind == "video"
+                 else frames[0])
+      yield i, {c.kind: content, "label": label, "id": key}
 
 
 def prepare(data_dir: str) -> None:

@@ -103,36 +103,55 @@ def split_batch(global_batch: int, video_weight: float, image_weight: float,
   return {"video": video * granule, "image": (units - video) * granule}
 
 
-def _preprocess_train(encoded, seed, *, num_frames: int, flip,
-                      prep: Preprocessing):
-  seed_time, seed_crop, seed_flip = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 3))
-  indices = ops.sample_frame_indices(tf.shape(encoded)[0], num_frames,
-                                     training=True, seed=seed_time)
-  encoded = tf.gather(encoded, indices)
-  height, width = ops.frame_shape(encoded)
+def _example_seeds(seed):
+  """(time, crop, flip) seeds of one training example."""
+  return tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+
+
+def train_frame_indices(num_available, seed, num_frames: int):
+  """The frames a training clip samples (random within each segment)."""
+  seed_time, _, _ = _example_seeds(seed)
+  return ops.sample_frame_indices(num_available, num_frames, training=True,
+                                  seed=seed_time)
+
+
+def eval_frame_indices(num_available, num_frames: int, reverse: bool = False):
+  """The frames an evaluation clip samples (each segment's middle one)."""
+  indices = ops.sample_frame_indices(num_available, num_frames,
+                                     training=False)
+  return tf.reverse(indices, axis=[0]) if reverse else indices
+
+
+def preprocess_train(sampled, seed, *, flip, prep: Preprocessing):
+  """uint8 [T, crop, crop, 3] from the sampled JPEG frames of a clip: one
+  scale-jittered random crop (only its window is decoded), maybe flipped."""
+  _, seed_crop, seed_flip = _example_seeds(seed)
+  height, width = ops.frame_shape(sampled)
   window = ops.random_crop_window(height, width, prep.crop_size,
                                   prep.scale_range, seed_crop)
-  frames = ops.decode_frames(encoded, window)
+  frames = ops.decode_frames(sampled, window)
   # Flip the uint8 window, before the resize: a quarter of the bytes.
   frames = tf.cond(flip, lambda: ops.random_flip(frames, seed_flip),
                    lambda: frames)
   return ops.to_uint8(ops.resize(frames, prep.crop_size))
 
 
-def preprocess_eval(encoded, *, num_frames: int, prep: Preprocessing,
-                    reverse: bool = False):
-  """uint8 [views, T, crop, crop, 3]: middle frames of each segment, views."""
-  indices = ops.sample_frame_indices(tf.shape(encoded)[0], num_frames,
-                                     training=False)
-  if reverse:
-    indices = tf.reverse(indices, axis=[0])
-  frames = ops.decode_frames(tf.gather(encoded, indices))
+def eval_views(sampled, prep: Preprocessing):
+  """uint8 [views, T, crop, crop, 3] from the sampled JPEG frames of a clip."""
+  frames = ops.decode_frames(sampled)
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
   windows = ops.view_windows(height, width, prep.crop_size,
                              prep.eval_short_side or prep.crop_size,
                              prep.eval_views)
   return ops.to_uint8(ops.crop_views(frames, windows, prep.crop_size))
+
+
+def preprocess_eval(encoded, *, num_frames: int, prep: Preprocessing,
+                    reverse: bool = False):
+  """uint8 [views, T, crop, crop, 3] from every JPEG frame of a clip: the
+  middle frame of each segment, each view."""
+  indices = eval_frame_indices(tf.shape(encoded)[0], num_frames, reverse)
+  return eval_views(tf.gather(encoded, indices), prep)
 
 
 class NumpyStream:
@@ -196,7 +215,8 @@ class _Records:
     empty = [s.name for s in sources if s.num_examples == 0]
     if empty:
       raise ValueError(f"Datasets {empty} have no examples in their split.")
-    self._readers = [s.reader() for s in sources]
+    self._offsets = np.cumsum([0] + self.sizes[:-1]).astype(np.int64)
+    self._counts = np.concatenate([s.frame_counts() for s in sources])
 
   def record(self, source, position, shuffle_seed=None):
     """Record index (int64) of a position; shuffled if seeded."""
@@ -211,15 +231,31 @@ class _Records:
                                                    max_index=n - 1)
     return index
 
-  def read(self, source, record):
-    """(encoded frames [N] string, label int32) of one record."""
-    serialized = tf.py_function(
-        lambda s, r: self._readers[int(s)][int(r)], [source, record],
-        tf.string)
-    serialized.set_shape([])
-    branches = [lambda src=src: src.parse(serialized)
-                for src in self.sources]
-    return tf.switch_case(tf.cast(source, tf.int32), branches)
+  def frame_count(self, source, record):
+    """Frames stored for a record (1 for an image)."""
+    return tf.gather(tf.constant(self._counts),
+                     tf.gather(tf.constant(self._offsets), source) + record)
+
+  def read(self, source, record, frame_indices):
+    """(JPEGs string [R, T], label int32 [R]) of a batch of R records:
+    frames `frame_indices [R, T]` of each. One Python call per batch."""
+    shape = tf.shape(frame_indices)
+    encoded, label = tf.py_function(
+        self._read, [source, record, frame_indices], (tf.string, tf.int32))
+    return tf.reshape(encoded, shape), tf.reshape(label, shape[:1])
+
+  def _read(self, source, record, frame_indices):
+    source, record = source.numpy(), record.numpy()
+    frame_indices = frame_indices.numpy()
+    frames = np.empty(frame_indices.shape, object)
+    labels = np.empty(len(source), np.int32)
+    for s in np.unique(source):
+      rows = source == s
+      jpegs, labels[rows] = self.sources[s].read(record[rows],
+                                                 frame_indices[rows])
+      frames[rows] = np.asarray(jpegs, object).reshape(
+          frame_indices[rows].shape)
+    return frames.ravel(), labels
 
 
 class TrainIterator:
@@ -324,15 +360,22 @@ class TrainIterator:
       return after, (tf.cast(tf.gather(source, rows), tf.int32),
                      tf.gather(position, rows), after)
 
-    def load(source, position):
+    def locate(source, position):  # a row's record, seed and frames
       record = records.record(source, position, shuffle_seed=seed)
-      encoded, label = records.read(source, record)
       example_seed = tf.random.experimental.stateless_fold_in(
           tf.random.experimental.stateless_fold_in(
               part_seed, tf.cast(global_ids[source], tf.int64)), position)
-      frames = _preprocess_train(encoded, example_seed,
-                                 num_frames=num_frames, flip=flip[source],
-                                 prep=prep)
+      indices = train_frame_indices(records.frame_count(source, record),
+                                    example_seed, num_frames)
+      return source, record, example_seed, indices
+
+    def read(source, record, example_seed, indices):  # a step's rows
+      encoded, label = records.read(source, record, indices)
+      return encoded, label, source, example_seed
+
+    def preprocess(encoded, label, source, example_seed):
+      frames = preprocess_train(encoded, example_seed, flip=flip[source],
+                                prep=prep)
       return {"frames": frames, "label": label,
               "dataset": global_ids[source]}
 
@@ -341,7 +384,12 @@ class TrainIterator:
     steps = tf.data.Dataset.range(self._step, 2**62).scan(start, draw)
     examples = (steps.map(lambda source, position, _: (source, position))
                 .unbatch()
-                .map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                .map(locate)
+                .batch(len(rows), drop_remainder=True)
+                .map(read, num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
+                .unbatch()
+                .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
                      deterministic=True)
                 .batch(len(rows), drop_remainder=True))
     return tf.data.Dataset.zip(examples, steps.map(lambda *x: x[-1]))
@@ -393,20 +441,33 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
   rows = shard_rows(global_batch, granule, _check_shards(granule, shards))
   num_frames = prep.frames_of(source)
 
-  def load(batch, row):
+  def locate(batch, row):
     position = batch * global_batch + row
     valid = position < source.num_examples
     record = records.record(0, tf.where(valid, position, 0))
-    encoded, label = records.read(0, record)
-    return {"frames": preprocess_eval(encoded, num_frames=num_frames,
-                                      prep=prep, reverse=reverse),
-            "label": label, "mask": tf.cast(valid, tf.int32),
+    indices = eval_frame_indices(records.frame_count(0, record), num_frames,
+                                 reverse)
+    return record, indices, valid
+
+  def read(record, indices, valid):
+    encoded, label = records.read(tf.zeros_like(record, tf.int32), record,
+                                  indices)
+    return encoded, label, record, valid
+
+  def preprocess(encoded, label, record, valid):
+    return {"frames": eval_views(encoded, prep), "label": label,
+            "mask": tf.cast(valid, tf.int32),
             "record": tf.cast(record, tf.int32)}
 
   row_dataset = tf.data.Dataset.from_tensor_slices(rows)
   dataset = (tf.data.Dataset.range(eval_num_batches(source, global_batch))
              .flat_map(lambda b: row_dataset.map(lambda r: (b, r)))
-             .map(load, num_parallel_calls=tf.data.AUTOTUNE,
+             .map(locate)
+             .batch(len(rows))
+             .map(read, num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=True)
+             .unbatch()
+             .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
              .batch(len(rows)).prefetch(2))
   return NumpyStream(dataset)

@@ -8,12 +8,13 @@ a counter: nothing but integers to checkpoint, whatever the record size.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from data import features as data_features
+from data import frame_store
 from data import registry
 
 
@@ -30,6 +31,9 @@ class Source:
     label_names: the sorted label map.
     short_side: stored frames' short side in pixels (None: not recorded).
     flip_changes_label: a horizontal flip changes the class (SSv2).
+    builder: the prepared tfds builder.
+    frames: a video split's frame store.
+    records: an image split's records (ArrayRecordDataSource).
   """
   name: str
   dataset: str
@@ -40,25 +44,44 @@ class Source:
   short_side: int | None
   flip_changes_label: bool
   builder: Any = dataclasses.field(repr=False, compare=False)
+  frames: frame_store.FrameStore | None = dataclasses.field(
+      default=None, repr=False, compare=False)
+  records: Any = dataclasses.field(default=None, repr=False, compare=False)
 
   @property
   def num_classes(self) -> int:
     return len(self.label_names)
 
-  def reader(self):
-    """Random access to the serialized records: reader[i] -> bytes."""
-    from array_record.python import array_record_data_source  # pylint: disable=import-outside-toplevel
-    return array_record_data_source.ArrayRecordDataSource(
-        self.builder.info.splits[self.split].file_instructions)
+  def frame_counts(self) -> np.ndarray:
+    """int32 [num_examples]: frames of each record (1 for an image)."""
+    if self.frames is None:
+      return np.ones([self.num_examples], np.int32)
+    return self.frames.count
 
-  def parse(self, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(encoded JPEG frames [N] string, label int32) of one record."""
-    example = self.builder.info.features.deserialize_example(
-        serialized, decoders={self.kind: tfds.decode.SkipDecoding()})
-    frames = example[self.kind]
-    if self.kind == data_features.IMAGE:
-      frames = frames[None]
-    return frames, tf.cast(example["label"], tf.int32)
+  def read(self, records: Sequence[int], frame_indices: np.ndarray
+           ) -> tuple[list[bytes], np.ndarray]:
+    """(JPEGs of `frame_indices[i]` of record `records[i]`, flattened row by
+    row; int32 labels) for a batch of records."""
+    if self.frames is not None:
+      records = np.asarray(records, np.int64)
+      return (self.frames.read(records, frame_indices),
+              self.frames.label[records])
+    serialized = self.records.__getitems__(
+        np.asarray(records, np.int64).tolist())
+    images, labels = [], []
+    for record in serialized:
+      feature = tf.train.Example.FromString(record).features.feature
+      images.append(feature[self.kind].bytes_list.value[0])
+      labels.append(feature["label"].int64_list.value[0])
+    repeat = np.asarray(frame_indices).reshape(len(images), -1).shape[1]
+    return ([jpeg for jpeg in images for _ in range(repeat)],
+            np.asarray(labels, np.int32))
+
+  def encoded(self, record: int) -> tuple[list[bytes], int]:
+    """(every JPEG frame, label) of one record."""
+    indices = np.arange(self.frame_counts()[record])[None]
+    frames, labels = self.read([record], indices)
+    return frames, int(labels[0])
 
 
 def open_source(name: str, split: str, *, dataset: str | None = None,
@@ -87,6 +110,28 @@ def open_source(name: str, split: str, *, dataset: str | None = None,
   if len(kinds) != 1 or "label" not in feature_keys:
     raise ValueError(f"Dataset {dataset!r} has features {sorted(feature_keys)}"
                      f"; expected 'label' and one of 'video' or 'image'.")
+  store = records = None
+  if kinds[0] == data_features.IMAGE:
+    from array_record.python import array_record_data_source  # pylint: disable=import-outside-toplevel
+    records = array_record_data_source.ArrayRecordDataSource(
+        info.splits[split].file_instructions)
+  else:
+    if not frame_store.has_frame_store(builder.data_dir, split):
+      raise ValueError(
+          f"Dataset {dataset!r} was prepared before frame stores: every "
+          f"frame is inside its video's record, which training would read "
+          f"whole to use a few frames. Write its frame store once (the "
+          f"records are read, nothing is decoded again): python -m "
+          f"data.frame_store {dataset}"
+          + (f" --data_dir={data_dir}" if data_dir else ""))
+    store = frame_store.FrameStore(builder.data_dir, split)
+    if len(store) != info.splits[split].num_examples:
+      raise ValueError(
+          f"The frame store of {dataset!r} {split} indexes {len(store)} "
+          f"videos but the split has {info.splits[split].num_examples} "
+          f"records: it belongs to another preparation. Delete "
+          f"{frame_store.index_path(builder.data_dir, split).parent} and "
+          f"write it again: python -m data.frame_store {dataset}")
   metadata = info.metadata or {}
   return Source(
       name=name, dataset=dataset, split=split, kind=kinds[0],
@@ -94,4 +139,4 @@ def open_source(name: str, split: str, *, dataset: str | None = None,
       label_names=tuple(info.features["label"].names),
       short_side=metadata.get("short_side"),
       flip_changes_label=bool(metadata.get("flip_changes_label", False)),
-      builder=builder)
+      builder=builder, frames=store, records=records)

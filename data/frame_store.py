@@ -1,0 +1,271 @@
+"""Video frames stored one JPEG per record, so that reading a clip reads only
+the frames it samples.
+
+A training clip uses 8 or 16 frames of a video that stores hundreds: kept
+inside the video's record, every read would fetch and parse all of them
+(5.7 MB for 10 s at short side 320, more than half the input pipeline's CPU
+time). So the frames of a video dataset's split live in a frame store beside
+its TFDS records:
+
+    <dataset dir>/frames/<split>-00000.array_record, ...   one JPEG per record
+    <dataset dir>/frames/<split>.index.npz                 per video record
+
+The index holds, in the split's record order, each video's first frame in the
+store (`first`), its number of frames (`count`) and its label (`label`), plus
+the store's file names (`files`). The TFDS records keep the id and the label;
+their `video` feature is empty where a frame store holds the frames.
+
+Datasets prepared before frame stores keep every frame in its record; write
+their frame store once (records are read, nothing is decoded again):
+
+    python -m data.frame_store DATASET [--data_dir=DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from typing import Iterable, Sequence
+
+from etils import epath
+import numpy as np
+
+FOLDER = "frames"
+# JPEG bytes do not compress; one record per chunk reads one frame at a time.
+WRITER_OPTIONS = "group_size:1,uncompressed"
+# About 2-5 GB per file at 24-47 KB a frame.
+FRAMES_PER_FILE = 100_000
+
+
+def index_path(dataset_dir, split: str) -> epath.Path:
+  return epath.Path(dataset_dir) / FOLDER / f"{split}.index.npz"
+
+
+def has_frame_store(dataset_dir, split: str) -> bool:
+  """Whether `split` of the dataset in `dataset_dir` has a complete store
+  (the index is written last)."""
+  return index_path(dataset_dir, split).exists()
+
+
+class Writer:
+  """Appends videos' frames to a split's store, in any order, by key.
+
+  `spans` maps each key to (first, count); `write_index` later puts them in
+  the split's record order. Files are written under hidden names and renamed
+  by `close`, so a killed writer leaves nothing that looks complete.
+  """
+
+  def __init__(self, dataset_dir, split: str,
+               frames_per_file: int = FRAMES_PER_FILE):
+    self._folder = epath.Path(dataset_dir) / FOLDER
+    self._folder.mkdir(parents=True, exist_ok=True)
+    self._split = split
+    self._frames_per_file = frames_per_file
+    self._writer = None
+    self._in_file = 0
+    self.files: list[str] = []
+    self.spans: dict[str, tuple[int, int]] = {}
+    self.num_frames = 0
+
+  def _partial(self, name: str) -> str:
+    return os.fspath(self._folder / f".{name}.partial")
+
+  def _next_file(self) -> None:
+    from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+    self._close_file()
+    self.files.append(f"{self._split}-{len(self.files):05d}.array_record")
+    self._writer = array_record_module.ArrayRecordWriter(
+        self._partial(self.files[-1]), WRITER_OPTIONS)
+    self._in_file = 0
+
+  def _close_file(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      os.replace(self._partial(self.files[-1]),
+                 os.fspath(self._folder / self.files[-1]))
+      self._writer = None
+
+  def add(self, key: str, frames: Sequence[bytes]) -> None:
+    """Stores the JPEG `frames` of the video `key`."""
+    if key in self.spans:
+      raise ValueError(f"Video {key!r} was added to the frame store twice.")
+    if not frames:
+      raise ValueError(f"Video {key!r} has no frames to store.")
+    self.spans[key] = (self.num_frames, len(frames))
+    for jpeg in frames:
+      if self._writer is None or self._in_file == self._frames_per_file:
+        self._next_file()
+      self._writer.write(bytes(jpeg))
+      self._in_file += 1
+      self.num_frames += 1
+
+  def close(self) -> None:
+    self._close_file()
+
+
+def write_index(dataset_dir, split: str, files: Sequence[str],
+                spans: dict[str, tuple[int, int]],
+                records: Iterable[tuple[str, int]]) -> int:
+  """Writes the index of `split`: `records` gives (key, label) in record
+  order, `spans` each key's frames. Returns the number of records."""
+  first, count, label = [], [], []
+  for key, record_label in records:
+    if key not in spans:
+      raise ValueError(f"Record {key!r} of split {split!r} has no frames in "
+                       f"the frame store.")
+    first.append(spans[key][0])
+    count.append(spans[key][1])
+    label.append(record_label)
+  buffer = io.BytesIO()
+  np.savez(buffer, first=np.asarray(first, np.int64),
+           count=np.asarray(count, np.int32),
+           label=np.asarray(label, np.int32), files=np.asarray(files))
+  path = index_path(dataset_dir, split)
+  partial = path.parent / f".{path.name}.partial"
+  partial.write_bytes(buffer.getvalue())
+  partial.replace(path)
+  return len(first)
+
+
+def record_keys_and_labels(file_instructions) -> Iterable[tuple[str, int]]:
+  """(id, label) of each record of a split, in record order (the video
+  feature is left unparsed)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from array_record.python import array_record_data_source  # pylint: disable=import-outside-toplevel
+  reader = array_record_data_source.ArrayRecordDataSource(file_instructions)
+  for i in range(len(reader)):
+    feature = tf.train.Example.FromString(reader[i]).features.feature
+    yield (feature["id"].bytes_list.value[0].decode(),
+           int(feature["label"].int64_list.value[0]))
+
+
+class FrameStore:
+  """The frames of one split, read by (record, frame index).
+
+  Attributes:
+    count: int32 [records], frames per video.
+    label: int32 [records].
+  """
+
+  def __init__(self, dataset_dir, split: str):
+    path = index_path(dataset_dir, split)
+    with np.load(io.BytesIO(path.read_bytes())) as index:
+      self.first = index["first"]
+      self.count = index["count"]
+      self.label = index["label"]
+      files = [str(f) for f in index["files"]]
+    self._paths = [os.fspath(path.parent / f) for f in files]
+    self._reader = None
+
+  def __len__(self) -> int:
+    return len(self.count)
+
+  def _frames(self):
+    if self._reader is None:  # opened on first use, in the reading process
+      from array_record.python import array_record_data_source  # pylint: disable=import-outside-toplevel
+      self._reader = array_record_data_source.ArrayRecordDataSource(
+          self._paths)
+    return self._reader
+
+  def read(self, records: np.ndarray, frame_indices: np.ndarray
+           ) -> list[bytes]:
+    """JPEGs of frames `frame_indices[i]` of video `records[i]`, flattened
+    row by row. An index past a video's last frame is an error."""
+    records = np.asarray(records, np.int64)
+    frame_indices = np.asarray(frame_indices, np.int64).reshape(
+        len(records), -1)
+    if np.any(frame_indices >= self.count[records, None]) or np.any(
+        frame_indices < 0):
+      raise IndexError("Frame index outside its video.")
+    ids = (self.first[records, None] + frame_indices).ravel()
+    return self._frames().__getitems__(ids.tolist())
+
+  def frames(self, record: int) -> list[bytes]:
+    """Every JPEG frame of one video."""
+    return self.read(np.asarray([record]),
+                     np.arange(self.count[record])[None])
+
+
+class WritesFrameStore:
+  """For tfds builders of videos: the frames go to the frame store.
+
+  Put it before the tfds base class. The example generator calls
+  `_stored(split, key, frames)` and puts what it returns (no frames) in the
+  record; once TFDS has written the records, the indexes are written (still
+  in the temporary folder, so the store appears with the dataset).
+  """
+
+  def _stored(self, split: str, key: str, frames: Sequence[bytes]) -> list:
+    writers = self.__dict__.setdefault("_frame_writers", {})
+    if split not in writers:
+      writers[split] = Writer(self.data_dir, split)
+    writers[split].add(key, frames)
+    return []
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    super()._download_and_prepare(dl_manager, download_config)
+    for split, writer in self.__dict__.pop("_frame_writers", {}).items():
+      writer.close()
+      write_index(self.data_dir, split, writer.files, writer.spans,
+                  record_keys_and_labels(
+                      self.info.splits[split].file_instructions))
+
+
+# -- Writing the store of a dataset prepared before frame stores ---------------
+
+
+def convert(builder, splits: Sequence[str] | None = None) -> dict[str, int]:
+  """Writes the frame store of each split of a prepared video dataset whose
+  records hold the frames; returns frames written per split (0: the split
+  already had a store)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from array_record.python import array_record_data_source  # pylint: disable=import-outside-toplevel
+  written = {}
+  for split in splits or sorted(builder.info.splits):
+    if has_frame_store(builder.data_dir, split):
+      written[split] = 0
+      continue
+    instructions = builder.info.splits[split].file_instructions
+    reader = array_record_data_source.ArrayRecordDataSource(instructions)
+    writer = Writer(builder.data_dir, split)
+    for i in range(len(reader)):
+      feature = tf.train.Example.FromString(reader[i]).features.feature
+      key = feature["id"].bytes_list.value[0].decode()
+      writer.add(key, list(feature["video"].bytes_list.value))
+    writer.close()
+    write_index(builder.data_dir, split, writer.files, writer.spans,
+                record_keys_and_labels(instructions))
+    written[split] = writer.num_frames
+  return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m data.frame_store", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("dataset", help="e.g. kinetics400/short320")
+  parser.add_argument("--data_dir", help="default: ~/tensorflow_datasets")
+  args = parser.parse_args(argv)
+  from data import registry  # pylint: disable=import-outside-toplevel
+  try:
+    builder = registry.load_builder(args.dataset, args.data_dir)
+    if "video" not in builder.info.features:
+      raise ValueError(f"{args.dataset} is not a video dataset; only videos "
+                       f"have a frame store.")
+    written = convert(builder)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for split, frames in written.items():
+    print(f"{args.dataset} {split}: " + (
+        f"{frames} frames written to {builder.data_dir}/{FOLDER}" if frames
+        else "already has a frame store"))
+  print("The records still hold their frames too; preparing the dataset "
+        "again from its sources stores them once.")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
