@@ -76,6 +76,7 @@ from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from cover_jax import host
 from cover_jax.input import ops
 from cover_jax.input.pipeline import NumpyStream, Preprocessing, TrainIterator
 from cover_jax.input.source import Source, open_source
@@ -285,11 +286,28 @@ LADDER = (OLD, ("batch", "float32", "shrink"), ("batch", "uint8", "shrink"),
           NEW)
 
 
-def write_old_layout(source: Source, path: str) -> str:
+def write_old_layout(source: Source, path: str, data_dir: str) -> str:
   """The split's records as the old layout stored them: every frame inside
-  its record, tfds-serialised, ArrayRecord with tfds's options."""
+  its record, tfds-serialised, ArrayRecord with tfds's options.
+
+  Written by a child process: writing them here would leave this process's
+  allocator in another state (glibc raises its mmap threshold as large
+  blocks are freed), and the old pipeline's speed depends on that state
+  (see --retain_freed_host_memory).
+  """
   if source.kind == "image" or os.path.exists(path):
     return path
+  done = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), "--write_old_layout", path,
+       "--data_dir", data_dir,
+       "--dataset", source.dataset], capture_output=True, text=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  if done.returncode:
+    raise SystemExit(f"Writing {path} failed:\n{done.stderr[-3000:]}")
+  return path
+
+
+def _write_old_layout_here(source: Source, path: str) -> None:
   from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
   features = source.builder.info.features
   writer = array_record_module.ArrayRecordWriter(path + ".partial",
@@ -300,7 +318,6 @@ def write_old_layout(source: Source, path: str) -> str:
         {"video": frames, "label": label, "id": f"clip{i}"}))
   writer.close()
   os.replace(path + ".partial", path)
-  return path
 
 
 def old_resize(frames, size: int):
@@ -638,7 +655,19 @@ def main():
                       help="a smoke check: 4 videos of 4 s, batch 4, one "
                            "round of 1 s, no control pipelines")
   parser.add_argument("--json", default=None, help="also write figures here")
+  parser.add_argument("--retain_freed_host_memory", action="store_true",
+                      help="apply cover_jax.host.retain_freed_host_memory() "
+                           "first (no mmap for large blocks)")
+  parser.add_argument("--write_old_layout", help=argparse.SUPPRESS)
+  parser.add_argument("--dataset", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.write_old_layout:  # the child process of write_old_layout
+    _write_old_layout_here(open_source(args.dataset, "train",
+                                       data_dir=args.data_dir),
+                           args.write_old_layout)
+    return
+  if args.retain_freed_host_memory and not host.retain_freed_host_memory():
+    raise SystemExit("retain_freed_host_memory: no glibc mallopt here.")
   if args.quick:
     args.num_videos, args.video_seconds, args.batch = 4, 4.0, 4
     args.seconds, args.rounds, args.warmup_seconds = 1.0, 1, 1.0
@@ -649,7 +678,9 @@ def main():
   start = time.perf_counter()
   results = dict(machine=machine(), args=vars(args), datasets=[],
                  pipelines=[], accelerators=[])
-  print(f"machine: {results['machine']}")
+  print(f"machine: {results['machine']}; allocator: "
+        + ("retain_freed_host_memory" if args.retain_freed_host_memory
+           else "glibc's default"))
 
   tag = f"{args.num_videos}x{args.video_seconds:g}s".replace(".", "p")
   videos = os.path.join(args.data_dir, f"videos_{tag}")
@@ -662,7 +693,7 @@ def main():
     results["datasets"].append(stats)
     old_records = write_old_layout(source, os.path.join(
         args.data_dir, f"old_layout_{source.dataset.replace('/', '_')}"
-                       ".array_record"))
+                       ".array_record"), args.data_dir)
     rows = measure_setting(setting, source, old_records, args)
     results["pipelines"] += rows
     results["accelerators"] += accelerator_rows(
