@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -120,7 +121,8 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
   names = ("digits_image", "digits_appearance", "digits_motion")
   logged = {tag: scalars(str(tmp_path), tag) for tag in (
       ["train/loss", "train/grad_norm", "train/learning_rate",
-       "train/skipped_steps", "train/steps_per_sec"] +
+       "train/skipped_steps", "train/steps_per_sec",
+       "train/input_wait_fraction"] +
       [f"train/{n}/{m}" for n in names for m in ("loss", "top1")] +
       [f"eval/{n}/{m}" for n in names for m in ("top1", "top5", "loss")])}
   assert all(list(values) == [2] for values in logged.values()), logged
@@ -134,6 +136,7 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
       config.optimizer.learning_rates[0] / warmup_steps)
   assert at_2["train/learning_rate"] > 0 and at_2["train/skipped_steps"] == 0
   assert at_2["train/steps_per_sec"] > 0 and at_2["train/grad_norm"] > 0
+  assert 0 < at_2["train/input_wait_fraction"] < 1
   for name, classes in zip(names, (10, 10, 8)):
     # Near chance after one small step: cross-entropy about log(classes).
     assert at_2[f"train/{name}/loss"] == pytest.approx(np.log(classes),
@@ -314,6 +317,61 @@ def scalars(workdir, tag):
         if value.tag == tag:
           out[event.step] = float(tf.make_ndarray(value.tensor))
   return out
+
+
+def test_input_wait_fraction_is_the_time_spent_waiting_for_batches(
+    digits_dir, tmp_path, monkeypatch, capsys):
+  """An iterator slowed by 0.5 s per batch in the second of three log
+  intervals (steps 3-4): each interval's train/input_wait_fraction equals the
+  time spent in next() and to_global, timed here, over the wall time between
+  the log points, and the slowed interval's is near 1."""
+  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
+  delay = 0.5
+  waits, logs = [], []  # (start, seconds) of each call; end of each summary
+
+  def timed(fn, sleep_on=()):
+    def call(*args, **kwargs):
+      start = time.perf_counter()
+      if len(waits) // 2 + 1 in sleep_on:  # the batch of that step
+        time.sleep(delay)
+      out = fn(*args, **kwargs)
+      waits.append((start, time.perf_counter() - start))
+      return out
+    return call
+
+  class Slowed:
+    def __init__(self, it):
+      self.it = it
+      self.next = timed(lambda: next(it), sleep_on=(3, 4))
+
+    def __next__(self):
+      return self.next()
+
+    def __getattr__(self, name):  # state(), close()
+      return getattr(self.it, name)
+
+  for_train, summarize = train.inp.make.for_train, train.summarize
+  monkeypatch.setattr(train.inp.make, "for_train",
+                      lambda *args, **kwargs: Slowed(for_train(*args,
+                                                               **kwargs)))
+  monkeypatch.setattr(train.inp, "to_global", timed(train.inp.to_global))
+
+  def summarized(*args):
+    out = summarize(*args)
+    logs.append(time.perf_counter())
+    return out
+  monkeypatch.setattr(train, "summarize", summarized)
+  config = tiny_config(digits_dir, **{"checkpoint.every_steps": 100})
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)
+  logged = scalars(workdir, "train/input_wait_fraction")
+  assert sorted(logged) == [2, 4, 6] and len(logs) == 3 and len(waits) == 12
+  for (begin, end), step in zip(zip(logs, logs[1:]), (4, 6)):
+    waited = sum(seconds for start, seconds in waits if begin <= start < end)
+    assert logged[step] == pytest.approx(waited / (end - begin), abs=0.02)
+  assert 0.8 < logged[4] <= 1 and 0 <= logged[2] <= 1 and 0 <= logged[6] <= 1
+  assert f"input wait {logged[4]:.0%}" in capsys.readouterr().out
 
 
 def test_non_finite_steps_are_skipped_and_counted(digits_dir, tmp_path):
