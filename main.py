@@ -144,7 +144,8 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
     log_noise.quiet()  # before TensorFlow is imported
-  host.retain_freed_host_memory()
+  if FLAGS.config.get("retain_freed_host_memory"):  # before JAX starts
+    host.retain_freed_host_memory()
   # TensorFlow only reads data here: keep it off the accelerators.
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], "GPU")

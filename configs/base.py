@@ -60,4 +60,8 @@ def config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 0  # 0: at the end only
   c.eval_reverse = False  # also evaluate with frames reversed (Table 2)
   c.nonfinite = "stop"  # or "skip": skip the update
+  # True: glibc keeps freed memory for reuse (cover_jax/host.py): a faster
+  # XLA:CPU step but a slower input pipeline beside it; the mini config
+  # trained slower with it on two free cores (benchmarks/RESULTS.md).
+  c.retain_freed_host_memory = False
   return c

@@ -87,3 +87,18 @@ def test_eval_mode_evaluates_the_last_checkpoint_without_training(
   with pytest.raises(ValueError, match=r"no checkpoint in .*empty.*neither "
                      r"config.resume_from nor config.init_from is set"):
     run_main(tmp_path / "empty", "eval")
+
+
+def test_host_allocator_setting_only_where_the_config_asks(
+    run_main, tmp_path, monkeypatch):
+  """config.retain_freed_host_memory (default False) applies cover_jax.host's
+  setting, which slows the input pipeline beside the step; else glibc's
+  allocator is left as it is."""
+  import main  # pylint: disable=import-outside-toplevel
+  applied = []
+  monkeypatch.setattr(main.host, "retain_freed_host_memory",
+                      lambda: applied.append(True) or True)
+  run_main(tmp_path / "a", "describe")
+  assert not applied
+  run_main(tmp_path / "b", "describe", retain_freed_host_memory=True)
+  assert applied == [True]
