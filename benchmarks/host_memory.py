@@ -353,14 +353,7 @@ def build_datasets(data_dir: str):
 
 
 def machine() -> str:
-  model = "unknown CPU"
-  try:
-    with open("/proc/cpuinfo") as f:
-      model = next(line.split(":", 1)[1].strip() for line in f
-                   if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return f"{model}, {os.cpu_count()} cores"
+  return f"{host.cpu_model()}, {os.cpu_count()} cores"
 
 
 def main():

@@ -49,3 +49,14 @@ def retain_freed_host_memory() -> bool:
     return False
   return all(mallopt(param, value) == 1 for param, value in (
       (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+
+
+def cpu_model() -> str:
+  """The CPU's model name, as /proc/cpuinfo gives it (benchmarks print it
+  with their figures)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return "unknown CPU"
