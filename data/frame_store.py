@@ -230,13 +230,14 @@ def convert(builder, splits: Sequence[str] | None = None) -> dict[str, int]:
     instructions = builder.info.splits[split].file_instructions
     reader = array_record_data_source.ArrayRecordDataSource(instructions)
     writer = Writer(builder.data_dir, split)
+    records = []  # (key, label) in record order: one pass over the records
     for i in range(len(reader)):
       feature = tf.train.Example.FromString(reader[i]).features.feature
       key = feature["id"].bytes_list.value[0].decode()
       writer.add(key, list(feature["video"].bytes_list.value))
+      records.append((key, int(feature["label"].int64_list.value[0])))
     writer.close()
-    write_index(builder.data_dir, split, writer.files, writer.spans,
-                record_keys_and_labels(instructions))
+    write_index(builder.data_dir, split, writer.files, writer.spans, records)
     written[split] = writer.num_frames
   return written
 
