@@ -122,8 +122,12 @@ def test_remat_equals_no_remat(model, params, video, policy, scan):
   np.testing.assert_allclose(loss(remat, p), loss(plain, p), rtol=1e-6)
   g1 = jax.grad(functools.partial(loss, plain))(p)
   g2 = jax.grad(functools.partial(loss, remat))(p)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-7), g1, g2)
+  # Recomputing reassociates float32 sums: allow a few ulps of the
+  # gradients' scale (the key biases' gradients are zero up to that noise:
+  # softmax ignores a shift shared by all keys).
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(g1))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-5, atol=4e-7 * scale), g1, g2)
 
 
 def test_bf16_compute_close_to_fp32(model, params, video):

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cover_jax.models import attention
 from cover_jax.models import posemb
 
 Dtype = Any
@@ -194,8 +195,11 @@ class Attention(nn.Module):
         dense(name=name)(tokens).reshape(
             batch, length, groups * self.num_heads, head_dim)
         for name in ("query", "key", "value"))
-    out = jax.nn.dot_product_attention(
-        query, key, value, implementation=self.implementation)
+    if self.implementation == "xla":
+      out = attention.dot_product_attention(query, key, value)
+    else:
+      out = jax.nn.dot_product_attention(
+          query, key, value, implementation=self.implementation)
     out = Linear(
         features=(width,), kernel_axes=("heads", "head_dim", "embed"),
         contract=2, dtype=self.dtype, param_dtype=self.param_dtype,
