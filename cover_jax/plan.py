@@ -55,7 +55,9 @@ PUBLISHED_TRAIN_SIZES = {"kinetics400": 240_000, "kinetics600": 392_000,
                          "kinetics700": 545_000, "ssv2": 168_913,
                          "moments_in_time": 791_000, "imagenet": 1_281_167}
 # The remat policies the search tries, from least to most recompute.
-REMAT_POLICIES = (None, "dots_with_no_batch_dims_saveable",
+# Most memory and least recompute first. dots_saveable keeps every matmul
+# output (attention products too) and recomputes only element-wise work.
+REMAT_POLICIES = (None, "dots_saveable", "dots_with_no_batch_dims_saveable",
                   "nothing_saveable")
 _TPU_HINT = ('TPU plans need libtpu: pip install -e ".[tpu]" (jax[tpu] of '
              'our jax version; no TPU needed, it compiles for TPUs on this '

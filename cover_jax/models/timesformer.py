@@ -132,6 +132,20 @@ def gelu(x, approximate: bool, portable: bool = False):
   return 0.5 * x * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
 
 
+def _linear_params(module, contracted, features, kernel_axes, contract,
+                   use_bias, zero_init, param_dtype):
+  """(kernel `[*contracted, *features]`, bias `features` or None) of a
+  dense layer, created in `module`'s scope as "kernel" and "bias"."""
+  init = _zeros if zero_init else _dense_init
+  kernel = module.param("kernel", init(kernel_axes),
+                        tuple(contracted) + tuple(features), param_dtype)
+  bias = None
+  if use_bias:
+    bias = module.param("bias", _zeros(kernel_axes[contract:]),
+                        tuple(features), param_dtype)
+  return kernel, bias
+
+
 class Linear(nn.Module):
   """Dense layer over the last `contract` axes of its input, with a kernel
   `[*contracted, *features]` whose axes keep their logical names.
@@ -151,16 +165,30 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x):
     lead, contracted = x.shape[:-self.contract], x.shape[-self.contract:]
-    init = _zeros if self.zero_init else _dense_init
-    kernel = self.param("kernel", init(self.kernel_axes),
-                        contracted + tuple(self.features), self.param_dtype)
+    kernel, bias = _linear_params(
+        self, contracted, self.features, self.kernel_axes, self.contract,
+        self.use_bias, self.zero_init, self.param_dtype)
     kernel = kernel.astype(self.dtype).reshape(int(np.prod(contracted)), -1)
     y = x.astype(self.dtype).reshape(lead + (-1,)) @ kernel
-    if self.use_bias:
-      bias = self.param("bias", _zeros(self.kernel_axes[self.contract:]),
-                        tuple(self.features), self.param_dtype)
+    if bias is not None:
       y = y + bias.astype(self.dtype).reshape(-1)
     return y.reshape(lead + tuple(self.features))
+
+
+class LinearWeights(nn.Module):
+  """The parameters of a `Linear` (same names, shapes and logical axes),
+  returned as `(kernel, bias or None)` for a caller that fuses layers."""
+  in_features: int
+  features: tuple
+  kernel_axes: tuple
+  use_bias: bool = True
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self):
+    return _linear_params(self, (self.in_features,), self.features,
+                          self.kernel_axes, 1, self.use_bias, False,
+                          self.param_dtype)
 
 
 class Attention(nn.Module):
@@ -172,7 +200,7 @@ class Attention(nn.Module):
   `(batch, time, space)`. The groups fold into the heads axis of
   `jax.nn.dot_product_attention` (heads attend independently), so no
   activation is transposed. Projections work on 2-D token matrices, which XLA
-  runs as plain GEMMs forward and backward.
+  runs as plain GEMMs forward and backward; query, key and value in one.
   """
   num_heads: int
   qkv_bias: bool = True
@@ -187,14 +215,23 @@ class Attention(nn.Module):
     batch, length, groups = sequence
     width = tokens.shape[-1]
     head_dim = width // self.num_heads
-    dense = functools.partial(
-        Linear, features=(self.num_heads, head_dim),
-        kernel_axes=("embed", "heads", "head_dim"), use_bias=self.qkv_bias,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+    # One [width, 3 * width] matmul for the three projections (fewer passes
+    # over the tokens than three), from the parameters of three Linears, so
+    # checkpoints keep query/key/value.
+    weights = [LinearWeights(width, (self.num_heads, head_dim),
+                             ("embed", "heads", "head_dim"), self.qkv_bias,
+                             self.param_dtype, name=name)()
+               for name in ("query", "key", "value")]
+    kernel = jnp.concatenate([k.astype(self.dtype).reshape(width, -1)
+                              for k, _ in weights], axis=1)
+    qkv = tokens.astype(self.dtype) @ kernel
+    if self.qkv_bias:
+      qkv = qkv + jnp.concatenate(
+          [b.astype(self.dtype).reshape(-1) for _, b in weights])
+    qkv = qkv.reshape(batch, length, groups, 3, self.num_heads, head_dim)
     query, key, value = (
-        dense(name=name)(tokens).reshape(
-            batch, length, groups * self.num_heads, head_dim)
-        for name in ("query", "key", "value"))
+        qkv[:, :, :, i].reshape(batch, length, groups * self.num_heads,
+                                head_dim) for i in range(3))
     if self.implementation == "xla":
       out = attention.dot_product_attention(query, key, value)
     else:
