@@ -27,8 +27,9 @@ of a single frame reduces to a feed-forward layer (paper, appendix A).
 Deliberate differences from the official code, all training-time only:
 stochastic depth drops a whole residual branch per example (the official code
 draws its mask per frame and per spatial location), and there is no dropout on
-attention probabilities (`jax.nn.dot_product_attention` has none; TimeSformer
-and CoVeR train with it off).
+attention probabilities (neither `attention.dot_product_attention` nor
+`jax.nn.dot_product_attention` has it; TimeSformer and CoVeR train with it
+off).
 """
 
 import functools
@@ -197,8 +198,9 @@ class Attention(nn.Module):
   `sequence = (batch, length, groups)` gives the token order, row-major:
   attention runs along `length`, separately for every batch and group index.
   Spatial attention passes `(batch * time, space, 1)`, temporal attention
-  `(batch, time, space)`. The groups fold into the heads axis of
-  `jax.nn.dot_product_attention` (heads attend independently), so no
+  `(batch, time, space)`. The groups fold into the heads axis of the
+  attention (`attention.dot_product_attention`, or
+  `jax.nn.dot_product_attention` for "cudnn"; heads attend independently), so no
   activation is transposed. Projections work on 2-D token matrices, which XLA
   runs as plain GEMMs forward and backward; query, key and value in one.
   """
