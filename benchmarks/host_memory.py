@@ -48,6 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cover_jax import host  # pylint: disable=wrong-import-position
+from cover_jax.tensorboard import read_scalars  # pylint: disable=wrong-import-position
 
 SETTINGS = ("retained", "default")  # retain_freed_host_memory() or not
 # Threads of XLA's CPU runtime (its Eigen pool is "tf_XLAEigen"). tf.data's
@@ -183,18 +184,6 @@ def iterator_alone(make, seconds: float) -> float:
     it.close()
 
 
-def scalars(workdir: str, tag: str) -> dict:
-  """{step: value} of a TensorBoard scalar in workdir's event files."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  out = {}
-  for path in tf.io.gfile.glob(os.path.join(workdir, "events.out.tfevents*")):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.tag == tag:
-          out[event.step] = float(tf.make_ndarray(value.tensor))
-  return out
-
-
 def child(args) -> dict:
   applied = args.child == "retained" and host.retain_freed_host_memory()
   if args.child == "retained" and not applied:
@@ -230,8 +219,8 @@ def child(args) -> dict:
     start = time.perf_counter()
     train.train_and_evaluate(config, workdir)
     wall = time.perf_counter() - start
-    rate = scalars(workdir, "train/steps_per_sec")
-    wait = scalars(workdir, "train/input_wait_fraction")
+    rate = read_scalars(workdir, "train/steps_per_sec")
+    wait = read_scalars(workdir, "train/input_wait_fraction")
   # Interval 1 holds the compile; the fixed batch until fixed_steps.
   fixed = [s for s in rate if args.log_every < s <= args.fixed_steps]
   real = [s for s in rate if s > args.fixed_steps]
@@ -330,8 +319,8 @@ def main_job(args):
     stages = {}
     for stage, folder in (("pretrain", os.path.join(workdir, "pretrain")),
                           ("co-training", workdir)):
-      wait = scalars(folder, "train/input_wait_fraction")
-      rate = scalars(folder, "train/steps_per_sec")
+      wait = read_scalars(folder, "train/input_wait_fraction")
+      rate = read_scalars(folder, "train/steps_per_sec")
       steps = sorted(wait)
       rest = [wait[s] for s in steps[1:]]
       stages[stage] = dict(intervals=len(steps), first=wait[steps[0]],

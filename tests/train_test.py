@@ -17,6 +17,7 @@ import pytest
 
 from cover_jax import checkpointing
 from cover_jax import train
+from cover_jax.tensorboard import read_scalars
 from tests import make_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,7 +120,7 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
   # TensorBoard, read back from the event files: one training summary of
   # steps 1-2 (log_every_steps=2), and the evaluation, at step 2.
   names = ("digits_image", "digits_appearance", "digits_motion")
-  logged = {tag: scalars(str(tmp_path), tag) for tag in (
+  logged = {tag: read_scalars(str(tmp_path), tag) for tag in (
       ["train/loss", "train/grad_norm", "train/learning_rate",
        "train/skipped_steps", "train/steps_per_sec",
        "train/input_wait_fraction"] +
@@ -307,18 +308,6 @@ def test_non_finite_loss_stops_with_step_and_dataset(digits_dir, tmp_path):
   assert saved_steps(workdir) == list(range(1, bad))
 
 
-def scalars(workdir, tag):
-  """{step: value} of a TensorBoard scalar in workdir's event files."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  out = {}
-  for path in tf.io.gfile.glob(os.path.join(workdir, "events.out.tfevents*")):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.tag == tag:
-          out[event.step] = float(tf.make_ndarray(value.tensor))
-  return out
-
-
 def test_input_wait_fraction_is_the_time_spent_waiting_for_batches(
     digits_dir, tmp_path, monkeypatch, capsys):
   """An iterator slowed by 0.5 s per batch in the second of three log
@@ -365,7 +354,7 @@ def test_input_wait_fraction_is_the_time_spent_waiting_for_batches(
   config = tiny_config(digits_dir, **{"checkpoint.every_steps": 100})
   workdir = str(tmp_path)
   train.train_and_evaluate(config, workdir)
-  logged = scalars(workdir, "train/input_wait_fraction")
+  logged = read_scalars(workdir, "train/input_wait_fraction")
   assert sorted(logged) == [2, 4, 6] and len(logs) == 3 and len(waits) == 12
   for (begin, end), step in zip(zip(logs, logs[1:]), (4, 6)):
     waited = sum(seconds for start, seconds in waits if begin <= start < end)
@@ -391,7 +380,7 @@ def test_non_finite_steps_are_skipped_and_counted(digits_dir, tmp_path):
                                                     str(s)))
              for s in (1, 2, 3, 4)]
   assert all(np.isfinite(x).all() for p in params for x in jax.tree.leaves(p))
-  skipped = scalars(workdir, "train/skipped_steps")
+  skipped = read_scalars(workdir, "train/skipped_steps")
   assert sorted(skipped) == [1, 2, 3, 4]
   assert skipped[1] == 0 and sum(skipped.values()) >= 1
   for s in (1, 2, 3, 4):
