@@ -101,7 +101,7 @@ def estimate(part, device, *, videos, frames, length, width, num_heads,
       (params, x, y))
   start = time.time()
   compiled = jax.jit(forward_backward).lower(*args).compile()
-  cost = plan._cost(compiled)  # pylint: disable=protected-access
+  cost = plan.cost_analysis(compiled)
   seconds = float(cost["optimal_seconds"])
   analytic = analytic_flops(part, videos=videos, frames=frames,
                             length=length, width=width, mlp_dim=mlp_dim)
@@ -109,8 +109,7 @@ def estimate(part, device, *, videos, frames, length, width, num_heads,
               compiler_gflop=cost["flops"] / 1e9,
               analytic_gflop=analytic / 1e9,
               bytes_accessed_gb=cost.get("bytes accessed", 0.0) / 1e9,
-              temporaries_mib=compiled.memory_analysis().temp_size_in_bytes
-              / 2**20,
+              temporaries_mib=plan.memory(compiled)["temporaries"] / 2**20,
               modelled_mfu=analytic / seconds / peak if seconds > 0 else None,
               compile_s=time.time() - start)
 

@@ -13,33 +13,16 @@ prints one JSON line per plan. The compiler's estimates, not measurements.
 """
 
 import argparse
-import importlib.util
 import json
 
+from configs import args as config_args
 from cover_jax import plan
-
-# pylint: disable=wrong-import-position
-
-
-def load_config(path: str, arg: str | None):
-  spec = importlib.util.spec_from_file_location("proxy_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def set_field(config, dotted: str, value: str):
-  node = config
-  *path, last = dotted.split(".")
-  for name in path:
-    node = node[name]
-  node[last] = value if value != "None" else None
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/cover_l16_jft.py")
-  parser.add_argument("--arg", default=None, help="the config's argument")
+  parser.add_argument("--config", default="configs/cover_l16_jft.py",
+                      help="path[:arg], as main.py's --config")
   parser.add_argument("--topology", default="v5p:4x4x4")
   parser.add_argument("--depths", default="2,4")
   parser.add_argument("--batch_size", type=int, default=None)
@@ -51,13 +34,13 @@ def main():
   devices = plan.topology_devices(args.topology)
   rows = []
   for depth in (int(d) for d in args.depths.split(",")):
-    config = load_config(args.config, args.arg)
-    with config.unlocked():
-      config.model.depth = depth
-      if args.batch_size:
-        config.batch_size = args.batch_size
-      for item in args.set:
-        set_field(config, *item.split("=", 1))
+    config = config_args.load(args.config)
+    config.model.depth = depth  # a new field: the variant's depth otherwise
+    if args.batch_size:
+      config.batch_size = args.batch_size
+    config.update_from_flattened_dict({
+        field: None if value == "None" else value
+        for field, value in (item.split("=", 1) for item in args.set)})
     p = plan.plan(config, devices)
     row = dict(depth=depth, topology=args.topology, settings=args.set,
                batch_size=config.batch_size,

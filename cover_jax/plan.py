@@ -54,9 +54,9 @@ _DEVICE_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e",
 PUBLISHED_TRAIN_SIZES = {"kinetics400": 240_000, "kinetics600": 392_000,
                          "kinetics700": 545_000, "ssv2": 168_913,
                          "moments_in_time": 791_000, "imagenet": 1_281_167}
-# The remat policies the search tries, from least to most recompute.
-# Most memory and least recompute first. dots_saveable keeps every matmul
-# output (attention products too) and recomputes only element-wise work.
+# The remat policies the search tries, from least to most recompute
+# (most memory first). dots_saveable keeps every matmul output, attention
+# products too, and recomputes only element-wise work.
 REMAT_POLICIES = (None, "dots_saveable", "dots_with_no_batch_dims_saveable",
                   "nothing_saveable")
 _TPU_HINT = ('TPU plans need libtpu: pip install -e ".[tpu]" (jax[tpu] of '
@@ -240,7 +240,9 @@ def lower_step(config: ConfigDict, devices: Sequence[jax.Device]):
   return lowered, abstract, batch, model, split, mesh
 
 
-def _cost(compiled) -> dict:
+def cost_analysis(compiled) -> dict:
+  """The compiler's cost analysis of `compiled` (FLOPs, bytes accessed,
+  optimal_seconds, ...) as one dict, per device."""
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
     cost = cost[0] if cost else {}
@@ -278,7 +280,7 @@ def plan(config: ConfigDict, devices: Sequence[jax.Device], *,
   compiled = lowered.compile()
   compile_s = time.time() - start
   mem = memory(compiled)
-  cost = _cost(compiled)
+  cost = cost_analysis(compiled)
   chips = len(devices)
   video, image = split.get("video", 0), split.get("image", 0)
   forward = (flops.forward_flops(model, batch=video) +
