@@ -130,6 +130,18 @@ def test_remat_equals_no_remat(model, params, video, policy, scan):
       a, b, rtol=1e-5, atol=4e-7 * scale), g1, g2)
 
 
+@pytest.mark.parametrize("policy", [None, "everything_saveable",
+                                    "nothing_saveable"])
+def test_remat_checkpoints_only_what_it_recomputes(model, params, video,
+                                                    policy):
+  # everything_saveable recomputes nothing: it must not cost the barriers
+  # of a checkpoint either (prevent_cse: optimization_barrier).
+  loss = lambda p: apply(model.clone(remat_policy=policy), p, video)[
+      "kinetics"].sum()
+  hlo = jax.jit(jax.grad(loss)).lower(params).as_text()
+  assert ("optimization_barrier" in hlo) == (policy == "nothing_saveable")
+
+
 def test_bf16_compute_close_to_fp32(model, params, video):
   half = model.clone(dtype=jnp.bfloat16)
   out16 = apply(half, params, video)

@@ -370,9 +370,9 @@ class TimeSformer(nn.Module):
     scan_layers: run the blocks under `nn.scan` (parameters of all blocks
       stacked under "encoderblock") instead of a Python loop
       ("encoderblock_0", ...). `scan_params`/`unscan_params` convert.
-    remat_policy: None for no rematerialisation, else the name of a
-      `jax.checkpoint_policies` policy, e.g. "nothing_saveable" or
-      "dots_with_no_batch_dims_saveable".
+    remat_policy: None (or "everything_saveable", the same) for no
+      rematerialisation, else the name of a `jax.checkpoint_policies`
+      policy, e.g. "nothing_saveable" or "dots_with_no_batch_dims_saveable".
   """
   heads: Mapping[str, int]
   width: int = 768
@@ -502,7 +502,10 @@ class TimeSformer(nn.Module):
 
   def _encoder(self, x, deterministic):
     block = Block
-    if self.remat_policy is not None:
+    # everything_saveable recomputes nothing, but a checkpoint still adds
+    # optimisation barriers: +1.1 ms per L/16 16x448 block in the TPU
+    # compiler's estimate (benchmarks/RESULTS.md). So it means no checkpoint.
+    if self.remat_policy not in (None, "everything_saveable"):
       block = nn.remat(
           Block, policy=getattr(jax.checkpoint_policies, self.remat_policy),
           prevent_cse=not self.scan_layers)
