@@ -26,8 +26,15 @@ def _value_and_grads(fn, q, k, v, d_out):
   return (out, *vjp(d_out))
 
 
-def test_float32_values_and_gradients_equal_autodiff():
-  q, k, v, d_out = _inputs(jnp.float32)
+# Keys shorter than head_dim (probabilities normalised, as jax.nn does) and
+# longer (the output normalised late): both code paths.
+SHAPES = pytest.mark.parametrize("shape", [(2, 7, 3, 8), (2, 33, 4, 16)],
+                                 ids=["short_keys", "long_keys"])
+
+
+@SHAPES
+def test_float32_values_and_gradients_equal_autodiff(shape):
+  q, k, v, d_out = _inputs(jnp.float32, shape)
   ours = _value_and_grads(attention.dot_product_attention, q, k, v, d_out)
   plain = _value_and_grads(_plain, q, k, v, d_out)
   for name, a, b in zip(("out", "d_query", "d_key", "d_value"), ours, plain):
@@ -36,29 +43,34 @@ def test_float32_values_and_gradients_equal_autodiff():
   assert float(jnp.abs(ours[1]).max()) > 0.1
 
 
-def test_forward_equals_jax_xla_path_and_gradients_agree_in_bf16():
-  q, k, v, d_out = _inputs(jnp.bfloat16, shape=(2, 33, 4, 16), seed=1)
+@SHAPES
+def test_bf16_values_and_gradients_as_close_to_float32_as_jax_xla_path(shape):
+  q, k, v, d_out = _inputs(jnp.bfloat16, shape, seed=1)
   ours = _value_and_grads(attention.dot_product_attention, q, k, v, d_out)
   jax_xla = _value_and_grads(
       lambda *a: jax.nn.dot_product_attention(*a, implementation="xla"),
       q, k, v, d_out)
   exact = _value_and_grads(_plain, q, k, v, d_out.astype(jnp.float32))
   assert ours[0].dtype == jnp.bfloat16
-  np.testing.assert_array_equal(np.asarray(ours[0], np.float32),
-                                np.asarray(jax_xla[0], np.float32))
-  for name, a, b, ref in zip(("d_query", "d_key", "d_value"), ours[1:],
-                             jax_xla[1:], exact[1:]):
+  if shape[1] <= shape[-1]:  # jax.nn's forward pass exactly
+    np.testing.assert_array_equal(np.asarray(ours[0], np.float32),
+                                  np.asarray(jax_xla[0], np.float32))
+  # The late normalisation rounds differently from jax.nn (the output once,
+  # not the probabilities and then the output), so compare both with the
+  # float32 truth rather than with each other.
+  for name, a, b, ref in zip(("out", "d_query", "d_key", "d_value"), ours,
+                             jax_xla, exact):
     a, b, ref = (np.asarray(x, np.float32) for x in (a, b, ref))
     scale = np.abs(ref).max()
-    # Both bf16 backward passes are as close to the float32 truth.
     err_ours, err_jax = (np.abs(x - ref).max() / scale for x in (a, b))
-    assert err_ours < 0.03, (name, err_ours)
+    assert err_ours < (0.01 if name == "out" else 0.03), (name, err_ours)
     assert err_ours < 2 * err_jax + 0.01, (name, err_ours, err_jax)
 
 
+@SHAPES
 @pytest.mark.parametrize("remat", [False, True])
-def test_gradients_under_jit_and_remat(remat):
-  q, k, v, d_out = _inputs(jnp.float32, seed=2)
+def test_gradients_under_jit_and_remat(shape, remat):
+  q, k, v, d_out = _inputs(jnp.float32, shape, seed=2)
   fn = attention.dot_product_attention
   if remat:
     fn = jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_saveable)
