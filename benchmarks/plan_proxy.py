@@ -10,6 +10,10 @@ prints one JSON line per plan. The compiler's estimates, not measurements.
 
     python benchmarks/plan_proxy.py --config=configs/cover_l16_jft.py \
         --topology=v5p:4x4x4 --depths=2,4 --set model.remat_policy=dots_saveable
+
+`--chips=N` plans for the topology's first N chips alone (a data-parallel
+mesh of N), e.g. `--topology=v5p:2x2x1 --chips=1 --batch_size=2`: the same
+work per chip as 64 chips at batch 128, without the gradient all-reduce.
 """
 
 import argparse
@@ -26,23 +30,28 @@ def main():
   parser.add_argument("--topology", default="v5p:4x4x4")
   parser.add_argument("--depths", default="2,4")
   parser.add_argument("--batch_size", type=int, default=None)
+  parser.add_argument("--chips", type=int, default=None,
+                      help="plan for the first N chips (mesh data=N)")
   parser.add_argument("--set", action="append", default=[],
                       metavar="FIELD=VALUE", help="e.g. model.remat_policy="
                       "everything_saveable (text fields)")
   args = parser.parse_args()
   plan.prepare_host(args.topology)
-  devices = plan.topology_devices(args.topology)
+  devices = plan.topology_devices(args.topology)[:args.chips]
   rows = []
   for depth in (int(d) for d in args.depths.split(",")):
     config = config_args.load(args.config)
     config.model.depth = depth  # a new field: the variant's depth otherwise
     if args.batch_size:
       config.batch_size = args.batch_size
+    if args.chips:
+      config.mesh.data, config.mesh.fsdp, config.mesh.tensor = len(devices), 1, 1
     config.update_from_flattened_dict({
         field: None if value == "None" else value
         for field, value in (item.split("=", 1) for item in args.set)})
     p = plan.plan(config, devices)
-    row = dict(depth=depth, topology=args.topology, settings=args.set,
+    row = dict(depth=depth, topology=args.topology, chips=len(devices),
+               settings=args.set,
                batch_size=config.batch_size,
                total_gib=p["bytes_per_chip"]["total"] / 2**30,
                step_s=p["compiler_estimate"]["step_seconds"],

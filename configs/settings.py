@@ -75,13 +75,13 @@ def remat_policy(variant_name: str, setting: str) -> Optional[str]:
   """Recompute activations where keeping them does not fit.
 
   L/16 at 16x448 (batch 128 on 64 chips: a video and an image per chip)
-  needs 47 GiB per chip without remat and 36 GiB with dots_saveable
-  (`--mode=plan` on v5p:4x4x4): more than v4's 32 GiB or v5e's 16. With
-  nothing_saveable it needs 9.4 GiB, at 1.27x the FLOPs, so the config fits
-  every slice. Where memory allows (v5p, 80 GB GPUs),
-  --config.model.remat_policy=everything_saveable (off) is faster: on
-  v5p-64 the compiler estimates 0.37 -> 0.30 s per step (MFU 0.22 -> 0.28)
-  (benchmarks/RESULTS.md); `--mode=plan --plan_search` tries each policy.
+  needs 33.5 GiB per chip without remat (`--mode=plan` on v5p:4x4x4): more
+  than v4's 32 GiB or v5e's 16. With nothing_saveable it needs 9.1 GiB, at
+  1.27x the FLOPs, so the config fits every slice. Where memory allows (v5p,
+  80 GB GPUs), --config.model.remat_policy=everything_saveable (off) is
+  faster: on v5p-64 the compiler estimates 0.331 -> 0.243 s per step (MFU
+  0.25 -> 0.34) (benchmarks/RESULTS.md); `--mode=plan --plan_search` tries
+  each policy.
   """
   if (variant_name, setting) == ("L/16", "16x448"):
     return "nothing_saveable"

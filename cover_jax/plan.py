@@ -55,10 +55,11 @@ PUBLISHED_TRAIN_SIZES = {"kinetics400": 240_000, "kinetics600": 392_000,
                          "kinetics700": 545_000, "ssv2": 168_913,
                          "moments_in_time": 791_000, "imagenet": 1_281_167}
 # The remat policies the search tries, from least to most recompute
-# (most memory first). dots_saveable keeps every matmul output, attention
-# products too, and recomputes only element-wise work.
-REMAT_POLICIES = (None, "dots_saveable", "dots_with_no_batch_dims_saveable",
-                  "nothing_saveable")
+# (most memory first). Not dots_saveable: it keeps every matmul output, the
+# float32 attention logits too, and so takes more memory than no remat with
+# models/attention.py's backward pass, and more time (L/16 16x448 on v5p-64:
+# 38.5 GiB and 0.308 s against 33.5 GiB and 0.243 s, benchmarks/RESULTS.md).
+REMAT_POLICIES = (None, "dots_with_no_batch_dims_saveable", "nothing_saveable")
 _TPU_HINT = ('TPU plans need libtpu: pip install -e ".[tpu]" (jax[tpu] of '
              'our jax version; no TPU needed, it compiles for TPUs on this '
              'host). Without it, plan for fake CPU devices: --topology=cpu:8'
