@@ -37,9 +37,13 @@ PRESETS = {
         ("d768x2 8x224", dict(width=768, depth=2, num_heads=12, mlp_dim=3072,
                               patch_size=16, num_frames=8, image_size=224), 2),
     ],
+    # Each with both attention paths: XLA (cover_jax/models/attention.py)
+    # and cuDNN's fused kernel.
     "gpu": [
-        ("B/16 8x224", dict(variant("B/16"), num_frames=8, image_size=224), 32),
-        ("L/16 8x224", dict(variant("L/16"), num_frames=8, image_size=224), 16),
+        (f"{v} 8x224 {impl}", dict(variant(v), num_frames=8, image_size=224,
+                                   attention_implementation=impl), batch)
+        for v, batch in (("B/16", 32), ("L/16", 16))
+        for impl in ("xla", "cudnn")
     ],
 }
 # Dense bf16 peak FLOP/s of accelerators we report MFU for.
@@ -163,7 +167,7 @@ def main():
   for name, fields, batch in PRESETS[args.preset]:
     r = bench_config(name, fields, batch, dtype, args.rounds, reference)
     results.append(r)
-    print(f"{name:14s} batch {batch:3d} {r['dtype']:8s} "
+    print(f"{name:20s} batch {batch:3d} {r['dtype']:8s} "
           f"step {r['step_seconds'] * 1e3:9.1f} ms  "
           f"{r['step_tflop']:8.4f} TFLOP/step  "
           f"{r['tflops_per_second']:7.3f} TFLOP/s  "
