@@ -130,8 +130,7 @@ def test_remat_equals_no_remat(model, params, video, policy, scan):
       a, b, rtol=1e-5, atol=4e-7 * scale), g1, g2)
 
 
-@pytest.mark.parametrize("policy", [None, "everything_saveable",
-                                    "nothing_saveable"])
+@pytest.mark.parametrize("policy", ["everything_saveable", "nothing_saveable"])
 def test_remat_checkpoints_only_what_it_recomputes(model, params, video,
                                                     policy):
   # everything_saveable recomputes nothing: it must not cost the barriers
