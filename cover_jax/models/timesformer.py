@@ -503,8 +503,8 @@ class TimeSformer(nn.Module):
   def _encoder(self, x, deterministic):
     block = Block
     # everything_saveable recomputes nothing, but a checkpoint still adds
-    # optimisation barriers: +1.1 ms per L/16 16x448 block in the TPU
-    # compiler's estimate (benchmarks/RESULTS.md). So it means no checkpoint.
+    # optimisation barriers: 10.28 against 8.61 ms per L/16 16x448 block in
+    # the TPU compiler's estimate (RESULTS.md). So it means no checkpoint.
     if self.remat_policy not in (None, "everything_saveable"):
       block = nn.remat(
           Block, policy=getattr(jax.checkpoint_policies, self.remat_policy),
