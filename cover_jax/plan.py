@@ -38,6 +38,7 @@ from cover_jax import optimizer
 from cover_jax import sharding
 from cover_jax import train
 from cover_jax.models import flops
+from cover_jax.models import timesformer
 
 GiB = 1024 ** 3
 # Per chip (one JAX device: v4 and v5p run their two cores as one "megacore").
@@ -337,7 +338,9 @@ def knobs(config: ConfigDict, count: int | None = None) -> dict:
   """The settings the search varies, as they are in `config` (the mesh's -1
   resolved for `count` devices)."""
   mesh = (config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-  return dict(remat_policy=config.model.get("remat_policy"),
+  policy = config.model.get("remat_policy")
+  # One name for no remat, so the search does not compile it twice.
+  return dict(remat_policy=None if policy in timesformer.NO_REMAT else policy,
               scan_layers=bool(config.model.get("scan_layers", False)),
               mesh=_resolve(mesh, count) if count else mesh,
               accumulation_steps=config.optimizer.get("accumulation_steps", 1))
@@ -352,8 +355,7 @@ def with_knobs(config: ConfigDict, settings: dict) -> ConfigDict:
   """A copy of `config` with `settings` (as `knobs` returns) applied."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
-    policy = settings["remat_policy"]
-    c.model.remat_policy = None if policy == "everything_saveable" else policy
+    c.model.remat_policy = settings["remat_policy"]
     c.model.scan_layers = settings["scan_layers"]
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = settings["mesh"]
     c.optimizer.accumulation_steps = settings["accumulation_steps"]

@@ -140,6 +140,14 @@ def test_too_large_batch_gets_the_nearest_fit():
   json.dumps(plan.to_json(result))  # what main.py writes
 
 
+def test_both_names_of_no_remat_are_one_search_candidate():
+  config = tiny_config()
+  with config.unlocked():
+    config.model.remat_policy = "everything_saveable"
+  assert plan.knobs(config, 8)["remat_policy"] is None
+  assert plan.with_knobs(config, plan.knobs(config, 8)).model.remat_policy is None
+
+
 def test_tpu_topology_without_libtpu_names_the_extra(monkeypatch):
   monkeypatch.setattr(plan, "libtpu_installed", lambda: False)
   with pytest.raises(RuntimeError, match=r'pip install -e "\.\[tpu\]"'):

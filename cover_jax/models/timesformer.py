@@ -78,6 +78,13 @@ def _zeros(names):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
 
+# The remat_policy values that checkpoint nothing. everything_saveable
+# recomputes nothing, but a checkpoint still adds optimisation barriers:
+# 10.28 against 8.61 ms per L/16 16x448 block in the TPU compiler's estimate
+# (benchmarks/RESULTS.md). So it means no checkpoint, as None does.
+NO_REMAT = (None, "everything_saveable")
+
+
 def _layer_norm(name, dtype, param_dtype):
   return nn.LayerNorm(
       epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, name=name,
@@ -502,10 +509,7 @@ class TimeSformer(nn.Module):
 
   def _encoder(self, x, deterministic):
     block = Block
-    # everything_saveable recomputes nothing, but a checkpoint still adds
-    # optimisation barriers: 10.28 against 8.61 ms per L/16 16x448 block in
-    # the TPU compiler's estimate (RESULTS.md). So it means no checkpoint.
-    if self.remat_policy not in (None, "everything_saveable"):
+    if self.remat_policy not in NO_REMAT:
       block = nn.remat(
           Block, policy=getattr(jax.checkpoint_policies, self.remat_policy),
           prevent_cse=not self.scan_layers)
