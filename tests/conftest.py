@@ -10,6 +10,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+# The GCS emulator fixture, for every test module.
+from tests.gcs import gcs_emulator  # noqa: F401  pylint: disable=unused-import,wrong-import-position
+
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
