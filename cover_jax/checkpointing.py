@@ -16,19 +16,32 @@ Where a run starts (`restore_or_init`), first that applies:
      heads are matched by name, new heads start fresh;
   4. scratch.
 
+Every step carries a digest of its files (`checkpoint_digest`), written once
+orbax has committed it, and every restore (train, eval, predict, export:
+`verified_step`) checks it first. In the run's own checkpoints a step that
+fails is set aside (renamed `<step>.corrupt-<what>`, which orbax ignores;
+never deleted) with one message, and the newest step that verifies is used;
+a step named by `resume_from` or `init_from` that fails stops the run with
+that message. A step saved without a digest (before digests existed, or a
+run stopped between orbax's commit and the digest) is used as before, with
+a one-line warning.
+
 Paths may be local or URIs (gs://bucket/run): they are read through
 `storage` (etils.epath) and orbax, never os.path.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cover_jax import checkpoint_digest
 from cover_jax import storage
 
 STATE = "state"
@@ -44,8 +57,23 @@ def manager(directory: str | epath.Path, *, keep: int | None = None,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, enable_async_checkpointing=async_save,
       create=keep is not None, read_only=keep is None)
-  return ocp.CheckpointManager(storage.resolve(directory), options=options,
-                               item_names=(STATE, DATA))
+  return _DigestingManager(storage.resolve(directory), options=options,
+                           item_names=(STATE, DATA))
+
+
+class _DigestingManager(ocp.CheckpointManager):
+  """A CheckpointManager that writes each step's digest once it is final."""
+
+  def _finalize_checkpoint(self, step: int):
+    # Orbax's hook (0.12.8) once a step is committed: after every process
+    # finished and the primary renamed it (async saves: in orbax's finalize
+    # thread), before older steps are deleted and the processes sync, so
+    # wait_until_finished returns with the digest written. A digest that
+    # cannot be written fails the save, as a failed write does.
+    super()._finalize_checkpoint(step)
+    step_dir = self.directory / str(step)
+    if jax.process_index() == 0 and _finalized(step_dir):
+      checkpoint_digest.write(step_dir)
 
 
 def data_state(iterator_state: dict, names: list[str]) -> dict:
@@ -89,12 +117,95 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any,
 
 def restore(mngr: ocp.CheckpointManager, abstract_state: Any,
             step: int | None = None) -> tuple[Any, dict]:
-  """(state placed as `abstract_state`'s shardings say, data states)."""
-  step = mngr.latest_step() if step is None else step
+  """(state placed as `abstract_state`'s shardings say, data states).
+
+  Of `step` (raising CorruptCheckpointError if it fails verification), else
+  of the newest step that verifies, the corrupt ones set aside.
+  """
+  step = verified_step(mngr.directory, step)
+  mngr.reload()  # steps set aside are gone
   restored = mngr.restore(step, args=ocp.args.Composite(
       **{STATE: ocp.args.StandardRestore(abstract_state),
          DATA: ocp.args.JsonRestore()}))
   return restored[STATE], restored[DATA]
+
+
+class CorruptCheckpointError(ValueError):
+  """No checkpoint to use: the one asked for, or every one, is corrupt."""
+
+
+def verified_step(directory: epath.Path, step: int | None = None,
+                  what: str = "Checkpoint") -> int:
+  """The step of `directory` to read, its digest checked (one policy for
+  train, eval, predict and export).
+
+  step=None (the run's own checkpoints): the newest complete step that
+  verifies; each newer one is set aside as `<step>.corrupt-<what failed>`
+  with one message. Else `step` itself, or CorruptCheckpointError (another
+  run's checkpoints are never changed). Every process must call it: process
+  0 checks, the others use its answer.
+  """
+  if jax.process_count() == 1:
+    return _verified_step(directory, step, what)
+  chosen, error = -1, None
+  if jax.process_index() == 0:
+    try:
+      chosen = _verified_step(directory, step, what)
+    except CorruptCheckpointError as e:
+      error = e  # raised once the others know, so that none waits
+  chosen = int(multihost_utils.broadcast_one_to_all(np.int64(chosen)))
+  if error is not None:
+    raise error
+  if chosen < 0:
+    raise CorruptCheckpointError(f"No checkpoint to use in {directory}: "
+                                 f"process 0's message says why.")
+  return chosen
+
+
+def _verified_step(directory: epath.Path, step: int | None, what: str) -> int:
+  directory = storage.resolve(directory)
+  candidates = [step] if step is not None else sorted(
+      (int(d) for d in storage.list_dir(directory, what)
+       if d.isdigit() and _finalized(directory / d)), reverse=True)
+  set_aside = []
+  for candidate in candidates:
+    step_dir = directory / str(candidate)
+    try:
+      if not checkpoint_digest.verify(step_dir):
+        _report(f"Checkpoint step {candidate} in {directory} has no digest "
+                f"(saved before digests, or stopped before its digest was "
+                f"written): used unverified.")
+      return candidate
+    except checkpoint_digest.Mismatch as e:
+      failure = f"{step_dir / e.file}: {e.reason}"
+      if step is not None:
+        raise CorruptCheckpointError(
+            f"{what} {step_dir} is corrupt: {failure}: give an earlier "
+            f"step of that run (a step directory).") from None
+      aside = _set_aside(step_dir, e.tag)
+      set_aside.append(aside.name)
+      _report(f"Checkpoint step {candidate} is corrupt: {failure}. Set "
+              f"aside as {aside} (kept, not deleted); using the newest step "
+              f"that verifies.")
+  raise CorruptCheckpointError(
+      f"No checkpoint in {directory} verifies: set aside {set_aside}. "
+      f"Restore them from a copy, or move them away to start afresh.")
+
+
+def _set_aside(step_dir: epath.Path, tag: str) -> epath.Path:
+  """Renames `step_dir` out of orbax's step names (digits only)."""
+  target = step_dir.parent / f"{step_dir.name}.corrupt-{tag}"
+  n = 1
+  while target.exists():  # set aside before: keep both
+    n += 1
+    target = step_dir.parent / f"{step_dir.name}.corrupt-{tag}.{n}"
+  step_dir.rename(target)
+  return target
+
+
+def _report(message: str) -> None:
+  """One line on stderr (process 0 alone checks, so it alone reports)."""
+  print(message, file=sys.stderr, flush=True)
 
 
 def checkpoint_step_dir(path: str | epath.Path, what: str = "Checkpoint path"
@@ -139,7 +250,11 @@ def read_params(path: str | epath.Path, what: str = "Checkpoint path"
   shapes can be compared with the config before use.
   """
   directory, step = checkpoint_step_dir(path, what)
-  item = directory / str(step) / STATE
+  return _params_at(directory / str(verified_step(directory, step, what)))
+
+
+def _params_at(step_dir: epath.Path) -> dict:
+  item = step_dir / STATE
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(item)
   tree = getattr(metadata, "item_metadata", metadata)
@@ -278,12 +393,15 @@ def inference_params(config, workdir: str, model) -> tuple[dict, str, int]:
   it lacks start fresh from config.seed).
   """
   checkpoints_dir = storage.resolve(workdir) / "checkpoints"
-  path = next((p for p in (checkpoints_dir, config.get("resume_from"))
-               if p and has_checkpoint(p)), None)
-  if path is not None:
-    directory, step = checkpoint_step_dir(path)
-    return (read_params(path), f"the checkpoint at step {step} in "
-            f"{directory}", step)
+  if has_checkpoint(checkpoints_dir):
+    step = verified_step(checkpoints_dir)  # as train resumes
+    return (_params_at(checkpoints_dir / str(step)), f"the checkpoint at "
+            f"step {step} in {checkpoints_dir}", step)
+  resume_from = config.get("resume_from")
+  if resume_from and has_checkpoint(resume_from):
+    directory, step = checkpoint_step_dir(resume_from, "config.resume_from")
+    return (read_params(resume_from, "config.resume_from"), f"the "
+            f"checkpoint at step {step} in {directory}", step)
   if config.get("init_from"):
     from cover_jax.models import init_params  # pylint: disable=import-outside-toplevel
     fresh = jax.device_get(init_params(model,
