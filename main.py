@@ -175,6 +175,13 @@ def main(argv):
   if FLAGS.mode in ("train", "eval"):  # all that is missing, before opening
     from cover_jax import preflight  # pylint: disable=import-outside-toplevel
     preflight.exit_if_missing(config, str(workdir), FLAGS.mode)
+  if FLAGS.mode == "train":  # one run per workdir: before anything is written
+    from cover_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+    try:
+      workdir_lock.hold_until_exit(str(workdir), config.checkpoint.get(
+          "lock_lease_seconds"))
+    except workdir_lock.WorkdirInUse as e:
+      raise SystemExit(f"main.py: error: {e}") from None
   if jax.process_index() == 0:
     storage.write_text(config_path, config.to_json_best_effort(indent=2),
                        "--workdir")

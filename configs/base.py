@@ -46,8 +46,11 @@ def config() -> ml_collections.ConfigDict:
   # the weights of the datasets in the batch (appendix A's wording).
   c.loss_reduction = "weighted_sum"
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # lock_lease_seconds: a killed run's lock on the workdir is taken over
+  # this long after its last renewal when its host cannot tell that it is
+  # gone (another host; cover_jax/workdir_lock.py).
   c.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=1000, keep=3, async_save=True))
+      every_steps=1000, keep=3, async_save=True, lock_lease_seconds=180.0))
   c.resume_from = placeholder(str)  # a checkpoint of ours: state + data
   c.init_from = placeholder(str)  # ViT .npz, TimeSformer .pyth, ours
   # A pretraining stage's config, trained first in WORKDIR/pretrain on this

@@ -32,6 +32,7 @@ from cover_jax import optimizer
 from cover_jax import pixels
 from cover_jax import sharding
 from cover_jax import storage
+from cover_jax import workdir_lock
 from cover_jax.models import create, init_params, unboxed
 
 
@@ -302,7 +303,16 @@ def _log_line(step: int, num_steps: int, summary: dict, names: list[str],
 # ----------------------------------------------------------------------------
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
-  """Trains as `config` says, checkpointing in workdir; returns final eval."""
+  """Trains as `config` says, checkpointing in workdir; returns final eval.
+
+  The run holds workdir (cover_jax/workdir_lock.py) from its first write to
+  its return: WorkdirInUse if another run holds it.
+  """
+  with workdir_lock.held(workdir, config.checkpoint.get("lock_lease_seconds")):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   # One spelling for every writer: absolute if local, the URI if remote.
   workdir = str(storage.resolve(workdir))
   # -- Mesh -------------------------------------------------------------------
@@ -402,6 +412,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     if step == saved_step or (not force and step % ckpt.every_steps):
       return
     flush_metrics(step)  # never save after a non-finite step in "stop" mode
+    workdir_lock.check_held(workdir)  # never into another run's checkpoints
     checkpointing.save(mngr, step, state, checkpointing.data_state(
         train_iter.state(), [h.name for h in heads]))
     saved_step = step
