@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 from absl import logging
-from clu import metric_writers
 from clu import periodic_actions
 import flax.linen as nn
 import jax
@@ -27,6 +26,7 @@ import numpy as np
 import optax
 
 from cover_jax import checkpointing
+from cover_jax import event_writer
 from cover_jax import input as inp
 from cover_jax import optimizer
 from cover_jax import pixels
@@ -373,13 +373,13 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       out_shardings=(shardings, None), donate_argnums=0)
 
   # -- Hooks ------------------------------------------------------------------
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+  step = int(jax.device_get(state["step"]))
+  writer = event_writer.create(workdir, resumes_at=step,
+                               just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps,
                                              writer=writer)
   preemption = Preemption()
   pending: list[tuple[int, dict]] = []
-  step = int(jax.device_get(state["step"]))
   last_log = (time.perf_counter(), step)
   # Host seconds the loop spent blocked in next() and to_global since
   # last_log, over the wall time to the next log point (closed once
@@ -412,6 +412,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     if step == saved_step or (not force and step % ckpt.every_steps):
       return
     flush_metrics(step)  # never save after a non-finite step in "stop" mode
+    writer.flush()  # TensorBoard holds every step up to each checkpoint
     workdir_lock.check_held(workdir)  # never into another run's checkpoints
     checkpointing.save(mngr, step, state, checkpointing.data_state(
         train_iter.state(), [h.name for h in heads]))
@@ -531,8 +532,8 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     print(f"Evaluating {origin}", flush=True)
   params = sharding.put(params, sharding.param_shardings(model, mesh))
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+  writer = event_writer.create(workdir, resumes_at=None,
+                               just_logging=jax.process_index() > 0)
   results = run_evaluation(model, params, config, mesh, writer, step, workdir)
   writer.flush()
   return results
