@@ -151,7 +151,7 @@ def verified_step(directory: epath.Path, step: int | None = None,
   if jax.process_index() == 0:
     try:
       chosen = _verified_step(directory, step, what)
-    except CorruptCheckpointError as e:
+    except Exception as e:  # pylint: disable=broad-except
       error = e  # raised once the others know, so that none waits
   chosen = int(multihost_utils.broadcast_one_to_all(np.int64(chosen)))
   if error is not None:
