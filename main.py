@@ -22,7 +22,6 @@ on every host of a pod slice or cluster: jax.distributed finds the others
 """
 
 import json
-import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -30,6 +29,7 @@ from ml_collections import config_flags
 from cover_jax import command_line
 from cover_jax import host
 from cover_jax import log_noise
+from cover_jax import startup
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -61,6 +61,11 @@ flags.DEFINE_string("topology", None, "--mode=plan: a TPU topology "
 flags.DEFINE_bool("plan_search", False, "--mode=plan: also try remat "
                   "policies, scan_layers, mesh shapes and accumulation; "
                   "print the fastest that fits as --config overrides.")
+flags.DEFINE_enum("platform", "auto", startup.PLATFORMS, "What JAX runs "
+                  "on: auto picks tpu where TPU chips are attached, else a "
+                  "visible NVIDIA GPU with jax[cuda12] installed, else cpu. "
+                  "JAX_PLATFORMS, when set, wins. --mode=plan compiles on "
+                  "the CPU.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, "
                     "for clusters jax.distributed cannot detect.")
 flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
@@ -69,23 +74,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # Modes that apply a trained model (cover_jax/apply.py).
 APPLY_MODES = ("predict", "features", "export")
-
-# Environment variables that mean "one of several processes" to jax.distributed.
-_CLUSTER_HINTS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                  "OMPI_COMM_WORLD_SIZE")
-
-
-def start_distributed() -> None:
-  """jax.distributed.initialize when this is one process of several."""
-  import jax  # pylint: disable=import-outside-toplevel
-  if FLAGS.coordinator_address:
-    jax.distributed.initialize(FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
-  elif (any(k in os.environ for k in _CLUSTER_HINTS) or
-        int(os.environ.get("SLURM_NTASKS", "1")) > 1):
-    jax.distributed.initialize()
-
 
 def describe(config) -> dict:
   """Model size and cost for `config` (no parameters are allocated)."""
@@ -146,6 +134,14 @@ def main(argv):
     log_noise.quiet()  # before TensorFlow is imported
   if FLAGS.config.get("retain_freed_host_memory"):  # before JAX starts
     host.retain_freed_host_memory()
+  if FLAGS.mode == "plan" and FLAGS.platform not in (None, "auto", "cpu"):
+    raise SystemExit(f"main.py: error: --platform={FLAGS.platform}: "
+                     f"--mode=plan compiles on the CPU; drop --platform.")
+  if FLAGS.mode != "plan":  # before any backend starts (cover_jax/startup.py)
+    try:
+      startup.set_platform(FLAGS.platform)
+    except startup.PlatformError as e:
+      raise SystemExit(f"main.py: error: {e}") from None
   # TensorFlow only reads data here: keep it off the accelerators.
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], "GPU")
@@ -153,7 +149,8 @@ def main(argv):
     from cover_jax import plan  # pylint: disable=import-outside-toplevel
     plan.prepare_host(FLAGS.topology)
   else:
-    start_distributed()
+    startup.start_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                              FLAGS.process_id)
   import jax  # pylint: disable=import-outside-toplevel
 
   from cover_jax import storage  # pylint: disable=import-outside-toplevel
@@ -188,6 +185,9 @@ def main(argv):
   logging.info("Config:\n%s", config)
   if FLAGS.mode == "describe":
     report = describe(config)
+    report["devices"] = dict(platform=jax.default_backend(),
+                             processes=jax.process_count(),
+                             count=jax.device_count())
     if "datasets" in config:
       try:
         report["data"] = describe_data(config)

@@ -27,6 +27,8 @@ setuptools.setup(
         # --mode=plan for TPU topologies (cover_jax/plan.py): libtpu compiles
         # for TPUs on any host; no TPU needed.
         "tpu": ["jax[tpu]==0.10.2"],
+        # Training on NVIDIA GPUs (CUDA 12 wheels; jax at our version).
+        "cuda": ["jax[cuda12]==0.10.2"],
         # Reading official TimeSformer .pyth checkpoints.
         "torch": ["torch>=2.1"],
         # Tests: torch pinned to the CPU build that test machines carry.

@@ -31,6 +31,7 @@ from cover_jax import input as inp
 from cover_jax import optimizer
 from cover_jax import pixels
 from cover_jax import sharding
+from cover_jax import startup
 from cover_jax import storage
 from cover_jax import workdir_lock
 from cover_jax.models import create, init_params, unboxed
@@ -273,8 +274,10 @@ class Preemption:
 
   def __init__(self):
     self.requested = False
-    if jax.process_count() == 1:  # multi-process: jax's own notifier
+    if jax.process_count() == 1:
       signal.signal(signal.SIGTERM, self._on_signal)
+    else:  # jax's own notifier, which start-up kept from SIGTERM
+      startup.sigterm_to_training()
 
   def _on_signal(self, signum, frame):
     del signum, frame
