@@ -108,8 +108,9 @@ class Writer:
     for jpeg in frames:
       if self._writer is None or self._in_file == self._frames_per_file:
         self._next_file()
-      self._writer.write(bytes(jpeg))
-      self._sizes.append(len(jpeg))
+      record = bytes(jpeg)
+      self._writer.write(record)
+      self._sizes.append(len(record))
       self._in_file += 1
       self.num_frames += 1
 
