@@ -31,7 +31,7 @@ def missing(config: ConfigDict, workdir: str, mode: str) -> list[str]:
       seen.add(dataset)
       try:
         command = registry.preparation(dataset, run.get("data_dir"))
-      except ValueError as e:
+      except (ValueError, OSError) as e:  # OSError: gs:// not readable
         found.append(f"config.datasets.{name}: {e}")
         continue
       if command:

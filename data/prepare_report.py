@@ -13,6 +13,8 @@ import json
 import os
 from typing import Any
 
+from etils import epath
+
 REPORT_FILE = "prepare_report.json"
 
 # Problem kinds. Truncated videos are written (with the frames that decode);
@@ -59,19 +61,16 @@ class Report:
 
   def write(self, directory: str, **header: Any) -> str:
     """Saves the report in `directory`; returns its path."""
-    path = os.path.join(directory, REPORT_FILE)
-    with open(path, "w") as f:
-      json.dump(self.to_json(**header), f, indent=1)
-    return path
+    path = epath.Path(directory) / REPORT_FILE
+    path.write_text(json.dumps(self.to_json(**header), indent=1))
+    return os.fspath(path)
 
 
 def read(directory: str) -> dict[str, Any] | None:
-  """The report saved in `directory` (a prepared dataset), if any."""
-  path = os.path.join(directory, REPORT_FILE)
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  """The report saved in `directory` (a prepared dataset, local or gs://),
+  if any."""
+  path = epath.Path(directory) / REPORT_FILE
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def summary(report: dict[str, Any], directory: str) -> str:
@@ -86,5 +85,5 @@ def summary(report: dict[str, Any], directory: str) -> str:
   problems = report["problems"]
   if problems:
     lines.append(f"  {len(problems)} problems, each with its reason, in "
-                 f"{os.path.join(directory, REPORT_FILE)}")
+                 f"{epath.Path(directory) / REPORT_FILE}")
   return "\n".join(lines)
