@@ -23,7 +23,7 @@ from tests import restore_test
 from tests import train_test
 
 # Positions flipped per file (evenly spread, first and last byte included).
-FLIPS_PER_FILE = 24
+FLIPS_PER_FILE = 16
 
 
 def copy_run(tiny_run, tmp_path) -> str:
