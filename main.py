@@ -177,7 +177,7 @@ def main(argv):
     try:
       workdir_lock.hold_until_exit(str(workdir), config.checkpoint.get(
           "lock_lease_seconds"))
-    except workdir_lock.WorkdirInUse as e:
+    except workdir_lock.WorkdirLockError as e:
       raise SystemExit(f"main.py: error: {e}") from None
   if jax.process_index() == 0:
     storage.write_text(config_path, config.to_json_best_effort(indent=2),

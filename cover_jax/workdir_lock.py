@@ -30,7 +30,6 @@ import dataclasses
 import datetime
 import fcntl
 import json
-import logging
 import os
 import socket
 import threading
@@ -38,6 +37,8 @@ import time
 import uuid
 from typing import Iterator
 from urllib.parse import quote
+
+from absl import logging
 
 from cover_jax import storage
 
@@ -49,11 +50,15 @@ _RENEWALS_PER_LEASE = 6
 _MESSAGE_BYTES = 2048  # the refusal, sent from process 0 to the others
 
 
-class WorkdirInUse(RuntimeError):
+class WorkdirLockError(RuntimeError):
+  """The workdir's lock could not be taken."""
+
+
+class WorkdirInUse(WorkdirLockError):
   """Another run holds the workdir."""
 
 
-class WorkdirLockLost(RuntimeError):
+class WorkdirLockLost(WorkdirLockError):
   """This run's lock was taken over (its lease ran out while it ran)."""
 
 
@@ -394,8 +399,13 @@ class WorkdirLock:
     if self._renewer is not None:
       self._renewer.join()
     with self._mutex:
-      if self._version is not None and not self.lost:
-        self.store.delete(self._version)
+      try:
+        if self._version is not None and not self.lost:
+          self.store.delete(self._version)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Could not delete %s (%s: %s): the next run takes "
+                        "it over once its lease has run out.", self._where(),
+                        type(e).__name__, e)
       self._version = None
 
 
@@ -416,42 +426,53 @@ def _key(workdir: str) -> str:
   return str(storage.resolve(workdir))
 
 
-def _agree(refusal: str | None) -> str | None:
-  """Process 0's refusal (or None) on every process."""
+def _agree(error: WorkdirLockError | None) -> WorkdirLockError | None:
+  """Process 0's error (or None) on every process."""
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_count() == 1:
-    return refusal
+    return error
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  buffer = np.zeros(_MESSAGE_BYTES, np.uint8)
-  if refusal is not None:
-    text = refusal.encode()[:_MESSAGE_BYTES - 1] or b"?"
-    buffer[:len(text)] = np.frombuffer(text, np.uint8)
+  kinds = (WorkdirInUse, WorkdirLockError)
+  buffer = np.zeros(_MESSAGE_BYTES, np.uint8)  # [kind + 1, text...]
+  if error is not None:
+    text = str(error).encode()[:_MESSAGE_BYTES - 1]
+    buffer[0] = kinds.index(type(error)) + 1
+    buffer[1:1 + len(text)] = np.frombuffer(text, np.uint8)
   buffer = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
-  return bytes(buffer).rstrip(b"\0").decode(errors="replace") or None
+  if not buffer[0]:
+    return None
+  return kinds[buffer[0] - 1](
+      bytes(buffer[1:]).rstrip(b"\0").decode(errors="replace"))
 
 
 def acquire(workdir: str, lease_seconds: float | None = None) -> None:
   """Holds `workdir` for this run (again, if this process already does);
-  raises WorkdirInUse, on every process, if another run holds it."""
+  raises WorkdirInUse, on every process, if another run holds it, or
+  WorkdirLockError if the lock cannot be read or written."""
   import jax  # pylint: disable=import-outside-toplevel
   key = _key(workdir)
   if key in _HELD:
     _HELD[key].depth += 1
     return
-  lock, refusal = None, None
+  lock, error = None, None
   if jax.process_index() == 0:
-    store = store_for(key)
-    if store is not None:
-      lock = WorkdirLock(key, store, lease_seconds or DEFAULT_LEASE_SECONDS,
-                         jax.process_count())
-      try:
+    try:
+      store = store_for(key)
+      if store is not None:
+        lock = WorkdirLock(key, store, lease_seconds or DEFAULT_LEASE_SECONDS,
+                           jax.process_count())
         lock.acquire()
-      except WorkdirInUse as e:
-        refusal = str(e)
-  refusal = _agree(refusal)
-  if refusal is not None:
-    raise WorkdirInUse(refusal)
+    except WorkdirInUse as e:
+      error = e
+    except Exception as e:  # pylint: disable=broad-except
+      error = WorkdirLockError(
+          f"Cannot take the lock {key}/{LOCK_NAME} ({type(e).__name__}: "
+          f"{e}): give a --workdir this host may write (gs://: an existing "
+          f"bucket, and credentials allowed to write it).")
+  error = _agree(error)
+  if error is not None:
+    raise error
   if lock is not None:
     lock.start_renewing()
   _HELD[key] = _Hold(lock, 1)

@@ -160,6 +160,19 @@ def test_held_is_reentrant_and_released_on_exceptions(tmp_path):
   workdir_lock.check_held(workdir)  # not held: nothing to say
 
 
+def test_unwritable_workdir_is_an_error_naming_the_lock_and_the_fix(
+    tmp_path):
+  (tmp_path / "file").write_text("")
+  workdir = tmp_path / "file" / "run"
+  with pytest.raises(workdir_lock.WorkdirLockError, match=re.escape(
+      f"Cannot take the lock {workdir}/run.lock (NotADirectoryError: ")) as e:
+    workdir_lock.acquire(str(workdir))
+  assert str(e.value).endswith("): give a --workdir this host may write "
+                               "(gs://: an existing bucket, and credentials "
+                               "allowed to write it).")
+  assert str(workdir) not in workdir_lock._HELD  # pylint: disable=protected-access
+
+
 def test_lost_lock_stops_the_run_at_its_next_check(tmp_path):
   workdir = str(tmp_path / "run")
   with workdir_lock.held(workdir, lease_seconds=60.0):
