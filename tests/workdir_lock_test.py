@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from cover_jax import storage
 from cover_jax import workdir_lock
 from tests.train_test import ROOT, command
 
@@ -31,6 +32,7 @@ def gcs_workdir(gcs_emulator, monkeypatch):
   """gs://bucket/run on the emulator, reached through gcsfs."""
   monkeypatch.setenv("EPATH_USE_TF", "false")
   monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+  storage.use_gcs_emulator_if_set()
   return "gs://bucket/run"
 
 
