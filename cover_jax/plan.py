@@ -10,8 +10,9 @@ compiled for the topology (jax.experimental.topologies; libtpu compiles for
 TPUs from any host). The compiler's memory_analysis gives the bytes per chip,
 its cost_analysis the FLOPs and its own step-time estimate (`optimal_seconds`),
 from which a modelled MFU and the run's days follow. These are the compiler's
-estimates, not measurements. Without libtpu, the same plan for fake CPU
-devices reports memory and FLOPs only.
+estimates, not measurements. A compile that runs out of memory is the
+answer "does not fit", with the compiler's figures. Without libtpu, the same
+plan for fake CPU devices reports memory and FLOPs only.
 
 No data is read. The split of the batch into video and image parts follows
 the data pipeline's rule (input.split_batch) with each dataset weighted by
@@ -25,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import time
 from typing import Any, Sequence
 
@@ -268,21 +270,74 @@ def memory(compiled) -> dict:
   return fields
 
 
+# libtpu's two ways of saying a program does not fit (figures binary: "15.75G"
+# is v5e's 16 GiB less the runtime's reserve), and what any other compiler's
+# out-of-memory error says.
+_SIZE = r"([\d.]+)\s*([KMGTPE]?)i?B?"
+_OOM_FIGURES = (re.compile(rf"memory required for [^(]*\({_SIZE}\) exceeds "
+                           rf"available \w+ \({_SIZE}\)"),
+                re.compile(rf"Used {_SIZE} of {_SIZE} hbm", re.IGNORECASE))
+_OOM_MARKERS = re.compile(r"RESOURCE_EXHAUSTED|out of memory", re.IGNORECASE)
+
+
+def _size(number: str, unit: str) -> int:
+  return int(float(number) * 1024 ** " KMGTPE".index(unit or " "))
+
+
+def out_of_memory(error: BaseException) -> dict | None:
+  """The compiler's "does not fit" in `error`: its message and the bytes per
+  chip it says the program needs and has (None where it gives no figure);
+  None when `error` is not an out-of-memory error."""
+  message = str(error)
+  if not _OOM_MARKERS.search(message):
+    return None
+  match = next((m for m in (f.search(message) for f in _OOM_FIGURES) if m),
+               None)
+  required, available = ((_size(*match.groups()[:2]),
+                          _size(*match.groups()[2:])) if match else
+                         (None, None))
+  return dict(message=message, required_bytes=required,
+              available_bytes=available)
+
+
+def _memory_from_oom(oom: dict, state_and_batch: int) -> dict:
+  """memory()'s fields for a compile that ran out of memory: the compiler's
+  figure is the program's whole need, the state and batch are known, the
+  rest of the analysis is not."""
+  total = oom["required_bytes"]
+  return dict(arguments=None, outputs=None, aliased=None, code=None,
+              temporaries=None if total is None else total - state_and_batch,
+              total=total)
+
+
 def plan(config: ConfigDict, devices: Sequence[jax.Device], *,
          hbm_bytes: int | None = None) -> dict:
   """The plan of `config`'s training step on `devices` (see module doc).
 
   hbm_bytes: the memory budget per device; default the chip's HBM (none for
-  CPU devices: then `fits` is None).
+  CPU devices: then `fits` is None). A compile that runs out of memory is
+  the answer "does not fit": `fits` False, the compiler's figures under
+  `compiler_out_of_memory`, no FLOPs or time from the compiler. Other
+  compile errors are raised.
   """
   target = chip(devices)
   budget = hbm_bytes or target["hbm_bytes"]
   start = time.time()
   lowered, abstract, batch, model, split, mesh = lower_step(config, devices)
-  compiled = lowered.compile()
+  sizes = dict(parameters=_shard_bytes(abstract["params"]),
+               optimizer_state=_shard_bytes(abstract["opt_state"]),
+               batch=_shard_bytes(batch))
+  try:
+    compiled, oom = lowered.compile(), None
+  except Exception as e:  # pylint: disable=broad-except
+    oom = out_of_memory(e)
+    if oom is None:
+      raise
+    compiled = None
   compile_s = time.time() - start
-  mem = memory(compiled)
-  cost = cost_analysis(compiled)
+  mem = (_memory_from_oom(oom, sum(sizes.values())) if oom else
+         memory(compiled))
+  cost = {} if oom else cost_analysis(compiled)
   chips = len(devices)
   video, image = split.get("video", 0), split.get("image", 0)
   forward = (flops.forward_flops(model, batch=video) +
@@ -294,8 +349,9 @@ def plan(config: ConfigDict, devices: Sequence[jax.Device], *,
   # layers: XLA's cost analysis counts the loop body once (FLOPs ~1/depth),
   # so neither FLOPs nor time stand for the step.
   scanned = bool(config.model.get("scan_layers"))
+  whole = not scanned and not oom  # the compiler's FLOPs are the step's
   seconds = (float(raw_seconds) if raw_seconds and raw_seconds > 0 and
-             not scanned else None)
+             whole else None)
   mix = mixture(config)
   steps_per_epoch = (optimizer.steps_per_epoch(mix["epoch_examples"],
                                                config.batch_size)
@@ -311,16 +367,14 @@ def plan(config: ConfigDict, devices: Sequence[jax.Device], *,
       batch=dict(global_batch=config.batch_size, split=split,
                  split_rule=mix["rule"], frames=config.input.num_frames,
                  crop=config.input.crop_size),
-      bytes_per_chip=dict(
-          parameters=_shard_bytes(abstract["params"]),
-          optimizer_state=_shard_bytes(abstract["opt_state"]),
-          batch=_shard_bytes(batch), **mem),
-      hbm_bytes=budget, fits=None if budget is None else mem["total"] <= budget,
-      flops=dict(compiler_per_step=None if scanned else compiler_flops,
+      bytes_per_chip=dict(**sizes, **mem),
+      hbm_bytes=budget, compiler_out_of_memory=oom,
+      fits=False if oom else None if budget is None else mem["total"] <= budget,
+      flops=dict(compiler_per_step=compiler_flops if whole else None,
                  analytic_per_step=analytic,
-                 ratio=None if scanned else compiler_flops / analytic,
-                 compiler_scanned_body_once=compiler_flops if scanned
-                 else None),
+                 ratio=compiler_flops / analytic if whole else None,
+                 compiler_scanned_body_once=compiler_flops
+                 if scanned and not oom else None),
       compiler_estimate=dict(
           step_seconds=seconds, mfu=mfu, steps=num_steps,
           days=num_steps * seconds / 86400 if num_steps and seconds else None,
@@ -490,14 +544,21 @@ def _needed_accumulation(rows: list[dict], accumulations: list[int]
   """The smallest accumulation predicted to fit the budget, from the rows
   compiled so far for one (mesh, remat): temporaries modelled as c + v / A
   (a micro-batch's activations shrink with A, the rest does not); with one
-  row c is taken as the float32 gradient the accumulation keeps."""
+  row c is taken as the float32 gradient the accumulation keeps. A compile
+  out of memory counts with the compiler's figures; without them, 4x."""
   last = rows[-1]
-  mem, budget = last["bytes_per_chip"], last["hbm_bytes"]
+  mem, oom = last["bytes_per_chip"], last.get("compiler_out_of_memory") or {}
+  budget = min((b for b in (last["hbm_bytes"], oom.get("available_bytes"))
+                if b), default=None)
+  done = max(r["settings"]["accumulation_steps"] for r in rows)
+  if mem["temporaries"] is None or budget is None:
+    return next((x for x in accumulations if x >= 4 * done), None)
   fixed = mem["total"] - mem["temporaries"]
-  if len(rows) >= 2:
+  known = [r for r in rows if r["bytes_per_chip"]["temporaries"] is not None]
+  if len(known) >= 2:
     (a1, t1), (a2, t2) = [(r["settings"]["accumulation_steps"],
                            r["bytes_per_chip"]["temporaries"])
-                          for r in rows[-2:]]
+                          for r in known[-2:]]
     v = (t1 - t2) / (1 / a1 - 1 / a2) if a1 != a2 else 0
     c = t2 - v / a2
   else:
@@ -507,7 +568,6 @@ def _needed_accumulation(rows: list[dict], accumulations: list[int]
   if v <= 0 or room <= 0:
     return None
   wanted = v / room
-  done = max(r["settings"]["accumulation_steps"] for r in rows)
   return next((x for x in accumulations if x >= wanted and x > done), None)
 
 
@@ -522,6 +582,8 @@ def _number(x) -> str:
 def _bytes(x) -> str:
   if x is None:
     return "-"
+  if x >= 1024 * GiB:
+    return f"{x / 1024 / GiB:.2f} TiB"
   return f"{x / GiB:.2f} GiB" if x >= GiB / 10 else f"{x / 2**20:.1f} MiB"
 
 
@@ -530,9 +592,19 @@ def _settings_text(s: dict) -> str:
           f"{s['scan_layers']}, accumulation {s['accumulation_steps']}")
 
 
+def _oom_text(oom: dict) -> str:
+  if oom["required_bytes"] is None:
+    return ("the compiler ran out of memory and gave no figure of what the "
+            f"step needs: {oom['message'].splitlines()[0][:300]}")
+  return (f"the compiler ran out of memory: the step needs "
+          f"{_bytes(oom['required_bytes'])}, "
+          f"{_bytes(oom['available_bytes'])} HBM available")
+
+
 def format_plan(p: dict) -> str:
   """The plan as the lines main.py prints."""
   b, est = p["bytes_per_chip"], p["compiler_estimate"]
+  oom = p.get("compiler_out_of_memory")
   cpu = p["chip"]["generation"] is None
   lines = [
       f"Plan for {p['chips']} x {p['topology']}"
@@ -544,9 +616,10 @@ def format_plan(p: dict) -> str:
       f"{p['batch']['split_rule']})",
       f"  per chip: parameters {_bytes(b['parameters'])}, optimizer state "
       f"{_bytes(b['optimizer_state'])}, batch {_bytes(b['batch'])}, "
-      f"temporaries {_bytes(b['temporaries'])}; total {_bytes(b['total'])}"
-      + (f" of {_bytes(p['hbm_bytes'])} HBM" if p["hbm_bytes"] else
-         " (no HBM to compare: CPU)")
+      + (_oom_text(oom) if oom else
+         f"temporaries {_bytes(b['temporaries'])}; total {_bytes(b['total'])}"
+         + (f" of {_bytes(p['hbm_bytes'])} HBM" if p["hbm_bytes"] else
+            " (no HBM to compare: CPU)"))
       + ("" if p["fits"] is None else
          ("  -> fits" if p["fits"] else "  -> DOES NOT FIT")),
       (f"  FLOPs per step: compiler {p['flops']['compiler_per_step']:.4g}, "
@@ -554,8 +627,9 @@ def format_plan(p: dict) -> str:
        f"{p['flops']['ratio']:.3f}: above 1 is remat recompute and work the "
        f"count leaves out)" if p["flops"]["ratio"] else
        f"  FLOPs per step: analytic {p['flops']['analytic_per_step']:.4g}; "
-       f"scan_layers: the compiler counts the scanned block once, so no "
-       f"compiler FLOPs or time (plan with scan_layers=False for them)")]
+       + ("no compiler FLOPs or time: the compile ran out of memory" if oom
+          else "scan_layers: the compiler counts the scanned block once, so "
+          "no compiler FLOPs or time (plan with scan_layers=False for them)"))]
   if est["step_seconds"]:
     lines.append(
         f"  compiler's estimate (not a measurement): {est['step_seconds']:.3f}"
@@ -583,7 +657,8 @@ def format_search(result: dict) -> str:
       lines.append(head + f"  error: {r['error'][:80]}")
       continue
     est = r["compiler_estimate"]
-    lines.append(head + f"{_bytes(r['bytes_per_chip']['total']):>11}"
+    total = r["bytes_per_chip"]["total"]  # None: out of memory, no figure
+    lines.append(head + f"{_bytes(total) if total else 'OOM':>11}"
                  f"{str(r['fits']):>6}"
                  f"{_number(est['step_seconds']):>8}"
                  f"{_number(est['mfu']):>7}")

@@ -1,9 +1,10 @@
 """--mode=plan (cover_jax/plan.py) on a tiny config: numbers against the
 compiler's own analysis and the analytic FLOPs, on fake CPU devices and, with
 libtpu installed, on a v5p:2x2x1 topology; a too-large batch gets the nearest
-settings that fit."""
+settings that fit, also when the compiler itself runs out of memory."""
 
 import json
+import re
 
 import jax
 from ml_collections import ConfigDict
@@ -120,24 +121,105 @@ def test_tpu_plan_matches_the_compiler():
     plan.topology_devices("v9z:1x1")
 
 
-def test_too_large_batch_gets_the_nearest_fit():
+def refuse_accumulation_1(monkeypatch, error):
+  """Lower as plan does, but a step without accumulation fails to compile
+  with `error`: the TPU compiler's refusal, stood in for on CPU."""
+  real = plan.lower_step
+
+  def refuse():
+    raise error
+
+  def lower_step(config, devices):
+    lowered, *rest = real(config, devices)
+    if config.optimizer.get("accumulation_steps", 1) == 1:
+      lowered = type("Refused", (), dict(compile=staticmethod(refuse)))
+    return (lowered, *rest)
+  monkeypatch.setattr(plan, "lower_step", lower_step)
+
+
+def test_too_large_batch_gets_the_nearest_fit(monkeypatch, tmp_path):
+  """Both kinds of "does not fit" in one search: the compiler refuses the
+  config's step (out of memory), then a candidate compiles but its memory
+  analysis exceeds the budget."""
   config = tiny_config(batch_size=2048)
   devices = plan.topology_devices("cpu:8")
-  budget = 8 * 2 ** 20  # the whole batch at once needs ~10 MiB
+  # The whole batch at once needs ~9 MiB, two micro-batches ~5, four ~3.
+  budget = int(4.8 * 2 ** 20)
+  message = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of "
+             "memory in memory space hbm. Used 8.00M of 4.80M hbm. Exceeded "
+             "hbm capacity by 3.20M.")
+  refuse_accumulation_1(monkeypatch, jax.errors.JaxRuntimeError(message))
   lines = []
   result = plan.run(config, devices, hbm_bytes=budget, log=lines.append)
-  assert result["plan"]["fits"] is False
+  (tmp_path / "plan.json").write_text(json.dumps(plan.to_json(result)))
+  saved = json.loads((tmp_path / "plan.json").read_text())  # as main.py
+  assert saved["plan"]["fits"] is False
+  assert saved["plan"]["compiler_out_of_memory"] == dict(
+      message=message, required_bytes=8 * 2 ** 20, available_bytes=budget)
+  b = saved["plan"]["bytes_per_chip"]
+  assert b["total"] == 8 * 2 ** 20
+  assert b["temporaries"] == b["total"] - (b["parameters"] +
+                                           b["optimizer_state"] + b["batch"])
+  rows = [(r["settings"]["accumulation_steps"], r["fits"],
+           r["compiler_out_of_memory"] is not None)
+          for r in saved["search"]["rows"]]
+  assert rows == [(1, False, True), (2, False, False), (4, True, False)]
   nearest = result["search"]["nearest"]
-  assert nearest["fits"] and nearest["bytes_per_chip"]["total"] <= budget
+  assert nearest["bytes_per_chip"]["total"] <= budget
   changed = {k for k, v in nearest["settings"].items()
              if v != plan.knobs(config, 8)[k]}
   assert changed == {"accumulation_steps"}  # one knob: the nearest
   text = "\n".join(lines)
-  assert "DOES NOT FIT" in text
-  flag = (f"--config.optimizer.accumulation_steps="
-          f"{nearest['settings']['accumulation_steps']}")
-  assert f"nearest that fits: {flag}" in text
-  json.dumps(plan.to_json(result))  # what main.py writes
+  assert ("the compiler ran out of memory: the step needs 8.0 MiB, 4.8 MiB "
+          "HBM available  -> DOES NOT FIT") in text
+  assert "nearest that fits: --config.optimizer.accumulation_steps=4" in text
+
+
+def test_out_of_memory_without_a_figure_says_so(monkeypatch):
+  config = tiny_config()
+  devices = plan.topology_devices("cpu:8")
+  refuse_accumulation_1(monkeypatch, jax.errors.JaxRuntimeError(
+      "RESOURCE_EXHAUSTED: Out of memory while compiling the program."))
+  report = plan.plan(config, devices)
+  assert report["fits"] is False
+  assert report["compiler_out_of_memory"]["required_bytes"] is None
+  assert report["bytes_per_chip"]["total"] is None
+  assert ("the compiler ran out of memory and gave no figure of what the step "
+          "needs: RESOURCE_EXHAUSTED: Out of memory while compiling") in (
+              plan.format_plan(report))
+  # Without figures the search tries 4x the accumulation.
+  assert plan._needed_accumulation([report], [1, 2, 4, 8]) == 4  # pylint: disable=protected-access
+  # Any other compile error is the error, not a plan.
+  refuse_accumulation_1(monkeypatch, jax.errors.JaxRuntimeError(
+      "INVALID_ARGUMENT: Mosaic failed to compile TPU kernel."))
+  with pytest.raises(jax.errors.JaxRuntimeError, match="Mosaic failed"):
+    plan.plan(config, devices)
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason='libtpu is not installed (pip '
+                    'install -e ".[tpu]"): no TPU topology to compile for')
+def test_tpu_compiler_out_of_memory_is_a_plan_that_does_not_fit():
+  # A million tiny clips: the compiler refuses in seconds.
+  config = tiny_config(batch_size=2 ** 20)
+  report = plan.plan(config, plan.topology_devices("v5e:2x2"))
+  oom = report["compiler_out_of_memory"]
+  assert report["fits"] is False and oom["message"].startswith(
+      "RESOURCE_EXHAUSTED")
+  # libtpu's figures in its own words, binary units.
+  required, available = [float(x) * plan.GiB for x in re.findall(
+      r"\(([\d.]+)G\)", oom["message"])]
+  assert oom["required_bytes"] == int(required) > oom["available_bytes"]
+  assert oom["available_bytes"] == int(available) == int(15.75 * plan.GiB)
+  assert report["flops"]["compiler_per_step"] is None
+  text = plan.format_plan(report)
+  assert (f"the compiler ran out of memory: the step needs "
+          f"{required / plan.GiB:.2f} GiB, 15.75 GiB HBM available  -> DOES "
+          f"NOT FIT") in text
+  # The search starts from the compiler's figures: activations a little over
+  # the HBM, so two micro-batches.
+  assert plan._needed_accumulation(  # pylint: disable=protected-access
+      [report], plan._accumulations(config, (4, 1, 1))) == 2  # pylint: disable=protected-access
+  json.dumps(plan.to_json(report))
 
 
 def test_both_names_of_no_remat_are_one_search_candidate():
