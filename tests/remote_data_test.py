@@ -142,7 +142,19 @@ def test_registry_and_preflight_see_datasets_on_gs(gs_env, caplog):
   assert gcsfs_warnings(caplog) == []
 
 
-def test_staging_dir_errors_name_the_fix(tmp_path, capsys):
+def test_local_data_dir_still_expands_home(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  version = str(registry.builder_class("kinetics400").VERSION)
+  info = tmp_path / f"tfds/kinetics400/short320/{version}/dataset_info.json"
+  info.parent.mkdir(parents=True)
+  info.write_text("{}")
+  assert registry.preparation("kinetics400", "~/tfds") is None
+  assert registry.preparation("ssv2", "~/tfds") == (
+      f"python -m data.prepare ssv2 --manual_dir=DIR --data_dir={tmp_path}"
+      f"/tfds")
+
+
+def test_prepare_flag_errors_name_the_fix(tmp_path, capsys):
   code = prepare.main(["digits_image", f"--data_dir={tmp_path}",
                        f"--staging_dir={tmp_path}/s"])
   assert code == 1 and capsys.readouterr().err.endswith(
@@ -153,6 +165,11 @@ def test_staging_dir_errors_name_the_fix(tmp_path, capsys):
   assert code == 1 and capsys.readouterr().err.endswith(
       "--staging_dir must be a local directory (ArrayRecord writes local "
       "files only), not gs://other/dir.\n")
+  code = prepare.main(["digits_image/train7", f"--data_dir={tmp_path}"])
+  assert code == 1 and capsys.readouterr().err.endswith(
+      "Unknown dataset 'digits_image/train7'. digits_image has: "
+      "digits_image/train100, digits_image/train50, digits_image/train25, "
+      "digits_image/train10.\n")
 
 
 # ----------------------------------------------------------------------------
@@ -215,7 +232,9 @@ def test_prepare_to_gs_resumes_an_interrupted_upload_and_reads_back(
                           ("synthetic_clips/image", synthetic_dir)):
     remote = registry.load_builder(name, GS)
     assert os.fspath(remote.data_dir).startswith(GS)
-    for a, b in zip(remote.as_data_source("train"), registry.load_builder(
+    records = list(remote.as_data_source("train"))
+    assert len(records) == remote.info.splits["train"].num_examples > 0
+    for a, b in zip(records, registry.load_builder(
         name, local_dir).as_data_source("train"), strict=True):
       assert a.keys() == b.keys()
       for key in a:
