@@ -10,40 +10,65 @@ local disk. How each library reaches the emulator:
     with EPATH_USE_TF=false it uses fsspec/gcsfs, which honours
     STORAGE_EMULATOR_HOST. (With TensorFlow installed epath defaults to
     tf.io.gfile, whose GCS endpoint is compiled in: no emulator.)
-  - TensorBoard events (clu -> tf.summary -> TF's GCS client): that fixed
-    endpoint again, so the writer is replaced by one recording the logdir it
-    was given; TF writes what it is given to gs:// itself.
+  - TensorBoard events (cover_jax/event_writer.py): through etils.epath
+    too, read back from the bucket with TensorBoard's own loader.
 """
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import json
+import urllib.parse
+import urllib.request
 
 import pytest
+from tensorboard.backend.event_processing import event_file_loader
+from tensorboard.backend.event_processing import plugin_event_accumulator
+from tensorboard.util import tensor_util
 
 from cover_jax import checkpointing
+from cover_jax import event_writer
 from cover_jax import storage
 from tests.gcs import BUCKET, bucket_objects, finished_steps, read_object
 from tests.train_test import ROOT, command
 
-# main.py with clu's TensorBoard writer replaced by one that records its
-# logdir (TF's GCS client cannot be pointed at an emulator).
-DRIVER = """
-import os, sys
-from absl import app
-from clu import metric_writers
-def recording_writer(logdir, **kwargs):
-  with open(os.environ["LOGDIRS_FILE"], "a") as f:
-    f.write(os.fspath(logdir) + "\\n")
-  return metric_writers.LoggingWriter()
-metric_writers.create_default_writer = recording_writer
-sys.argv = sys.argv[1:]
-import main
-app.run(main.main)
-"""
+
+def tensorboard_view(folder) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of the event files in `folder` as
+  TensorBoard's Python loader serves them (--load_fast=false; a restart
+  marker drops the earlier session's later steps)."""
+  loader = plugin_event_accumulator
+  acc = loader.EventAccumulator(str(folder), size_guidance={loader.TENSORS: 0})
+  acc.Reload()
+  return {tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto).item())
+                for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}
+
+
+def raw_events(path) -> list:
+  """Every event of one file, as written."""
+  return list(event_file_loader.EventFileLoader(str(path)).Load())
+
+
+def logged_steps(events, tag: str) -> list[int]:
+  return [e.step for e in events for v in e.summary.value if v.tag == tag]
+
+
+def download_events(url: str, folder: str, to) -> list:
+  """The event files directly in gs://BUCKET/`folder`, copied into `to`
+  through the emulator's JSON API; their local paths, in name order."""
+  to.mkdir(parents=True)
+  pattern = re.compile(re.escape(folder) + r"/(events\.out\.tfevents\.[^/]+)$")
+  paths = []
+  for name in bucket_objects(url, folder + "/"):
+    if m := pattern.match(name):
+      quoted = urllib.parse.quote(name, safe="")
+      with urllib.request.urlopen(
+          f"{url}/storage/v1/b/{BUCKET}/o/{quoted}?alt=media") as r:
+        (to / m.group(1)).write_bytes(r.read())
+      paths.append(to / m.group(1))
+  return sorted(paths)
 
 
 # ----------------------------------------------------------------------------
@@ -111,6 +136,33 @@ def test_unreadable_and_unwritable_paths_name_the_path_and_fix(tmp_path):
                                        "config.json"), "{}", "--workdir")
 
 
+def test_event_file_shows_each_step_once_after_a_restart(tmp_path):
+  """A killed session's steps past its checkpoint (7-10 here) are logged
+  again by the resumed one; TensorBoard serves only the newer ones. Events
+  reach the file at flush, or at a write flush_secs after the last."""
+  killed = event_writer.EventFileWriter(tmp_path, resumes_at=0,
+                                        flush_secs=3600)
+  for step in range(1, 11):
+    killed.write_scalars(step, {"train/loss": float(step)})
+  (first,) = tmp_path.iterdir()
+  assert logged_steps(raw_events(first), "train/loss") == []  # not flushed
+  killed.flush()
+  assert logged_steps(raw_events(first), "train/loss") == list(range(1, 11))
+  resumed = event_writer.EventFileWriter(tmp_path, resumes_at=6,
+                                         flush_secs=0)
+  for step in range(7, 13):
+    resumed.write_scalars(step, {"train/loss": 100.0 + step})
+  resumed.write_texts(12, {"note": "resumed"})  # flush_secs=0: no flush()
+  (second,) = set(tmp_path.iterdir()) - {first}
+  assert logged_steps(raw_events(second), "train/loss") == list(range(7, 13))
+  view = tensorboard_view(tmp_path)
+  assert view["train/loss"] == [(s, float(s)) for s in range(1, 7)] + [
+      (s, 100.0 + s) for s in range(7, 13)]
+  assert view["note"] == [(12, b"resumed")]
+  with pytest.raises(NotImplementedError, match="scalars and texts only"):
+    resumed.write_images(12, {})
+
+
 # ----------------------------------------------------------------------------
 # gs:// against the emulator.
 # ----------------------------------------------------------------------------
@@ -118,19 +170,17 @@ def test_unreadable_and_unwritable_paths_name_the_path_and_fix(tmp_path):
 def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
     digits_dir, tmp_path, gcs_emulator):
   """`main.py --workdir=gs://bucket/run` (both stages): config.json,
-  checkpoints, eval JSON and TensorBoard all go to the bucket; SIGKILL in
-  co-training, then the same command resumes from the bucket's last
-  checkpoint; nothing is written to the local disk."""
+  checkpoints, eval JSON and TensorBoard events all go to the bucket; SIGKILL
+  in co-training, then the same command resumes from the bucket's last
+  checkpoint; TensorBoard shows every logged step once; nothing is written
+  to the local disk."""
   workdir = f"gs://{BUCKET}/run"
   cwd = tmp_path / "cwd"  # where a gs:// path mistaken for a local one lands
   cwd.mkdir()
-  logdirs = tmp_path / "logdirs.txt"
   env = dict(os.environ, PYTHONPATH=ROOT, EPATH_USE_TF="false",
              STORAGE_EMULATOR_HOST=gcs_emulator,
-             TENSORSTORE_GCS_HTTP_URL=gcs_emulator,
-             LOGDIRS_FILE=str(logdirs))
-  cmd = [sys.executable, "-c", DRIVER] + command(
-      workdir, digits_dir, num_train_steps=40)[1:]
+             TENSORSTORE_GCS_HTTP_URL=gcs_emulator)
+  cmd = command(workdir, digits_dir, num_train_steps=40)
   proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   seen = []
@@ -161,7 +211,40 @@ def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
       "step"] == 40
   assert json.loads(read_object(
       gcs_emulator, "run/pretrain/eval/latest.json"))["step"] == 4
-  assert set(logdirs.read_text().split()) == {workdir, f"{workdir}/pretrain"}
+  # TensorBoard events, from the bucket, read by TensorBoard's own loader.
+  assert {os.path.dirname(n) for n in names if "tfevents" in n} == {
+      "run", "run/pretrain"}
+  # Co-training: the killed session flushed its events at each checkpoint,
+  # so its file holds every step to the one resumed from; the resumed
+  # session's marks the restart after it and logs on to 40.
+  killed, resumed = download_events(gcs_emulator, "run", tmp_path / "tb")
+  assert f".{proc.pid}." in killed.name
+  before, after = raw_events(killed), raw_events(resumed)
+  assert set(logged_steps(before, "train/loss")) >= set(
+      range(2, saved[-1] + 1, 2))
+  (start,) = [e.step for e in after if e.HasField("session_log")]
+  assert start == saved[-1] + 1
+  assert logged_steps(after, "train/loss") == list(
+      range(saved[-1] + 2, 41, 2))
+  view = tensorboard_view(tmp_path / "tb")
+  assert [s for s, _ in view["train/loss"]] == list(range(2, 41, 2))
+  final = json.loads(read_object(gcs_emulator, "run/eval/latest.json"))
+  for name, metrics in final["results"].items():
+    ((step, top1),) = view[f"eval/{name}/top1"]
+    assert step == 40 and top1 == pytest.approx(metrics["top1"], rel=1e-6)
+  # Pretraining: finished before the kill; the rerun restores its last
+  # step and evaluates it again, into a second file: the Python loader
+  # keeps both (identical) points at step 4, the default (Rust) loader the
+  # newer one.
+  files = download_events(gcs_emulator, "run/pretrain", tmp_path / "tb_pre")
+  assert len(files) == 2
+  view = tensorboard_view(tmp_path / "tb_pre")
+  assert [s for s, _ in view["train/loss"]] == [2, 4]
+  pretrain = json.loads(read_object(gcs_emulator,
+                                    "run/pretrain/eval/latest.json"))
+  for name, metrics in pretrain["results"].items():
+    top1 = pytest.approx(metrics["top1"], rel=1e-6)
+    assert view[f"eval/{name}/top1"] == [(4, top1), (4, top1)]
   # Nothing landed on local disk (os.path.abspath("gs://...") would be here).
   assert not list(cwd.iterdir())
   assert not os.path.exists(os.path.join(ROOT, "gs:"))
