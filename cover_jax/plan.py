@@ -275,7 +275,7 @@ def memory(compiled) -> dict:
 # out-of-memory error says.
 _SIZE = r"([\d.]+)\s*([KMGTPE]?)i?B?"
 _OOM_FIGURES = (re.compile(rf"memory required for [^(]*\({_SIZE}\) exceeds "
-                           rf"available \w+ \({_SIZE}\)"),
+                           rf"available HBM \({_SIZE}\)", re.IGNORECASE),
                 re.compile(rf"Used {_SIZE} of {_SIZE} hbm", re.IGNORECASE))
 _OOM_MARKERS = re.compile(r"RESOURCE_EXHAUSTED|out of memory", re.IGNORECASE)
 
