@@ -15,6 +15,11 @@ from cover_jax import optimizer, plan, sharding, train
 from cover_jax.models import flops
 
 HAS_LIBTPU = plan.libtpu_installed()
+# pylint: disable=protected-access
+# The search's next accumulation from the rows so far, and the candidates.
+needed_accumulation = plan._needed_accumulation
+accumulations = plan._accumulations
+# pylint: enable=protected-access
 
 
 def tiny_config(batch_size=16):
@@ -188,7 +193,7 @@ def test_out_of_memory_without_a_figure_says_so(monkeypatch):
           "needs: RESOURCE_EXHAUSTED: Out of memory while compiling") in (
               plan.format_plan(report))
   # Without figures the search tries 4x the accumulation.
-  assert plan._needed_accumulation([report], [1, 2, 4, 8]) == 4  # pylint: disable=protected-access
+  assert needed_accumulation([report], [1, 2, 4, 8]) == 4
   # Any other compile error is the error, not a plan.
   refuse_accumulation_1(monkeypatch, jax.errors.JaxRuntimeError(
       "INVALID_ARGUMENT: Mosaic failed to compile TPU kernel."))
@@ -217,8 +222,8 @@ def test_tpu_compiler_out_of_memory_is_a_plan_that_does_not_fit():
           f"NOT FIT") in text
   # The search starts from the compiler's figures: activations a little over
   # the HBM, so two micro-batches.
-  assert plan._needed_accumulation(  # pylint: disable=protected-access
-      [report], plan._accumulations(config, (4, 1, 1))) == 2  # pylint: disable=protected-access
+  assert needed_accumulation(
+      [report], accumulations(config, (4, 1, 1))) == 2
   json.dumps(plan.to_json(report))
 
 
