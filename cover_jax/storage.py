@@ -87,6 +87,10 @@ def unreadable(path: epath.Path, what: str, error: Exception) -> OSError:
                  f"{error}): {_ACCESS_HINT}.")
 
 
+_WRITE_HINT = ("gs://: an existing bucket, and the VM's service account or "
+               "`gcloud auth application-default login` allowed to write it")
+
+
 def write_text(path: epath.Path, text: str, what: str) -> None:
   """Writes `text` to `path` (parents created), errors naming the fix."""
   try:
@@ -94,10 +98,8 @@ def write_text(path: epath.Path, text: str, what: str) -> None:
     path.write_text(text)
   except Exception as e:  # pylint: disable=broad-except
     raise OSError(f"Cannot write {path} in {what} ({type(e).__name__}: {e}):"
-                  f" give a directory this host may write (gs://: an "
-                  f"existing bucket, and the VM's service account or "
-                  f"`gcloud auth application-default login` allowed to "
-                  f"write it).") from e
+                  f" give a directory this host may write ({_WRITE_HINT})."
+                  ) from e
 
 
 def upload_tree(source: str | os.PathLike, target: epath.Path,
@@ -135,7 +137,6 @@ def _upload_file(source: str, target: epath.Path) -> bool:
     return True
   except Exception as e:  # pylint: disable=broad-except
     raise OSError(f"Cannot upload {source} to {target} ({type(e).__name__}: "
-                  f"{e}): check that this host may write there (gs://: an "
-                  f"existing bucket, and the VM's service account or `gcloud "
-                  f"auth application-default login` allowed to write it); "
-                  f"the same command resumes the upload.") from e
+                  f"{e}): check that this host may write there "
+                  f"({_WRITE_HINT}); the same command resumes the upload."
+                  ) from e
