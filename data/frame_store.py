@@ -34,6 +34,7 @@ import os
 import sys
 from typing import Iterable, Sequence
 
+from absl import logging
 from etils import epath
 import numpy as np
 
@@ -284,6 +285,14 @@ class FrameStore:
       if os.fspath(path).startswith("gs://") and "offset" in index:
         self.locations = {k: index[k] for k in ("file_first", "offset",
                                                 "size")}
+      elif os.fspath(path).startswith("gs://"):
+        # Stores written before the index held frame locations: ArrayRecord's
+        # open-ended range reads fetch several times the frames' bytes.
+        logging.warning(
+            "%s has no frame locations in its index: reading it from gs:// "
+            "fetches several times the bytes each clip uses. Prepare it again "
+            "from its sources (python -m data.prepare ... with a new "
+            "--data_dir) to store them.", path)
     self._paths = [os.fspath(path.parent / f) for f in files]
     self._reader = None
 
@@ -408,6 +417,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("dataset", help="e.g. kinetics400/short320")
   parser.add_argument("--data_dir", help="default: ~/tensorflow_datasets")
   args = parser.parse_args(argv)
+  if (args.data_dir or "").startswith("gs://"):
+    print(f"error: the frame store is written to local files only (ArrayRecord"
+          f" cannot write gs://): copy the dataset to a local DIR (gcloud "
+          f"storage cp --recursive {args.data_dir}/{args.dataset.split('/')[0]}"
+          f" DIR), run this with --data_dir=DIR, then copy it back (gcloud "
+          f"storage rsync --recursive DIR/{args.dataset.split('/')[0]} "
+          f"{args.data_dir}/{args.dataset.split('/')[0]}).", file=sys.stderr)
+    return 2
   from data import registry  # pylint: disable=import-outside-toplevel
   try:
     builder = registry.load_builder(args.dataset, args.data_dir)

@@ -77,6 +77,15 @@ def test_converting_an_image_dataset_is_an_error(tmp_path, capsys):
   assert "not a video dataset" in capsys.readouterr().err
 
 
+def test_converting_on_gs_is_refused_with_the_local_route(capsys):
+  assert frame_store.main(["kinetics400/short320",
+                           "--data_dir=gs://b/tfds"]) == 2
+  err = capsys.readouterr().err
+  assert "ArrayRecord cannot write gs://" in err
+  assert ("gcloud storage cp --recursive gs://b/tfds/kinetics400 DIR" in err
+          and "--data_dir=DIR" in err)
+
+
 def test_writer_spreads_over_files_and_reads_back_in_record_order(tmp_path):
   rng = np.random.default_rng(0)
   videos = {f"v{i}": [rng.bytes(int(rng.integers(1, 50)))
@@ -189,7 +198,7 @@ def upload(url: str, local_dir, prefix: str) -> None:
 
 
 def test_a_store_on_gs_reads_bounded_ranges_equal_to_the_local_read(
-    tmp_path, gcs_emulator, monkeypatch):
+    tmp_path, gcs_emulator, monkeypatch, caplog):
   """Frames of every size, straddling riegeli's 64 KiB block headers, read
   from gs:// with one bounded range each (and through ArrayRecord, as a
   store without locations is), are the bytes written."""
@@ -206,6 +215,10 @@ def test_a_store_on_gs_reads_bounded_ranges_equal_to_the_local_read(
                           writer.spans, [(k, 0) for k in videos],
                           writer.locations())
   upload(gcs_emulator, tmp_path / "store", "store")
+  (tmp_path / "old" / frame_store.FOLDER).mkdir(parents=True)
+  frame_store.write_index(tmp_path / "old", "train", writer.files,
+                          writer.spans, [(k, 0) for k in videos])
+  upload(gcs_emulator, tmp_path / "old", "old")  # an index without locations
   for name, value in (("EPATH_USE_TF", "false"),  # epath through gcsfs
                       ("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false"),
                       ("STORAGE_EMULATOR_HOST", gcs_emulator),
@@ -215,6 +228,11 @@ def test_a_store_on_gs_reads_bounded_ranges_equal_to_the_local_read(
   gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
   try:
     remote = frame_store.FrameStore(f"gs://{BUCKET}/store", "train")
+    assert "no frame locations" not in caplog.text
+    old = frame_store.FrameStore(f"gs://{BUCKET}/old", "train")
+    assert old.locations is None
+    assert "gs://bucket/old/frames/train.index.npz has no frame locations" in (
+        caplog.text)
   finally:
     gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
   assert remote.locations is not None and len(writer.files) > 2
