@@ -667,6 +667,9 @@ def format_search(result: dict) -> str:
     lines.append(f"{label} that fits: " +
                  (overrides(r["settings"], base) if r else
                   "none of the candidates"))
+  if not result["nearest"]:  # the search keeps the batch and the slice
+    lines.append("the search keeps the batch and the slice: try a smaller "
+                 "--config.batch_size or a larger --topology")
   return "\n".join(lines)
 
 

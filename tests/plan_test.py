@@ -239,3 +239,13 @@ def test_tpu_topology_without_libtpu_names_the_extra(monkeypatch):
   monkeypatch.setattr(plan, "libtpu_installed", lambda: False)
   with pytest.raises(RuntimeError, match=r'pip install -e "\.\[tpu\]"'):
     plan.topology_devices("v5p:4x4x4")
+
+
+def test_a_search_with_no_fit_names_the_flags_it_does_not_move():
+  text = plan.format_search({"base": {}, "rows": [], "fastest": None,
+                             "nearest": None})
+  assert text.splitlines()[-3:] == [
+      "fastest that fits: none of the candidates",
+      "nearest that fits: none of the candidates",
+      "the search keeps the batch and the slice: try a smaller "
+      "--config.batch_size or a larger --topology"]
