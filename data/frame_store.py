@@ -418,12 +418,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--data_dir", help="default: ~/tensorflow_datasets")
   args = parser.parse_args(argv)
   if (args.data_dir or "").startswith("gs://"):
+    base = args.dataset.split("/")[0]
     print(f"error: the frame store is written to local files only (ArrayRecord"
           f" cannot write gs://): copy the dataset to a local DIR (gcloud "
-          f"storage cp --recursive {args.data_dir}/{args.dataset.split('/')[0]}"
-          f" DIR), run this with --data_dir=DIR, then copy it back (gcloud "
-          f"storage rsync --recursive DIR/{args.dataset.split('/')[0]} "
-          f"{args.data_dir}/{args.dataset.split('/')[0]}).", file=sys.stderr)
+          f"storage cp --recursive {args.data_dir}/{base} DIR), run this with "
+          f"--data_dir=DIR, then copy it back (gcloud storage rsync "
+          f"--recursive DIR/{base} {args.data_dir}/{base}).", file=sys.stderr)
     return 2
   from data import registry  # pylint: disable=import-outside-toplevel
   try:
