@@ -45,6 +45,13 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "describe", "plan",
                   "clip embeddings; export: SavedModel and jax.export.")
 flags.DEFINE_list("inputs", None, "--mode=predict/features: video and image "
                   "files or folders (searched recursively).")
+flags.DEFINE_integer("max_image_pixels", None, "--mode=predict/features: "
+                     "the most pixels an image may decode to (JPEGs at a "
+                     "reduced scale); larger ones are refused. Default "
+                     "cover_jax/predict.py's MAX_IMAGE_PIXELS, 50 million.")
+flags.DEFINE_integer("decode_threads", None, "--mode=predict/features: "
+                     "files decoded at once (default 4, whatever the "
+                     "cores).")
 flags.DEFINE_string("output", None, "--mode=predict: a .jsonl file (one "
                     "line per input); --mode=features: the .npz to write.")
 flags.DEFINE_integer("top_k", 5, "--mode=predict: classes per head.")
@@ -165,7 +172,9 @@ def main(argv):
                           inputs=FLAGS.inputs, output=FLAGS.output,
                           top_k=FLAGS.top_k, heads=FLAGS.heads,
                           class_names=FLAGS.class_names,
-                          export_dir=FLAGS.export_dir)
+                          export_dir=FLAGS.export_dir,
+                          decode_threads=FLAGS.decode_threads,
+                          max_image_pixels=FLAGS.max_image_pixels)
     except (ValueError, FileNotFoundError) as e:  # what to fix, one line
       raise SystemExit(f"main.py: error: {e}") from None
     raise SystemExit(status)

@@ -52,7 +52,7 @@ def load(config: ConfigDict, workdir: str, class_names=None):
 
 def main(config: ConfigDict, workdir: str, *, mode: str, inputs=None,
          output=None, top_k: int = 5, heads=None, class_names=None,
-         export_dir=None) -> int:
+         export_dir=None, decode_threads=None, max_image_pixels=None) -> int:
   """Runs one mode; returns the exit status (1 when an input failed)."""
   if mode == "export":
     if not export_dir:
@@ -78,7 +78,9 @@ def main(config: ConfigDict, workdir: str, *, mode: str, inputs=None,
     raise ValueError(f"--inputs {inputs}: no video or image files found.")
   results = predict.run(model, params, config, infos, paths, heads=heads,
                         top_k=top_k,
-                        batch_size=config.get("eval_batch_size") or 8)
+                        batch_size=config.get("eval_batch_size") or 8,
+                        decode_threads=decode_threads,
+                        max_image_pixels=max_image_pixels)
   failed = [r for r in results if r.error]
   if mode == "predict":
     print(predict.table(results))

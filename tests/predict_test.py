@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from fractions import Fraction
 
+import av
 import jax
 import numpy as np
 import pytest
@@ -32,6 +34,20 @@ def normalised(views, prep):
 def eval_indices(n, t):
   """Segment middles, written out: floor((i + 0.5) n / t)."""
   return [min(int((i + 0.5) * n / t), n - 1) for i in range(t)]
+
+
+def views_of_every_frame(path, short_side, num_frames, prep):
+  """The evaluation's views of an input with every frame decoded
+  (data.decode) and the evaluation's sampling of the whole list
+  (input.preprocess_eval): predict's path before it bounded decoding."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from cover_jax import input as inp  # pylint: disable=import-outside-toplevel
+  from data import decode as decoding  # pylint: disable=import-outside-toplevel
+  frames = ([decoding.decode_image(path, short_side)]
+            if predict.kind_of(path) == "image" else
+            decoding.decode_video(path, short_side).frames)
+  return inp.preprocess_eval(tf.constant(frames), num_frames=num_frames,
+                             prep=prep).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +117,9 @@ def test_predictions_are_the_view_averaged_softmax(tiny_run, digits_dir,
     if result.error:
       continue
     side = predict.decode_short_side(infos, list(result.heads), prep)
-    decoded = predict.decode(result.path, side)
-    views, _ = predict._views(decoded.frames,  # pylint: disable=protected-access
-                              prep.num_frames if result.kind == "video"
-                              else 1, prep)
+    views = views_of_every_frame(
+        result.path, side, prep.num_frames if result.kind == "video" else 1,
+        prep)
     logits = model.apply({"params": params}, normalised(views, prep),
                          train=False)
     for head, top in result.heads.items():
@@ -132,10 +147,9 @@ def test_features_are_the_models_clip_embeddings(tiny_run, digits_dir,
   # The embedding feeds the heads: the head applied to it gives the logits.
   model, params, infos, _ = apply.load(config, tiny_run)
   prep = make.preprocessing(config)
-  decoded = predict.decode(str(saved["ids"][1]), predict.decode_short_side(
-      infos, ["digits_image"], prep))
-  views, _ = predict._views(decoded.frames, 1, prep)  # pylint: disable=protected-access
-  views = normalised(views, prep)
+  views = normalised(views_of_every_frame(
+      str(saved["ids"][1]), predict.decode_short_side(
+          infos, ["digits_image"], prep), 1, prep), prep)
   logits = model.apply({"params": params}, views, train=False)
   head = params["heads"]["digits_image"]
   _, state = model.apply({"params": params}, views, train=False,
@@ -197,7 +211,7 @@ def test_predict_from_a_pyth_with_class_names_equals_pytorch(tmp_path,
   result, = predict.run(model, params, config, infos, [path], top_k=7,
                         progress=False)
   prep = make.preprocessing(config)
-  views, _ = predict._views(predict.decode(path, 12).frames, 4, prep)  # pylint: disable=protected-access
+  views = views_of_every_frame(path, 12, 4, prep)
   assert views.dtype == np.uint8
   x = (views / 255.0 - np.array(prep.mean)) / np.array(prep.std)
   x = torch.from_numpy(x).permute(0, 4, 1, 2, 3)
@@ -293,3 +307,271 @@ def test_portable_erf_is_lax_erf_in_float32():
   assert np.abs(got - want).max() < 1e-6
   from scipy import special  # pylint: disable=import-outside-toplevel
   assert np.abs(got - special.erf(x.astype(np.float64))).max() < 1e-6
+
+
+# ----------------------------------------------------------------------------
+# Bounded decoding: only the sampled frames of a video, images under a pixel
+# limit, a bounded pool.
+# ----------------------------------------------------------------------------
+
+def write_gop_video(path, frames, *, gop, codec="libx264", times=None):
+  """48x32 frames of a texture sliding smoothly (no scene cuts), a keyframe
+  every `gop` frames (libx264 with B-frames: decode order is not display
+  order); `times`: each frame's timestamp in seconds."""
+  rng = np.random.default_rng(0)
+  texture = rng.integers(0, 256, (64, 128, 3), np.uint8)
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream(codec, rate=10)
+    stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+    stream.codec_context.gop_size = gop
+    if codec == "libx264":
+      stream.options = {"x264-params": "scenecut=0"}
+    for i in range(frames):
+      y, x = i % 32, (2 * i) % 80
+      frame = av.VideoFrame.from_ndarray(
+          np.ascontiguousarray(texture[y:y + 32, x:x + 48]), format="rgb24")
+      if times is not None:
+        frame.pts, frame.time_base = round(times[i] * 1000), Fraction(1, 1000)
+      container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+  return str(path)
+
+
+class _CountingContainer:
+  """An av container whose decoded frames are counted."""
+
+  def __init__(self, container, counts):
+    self._container, self._counts = container, counts
+
+  def __getattr__(self, name):
+    return getattr(self._container, name)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return self._container.__exit__(*exc)
+
+  def decode(self, *args, **kwargs):
+    for frame in self._container.decode(*args, **kwargs):
+      self._counts["decoded"] += 1
+      yield frame
+
+
+@pytest.fixture
+def spy(monkeypatch):
+  """Counts of the frames PyAV decodes and of the frames made JPEGs."""
+  from data import decode as decoding  # pylint: disable=import-outside-toplevel
+  counts = {"decoded": 0, "jpegs": 0}
+  real_open, real_jpeg = av.open, decoding._frame_jpeg  # pylint: disable=protected-access
+
+  def counting_jpeg(*args, **kwargs):
+    counts["jpegs"] += 1
+    return real_jpeg(*args, **kwargs)
+
+  monkeypatch.setattr(av, "open", lambda *a, **k: _CountingContainer(
+      real_open(*a, **k), counts))
+  monkeypatch.setattr(decoding, "_frame_jpeg", counting_jpeg)
+  return counts
+
+
+def every_frame(path, short_side):
+  """All the JPEG frames of a video, as predict decoded them before it
+  bounded decoding (data.decode.decode_video)."""
+  from data import decode as decoding  # pylint: disable=import-outside-toplevel
+  return decoding.decode_video(path, short_side)
+
+
+VFR = np.cumsum([0] + [0.05, 0.15, 0.1, 0.3] * 20)[:80].tolist()
+# name, frames, keyframe every, codec, timestamps; the most frames decoded.
+VIDEOS = [
+    ("gop.mp4", 120, 10, "libx264", None, 8 * 10 + 1),
+    ("gop.webm", 90, 10, "libvpx", None, 8 * 10 + 1),
+    ("vfr.mkv", 80, 8, "libx264", VFR, 8 * 8 + 1),
+    ("gop.avi", 60, 6, "mpeg4", None, 8 * 6 + 1),
+    # Raw H.264 has no timestamps: decoded from the start, up to the last
+    # sampled frame (7.5 / 8 of the way), not further.
+    ("raw.h264", 64, 8, "libx264", None, 60 + 1),
+    ("short.mp4", 5, 2, "libx264", None, 5),  # fewer frames than sampled
+]
+
+
+@pytest.mark.parametrize("name,frames,gop,codec,times,most", VIDEOS,
+                         ids=[v[0] for v in VIDEOS])
+def test_a_video_decodes_only_its_sampled_frames_to_the_same_bytes(
+    tmp_path, spy, name, frames, gop, codec, times, most):
+  path = write_gop_video(tmp_path / name, frames, gop=gop, codec=codec,
+                         times=times)
+  everything = every_frame(path, 24).frames
+  assert len(everything) == frames
+  assert spy["decoded"] == frames  # the reference decodes every frame
+  spy.update(decoded=0, jpegs=0)
+  decoded = predict.decode(path, 24, 8)
+  want = eval_indices(frames, 8)
+  assert decoded.error is None and decoded.note is None
+  assert decoded.indices == want
+  assert decoded.frames == [everything[i] for i in want]  # the same bytes
+  # Only the sampled frames (and frame 0, which sizes them) become JPEGs;
+  # the frames decoded are those from the keyframe before each.
+  assert spy["jpegs"] == len(set(want) | {0})
+  assert spy["decoded"] <= most
+
+
+class _CorruptFrom(_CountingContainer):
+  """A container whose video fails to decode at frame `n` and after it
+  (the frames' timestamps say which), like a file damaged there."""
+
+  def __init__(self, container, counts, n):
+    super().__init__(container, counts)
+    self._n = n
+
+  def decode(self, *args, **kwargs):
+    for frame in super().decode(*args, **kwargs):
+      if frame.pts * frame.time_base >= Fraction(self._n, 10):  # 10 fps
+        raise av.error.InvalidDataError(1094995529, "Invalid data found")
+      yield frame
+
+
+def test_a_damaged_video_keeps_the_frames_before_the_error(tmp_path, spy,
+                                                           monkeypatch):
+  """As decode_video: the frames before a decode error, sampled, and a
+  note of where it stopped; a truncated webm: the frames that are there."""
+  path = write_gop_video(tmp_path / "damaged.mp4", 60, gop=6)
+  real_open = av.open
+  monkeypatch.setattr(av, "open", lambda *a, **k: _CorruptFrom(
+      real_open(*a, **k), spy, 25))
+  reference = every_frame(path, 24)
+  assert len(reference.frames) == 25
+  assert "decoding stopped after 25 frames" in reference.truncated
+  cut = media_files.truncate(
+      write_gop_video(tmp_path / "cut.webm", 60, gop=6, codec="libvpx"), 0.5)
+  cut_reference = every_frame(cut, 24)
+  assert 0 < len(cut_reference.frames) < 60
+  for path, reference in ((path, reference), (cut, cut_reference)):
+    decoded = predict.decode(path, 24, 8)
+    want = eval_indices(len(reference.frames), 8)
+    assert decoded.indices == want
+    assert decoded.frames == [reference.frames[i] for i in want]
+    assert decoded.note == reference.truncated
+
+
+def test_predict_scores_a_long_video_from_its_sampled_frames(
+    tiny_run, digits_dir, tmp_path, spy):
+  """predict.run on a 200-frame video: the scores of the views of every
+  frame decoded (the evaluation's path on the whole list), from 9 JPEGs."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from cover_jax import input as inp  # pylint: disable=import-outside-toplevel
+  config = train_test.tiny_config(digits_dir)
+  model, params, infos, _ = apply.load(config, tiny_run)
+  prep = make.preprocessing(config)
+  path = write_gop_video(tmp_path / "long.mp4", 200, gop=10)
+  side = predict.decode_short_side(infos, ["digits_motion"], prep)
+  everything = every_frame(path, side).frames
+  spy.update(decoded=0, jpegs=0)
+  result, = predict.run(model, params, config, infos, [path], top_k=10,
+                        progress=False)
+  assert result.error is None
+  assert result.frames == eval_indices(200, prep.num_frames)
+  assert spy["jpegs"] == prep.num_frames + 1  # frame 0 sizes them
+  assert spy["decoded"] <= 8 * 10 + 1
+  views = inp.preprocess_eval(tf.constant(everything),
+                              num_frames=prep.num_frames, prep=prep).numpy()
+  logits = model.apply({"params": params}, normalised(views, prep),
+                       train=False)
+  for head, top in result.heads.items():
+    z = np.asarray(logits[head], np.float64)
+    want = (np.exp(z) / np.exp(z).sum(-1, keepdims=True)).mean(0)
+    for name, p in top:
+      np.testing.assert_allclose(p, want[infos[head].labels.index(name)],
+                                 atol=1e-6)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(
+    tmp_path, monkeypatch):
+  from PIL import Image, ImageFile  # pylint: disable=import-outside-toplevel
+  from data import decode as decoding  # pylint: disable=import-outside-toplevel
+  png = media_files.write_image(str(tmp_path / "big.png"), 300, 200)
+  jpeg = str(tmp_path / "big.jpg")
+  Image.open(png).resize((1600, 1200)).save(jpeg, quality=90)
+  loads = []
+  real_load = ImageFile.ImageFile.load
+  monkeypatch.setattr(ImageFile.ImageFile, "load",
+                      lambda self: loads.append(self.size) or real_load(self))
+  refused = predict.decode(png, 24, 1, max_image_pixels=50_000)
+  assert refused.error == (
+      "300x200 image (60,000 pixels to decode) over the limit of 50,000 "
+      "pixels; downscale it, or raise --max_image_pixels")
+  assert loads == [] and refused.frames == []  # no pixel decoded
+  assert "big.png" in predict.table([predict.Result(
+      refused.path, refused.kind, error=refused.error)])
+  # The limit is settable; a JPEG of 1,920,000 pixels decodes at 1/8 scale
+  # (200x150 = 30,000 pixels) under the same 50,000 limit.
+  for path, limit in ((png, 60_000), (jpeg, 50_000)):
+    decoded = predict.decode(path, 24, 1, max_image_pixels=limit)
+    assert decoded.error is None
+    assert decoded.frames == [decoding.decode_image(path, 24)]
+  assert loads[-2:] == [(200, 150)] * 2  # the JPEG, drafted, twice
+
+
+def test_images_decoding_at_once_share_the_pixel_limit(tmp_path,
+                                                       monkeypatch):
+  """Four 60,000-pixel images under a 100,000 limit: one at a time, though
+  four threads decode; small ones side by side."""
+  import threading  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  from data import decode as decoding  # pylint: disable=import-outside-toplevel
+  large = [media_files.write_image(str(tmp_path / f"l{i}.png"), 300, 200)
+           for i in range(4)]
+  small = [media_files.write_image(str(tmp_path / f"s{i}.png"), 100, 100)
+           for i in range(8)]
+  lock, now, most = threading.Lock(), [0], [0]
+  real = decoding.decode_image
+
+  def counted(*args, **kwargs):
+    with lock:
+      now[0] += 1
+      most[0] = max(most[0], now[0])
+    time.sleep(0.05)
+    try:
+      return real(*args, **kwargs)
+    finally:
+      with lock:
+        now[0] -= 1
+
+  monkeypatch.setattr(decoding, "decode_image", counted)
+  done = list(predict.decode_all(large, {"image": 24}, {"image": 1},
+                                 threads=4, max_image_pixels=100_000))
+  assert [d.error for d in done] == [None] * 4 and most[0] == 1
+  most[0] = 0
+  done = list(predict.decode_all(small, {"image": 24}, {"image": 1},
+                                 threads=4, max_image_pixels=100_000))
+  assert [d.error for d in done] == [None] * 8 and most[0] > 1
+
+
+def test_the_decoding_pool_is_bounded_whatever_the_cores(monkeypatch):
+  """DECODE_THREADS decode at once on a 64-core host, and the pool runs at
+  most DECODE_THREADS inputs ahead of the caller."""
+  import threading  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  lock, now, most, started = threading.Lock(), [0], [0], []
+
+  def fake_decode(path, *args, **kwargs):
+    with lock:
+      started.append(path)
+      now[0] += 1
+      most[0] = max(most[0], now[0])
+    time.sleep(0.02)
+    with lock:
+      now[0] -= 1
+    return predict.Decoded(path, "image", [b""], [0])
+
+  monkeypatch.setattr(os, "cpu_count", lambda: 64)
+  monkeypatch.setattr(predict, "decode", fake_decode)
+  paths = [f"{i}.png" for i in range(30)]
+  stream = predict.decode_all(paths, {"image": 8}, {"image": 1})
+  assert next(stream).path == "0.png"
+  time.sleep(0.5)  # the caller busy: the pool goes as far as it may
+  threads = predict.DECODE_THREADS
+  assert len(started) <= 2 * threads + 1 < len(paths)
+  assert [d.path for d in stream] == paths[1:]
+  assert 1 < most[0] <= threads
