@@ -14,11 +14,11 @@ from any host with `pip install -e ".[tpu]"`; or cpu:N fake devices) and
 reports memory per chip, FLOPs and the compiler's step-time estimate, in
 WORKDIR/plan.json (cover_jax/plan.py); --plan_search also tries remat, scan,
 mesh shapes and accumulation; `predict` classifies video and image files
-(--inputs), `features` writes their clip embeddings, `export` writes a TF
-SavedModel and a jax.export artifact (cover_jax/apply.py). Run the same command
-on every host of a pod slice or cluster: jax.distributed finds the others
-(TPU, SLURM, Open MPI), or pass --coordinator_address, --num_processes and
---process_id.
+(--inputs, --inputs_from), `features` writes their clip embeddings,
+`export` writes a TF SavedModel and a jax.export artifact
+(cover_jax/apply.py). Run the same command on every host of a pod slice
+or cluster: jax.distributed finds the others (TPU, SLURM, Open MPI), or pass
+--coordinator_address, --num_processes and --process_id.
 """
 
 import json
@@ -45,6 +45,10 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "describe", "plan",
                   "clip embeddings; export: SavedModel and jax.export.")
 flags.DEFINE_list("inputs", None, "--mode=predict/features: video and image "
                   "files or folders (searched recursively).")
+flags.DEFINE_string("inputs_from", None, "--mode=predict/features: a file of "
+                    "inputs, one path a line as written (commas kept; blank "
+                    "lines and lines starting with # skipped); after "
+                    "--inputs when both are given.")
 flags.DEFINE_integer("max_image_pixels", None, "--mode=predict/features: "
                      "the most pixels an image may decode to (JPEGs at a "
                      "reduced scale); larger ones are refused. Default "
@@ -169,9 +173,9 @@ def main(argv):
     from cover_jax import apply  # pylint: disable=import-outside-toplevel
     try:
       status = apply.main(config, str(workdir), mode=FLAGS.mode,
-                          inputs=FLAGS.inputs, output=FLAGS.output,
-                          top_k=FLAGS.top_k, heads=FLAGS.heads,
-                          class_names=FLAGS.class_names,
+                          inputs=FLAGS.inputs, inputs_from=FLAGS.inputs_from,
+                          output=FLAGS.output, top_k=FLAGS.top_k,
+                          heads=FLAGS.heads, class_names=FLAGS.class_names,
                           export_dir=FLAGS.export_dir,
                           decode_threads=FLAGS.decode_threads,
                           max_image_pixels=FLAGS.max_image_pixels)

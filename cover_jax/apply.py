@@ -51,15 +51,18 @@ def load(config: ConfigDict, workdir: str, class_names=None):
 
 
 def main(config: ConfigDict, workdir: str, *, mode: str, inputs=None,
-         output=None, top_k: int = 5, heads=None, class_names=None,
-         export_dir=None, decode_threads=None, max_image_pixels=None) -> int:
-  """Runs one mode; returns the exit status (1 when an input failed)."""
+         inputs_from=None, output=None, top_k: int = 5, heads=None,
+         class_names=None, export_dir=None, decode_threads=None,
+         max_image_pixels=None) -> int:
+  """Runs one mode; returns the exit status (1 when an input failed).
+
+  The inputs (`predict.input_files`) are checked before the model loads.
+  """
   if mode == "export":
     if not export_dir:
       raise ValueError("--mode=export needs --export_dir=DIR.")
-  elif not inputs:
-    raise ValueError(f"--mode={mode} needs --inputs=PATH[,PATH...] (video "
-                     f"or image files, or folders of them).")
+  else:
+    paths = predict.input_files(inputs, inputs_from, mode)
   model, params, infos, origin = load(config, workdir, class_names)
   print(f"Model: {origin}", flush=True)
   if mode == "export":
@@ -73,9 +76,6 @@ def main(config: ConfigDict, workdir: str, *, mode: str, inputs=None,
     for what, path in paths.items():
       print(f"{what}: {path}")
     return 0
-  paths = predict.expand_inputs(inputs)
-  if not paths:
-    raise ValueError(f"--inputs {inputs}: no video or image files found.")
   results = predict.run(model, params, config, infos, paths, heads=heads,
                         top_k=top_k,
                         batch_size=config.get("eval_batch_size") or 8,

@@ -1,7 +1,8 @@
 """A trained model applied to video and image files: classes and features.
 
     python main.py --mode=predict --config=CONFIG --workdir=DIR \
-        --inputs=clip.mp4,photos/ [--output=predictions.jsonl]
+        --inputs=clip.mp4,photos/ [--inputs_from=list.txt] \
+        [--output=predictions.jsonl]
     python main.py --mode=features ... --output=features.npz
 
 Each input goes the evaluation's way: the frames evaluation samples (the
@@ -18,7 +19,9 @@ datasets, else from `--class_names`.
 Memory is bounded whatever the inputs: a video is counted from its packets
 and only its sampled frames are decoded (`sample_video`), an image may
 decode to at most MAX_IMAGE_PIXELS, and DECODE_THREADS files decode at once.
-A file that cannot be read is reported with the reason and the run goes on.
+Inputs that do not exist are named before the model loads
+(`input_files`); a file that cannot be read is reported with the reason
+and the run goes on.
 """
 
 from __future__ import annotations
@@ -150,13 +153,26 @@ DECODE_THREADS = 4
 MAX_IMAGE_PIXELS = 50_000_000
 
 
-def expand_inputs(paths: Sequence[str]) -> list[str]:
+def read_input_list(path: str) -> list[str]:
+  """The paths listed in `path`, one per line: each line as written (commas
+  and spaces are part of a name), blank lines and lines starting with "#"
+  left out."""
+  try:
+    text = epath.Path(path).read_text()
+  except FileNotFoundError:
+    raise FileNotFoundError(f"--inputs_from={path}: no such file.") from None
+  return [line for line in text.splitlines()
+          if line.strip() and not line.startswith("#")]
+
+
+def expand_inputs(paths: Sequence[str], what: str = "--inputs") -> list[str]:
   """Files of `paths`, folders searched recursively for videos and images.
 
   A file named directly is kept whatever its extension (its content is
-  probed); a path that does not exist raises.
+  probed). Paths that do not exist raise, all of them named in one line
+  (`what` says where they came from).
   """
-  files = []
+  files, missing = [], []
   for path in paths:
     if os.path.isdir(path):
       for root, _, names in sorted(os.walk(path)):
@@ -165,7 +181,32 @@ def expand_inputs(paths: Sequence[str]) -> list[str]:
     elif os.path.exists(path):
       files.append(path)
     else:
-      raise FileNotFoundError(f"--inputs: {path} does not exist.")
+      missing.append(path)
+  if missing:
+    named = ", ".join(repr(p) for p in missing[:20])
+    more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+    raise FileNotFoundError(
+        f"{what}: {named}{more} {'does' if len(missing) == 1 else 'do'} not "
+        f"exist.")
+  return files
+
+
+def input_files(inputs: Sequence[str] | None, inputs_from: str | None,
+                mode: str = "predict") -> list[str]:
+  """The files `inputs` (--inputs) and the list file `inputs_from`
+  (--inputs_from, `read_input_list`) name, in that order: either or both.
+  Checked before a model loads: paths that do not exist raise, all named."""
+  if not inputs and not inputs_from:
+    raise ValueError(f"--mode={mode} needs --inputs=PATH[,PATH...] or "
+                     f"--inputs_from=FILE (video or image files, or folders "
+                     f"of them).")
+  listed = read_input_list(inputs_from) if inputs_from else []
+  what = " and ".join((["--inputs"] if inputs else []) +
+                      ([f"--inputs_from={inputs_from}"] if inputs_from
+                       else []))
+  files = expand_inputs(list(inputs or []) + listed, what)
+  if not files:
+    raise ValueError(f"{what}: no video or image files found.")
   return files
 
 

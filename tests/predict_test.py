@@ -71,15 +71,21 @@ def tiny_flags(workdir, data_dir):
 def test_predict_command_on_a_runs_workdir(tiny_run, digits_dir, inputs,
                                            tmp_path):
   out = tmp_path / "predictions.jsonl"
+  # A name with a comma, which --inputs would split, in --inputs_from.
+  comma = media_files.write_image(str(tmp_path / "digit, again.png"))
+  (tmp_path / "list.txt").write_text(f"# more inputs\n\n{comma}\n")
   proc = subprocess.run(
       [sys.executable, "main.py", "--mode=predict",
        "--config=configs/cover_mini.py", f"--inputs={inputs}",
+       f"--inputs_from={tmp_path / 'list.txt'}",
        f"--output={out}", "--top_k=3"] + tiny_flags(tiny_run, digits_dir),
       cwd=ROOT, capture_output=True, text=True, timeout=300,
       env=dict(os.environ, PYTHONPATH=ROOT))
   assert proc.returncode == 1, proc.stdout + proc.stderr  # one input failed
   lines = [json.loads(l) for l in out.read_text().splitlines()]
-  by_name = {os.path.relpath(l["input"], inputs): l for l in lines}
+  assert lines[-1]["input"] == comma and "error" not in lines[-1]
+  assert sorted(lines[-1]["heads"]) == ["digits_image"]
+  by_name = {os.path.relpath(l["input"], inputs): l for l in lines[:-1]}
   assert sorted(by_name) == ["broken.mp4", "clip.mp4", "digit.png",
                              os.path.join("nested", "clip.webm")]
   assert "unreadable video file" in by_name["broken.mp4"]["error"]
@@ -98,7 +104,7 @@ def test_predict_command_on_a_runs_workdir(tiny_run, digits_dir, inputs,
   assert sorted(by_name["digit.png"]["heads"]) == ["digits_image"]
   # The readable table names each input, and the failure with its reason.
   assert "digits_motion" in proc.stdout and "FAILED" in proc.stdout
-  assert "3 of 4 inputs done; 1 failed" in proc.stdout
+  assert "4 of 5 inputs done; 1 failed" in proc.stdout
 
 
 def test_predictions_are_the_view_averaged_softmax(tiny_run, digits_dir,
@@ -165,10 +171,14 @@ def test_nothing_to_predict_is_refused(tiny_run, digits_dir, tmp_path):
   config = train_test.tiny_config(digits_dir)
   with pytest.raises(ValueError, match=r"--mode=predict needs --inputs"):
     apply.main(config, tiny_run, mode="predict")
-  with pytest.raises(FileNotFoundError, match=r"--inputs: .*nowhere does "
+  with pytest.raises(FileNotFoundError, match=r"--inputs: '.*nowhere' does "
                      r"not exist"):
     apply.main(config, tiny_run, mode="predict",
                inputs=[str(tmp_path / "nowhere")])
+  with pytest.raises(ValueError, match=r"--inputs: no video or image "
+                     r"files found"):
+    apply.main(config, tiny_run, mode="predict", inputs=[str(tmp_path)])
+  media_files.write_image(str(tmp_path / "an_image.png"))
   with pytest.raises(ValueError, match=r"Nothing to apply the model with: "
                      r"no checkpoint in .*config.init_from is set"):
     apply.main(config, str(tmp_path), mode="predict",
@@ -311,7 +321,7 @@ def test_portable_erf_is_lax_erf_in_float32():
 
 # ----------------------------------------------------------------------------
 # Bounded decoding: only the sampled frames of a video, images under a pixel
-# limit, a bounded pool.
+# limit, a bounded pool, inputs listed in a file.
 # ----------------------------------------------------------------------------
 
 def write_gop_video(path, frames, *, gop, codec="libx264", times=None):
@@ -575,3 +585,33 @@ def test_the_decoding_pool_is_bounded_whatever_the_cores(monkeypatch):
   assert len(started) <= 2 * threads + 1 < len(paths)
   assert [d.path for d in stream] == paths[1:]
   assert 1 < most[0] <= threads
+
+
+def test_inputs_from_a_list_file_are_checked_before_the_model_loads(
+    tmp_path, monkeypatch, digits_dir):
+  monkeypatch.setattr(apply, "load", lambda *a, **k: pytest.fail("loaded"))
+  config = train_test.tiny_config(digits_dir)
+  with pytest.raises(FileNotFoundError) as error:
+    apply.main(config, str(tmp_path), mode="predict",
+               inputs=[str(tmp_path / "gone.mp4")])
+  assert str(error.value) == (f"--inputs: {str(tmp_path / 'gone.mp4')!r} "
+                              f"does not exist.")
+  listed = tmp_path / "inputs.txt"
+  image = media_files.write_image(str(tmp_path / "a, comma.png"))
+  listed.write_text(f"# one path a line\n\n{image}\n   \n"
+                    f"{tmp_path / 'gone, too.mp4'}\n")
+  assert predict.read_input_list(str(listed)) == [
+      image, str(tmp_path / "gone, too.mp4")]
+  with pytest.raises(FileNotFoundError) as error:
+    apply.main(config, str(tmp_path), mode="predict",
+               inputs=[str(tmp_path / "gone.mp4"), image],
+               inputs_from=str(listed))
+  assert str(error.value) == (
+      f"--inputs and --inputs_from={listed}: "
+      f"{str(tmp_path / 'gone.mp4')!r}, "
+      f"{str(tmp_path / 'gone, too.mp4')!r} do not exist.")
+  with pytest.raises(ValueError, match=r"needs --inputs=PATH\[,PATH...\] "
+                     r"or --inputs_from=FILE"):
+    apply.main(config, str(tmp_path), mode="features")
+  listed.write_text(f"{image}\n")
+  assert predict.input_files([image], str(listed)) == [image, image]
