@@ -266,15 +266,20 @@ def record_keys_and_labels(file_instructions) -> Iterable[tuple[str, int]]:
 class FrameStore:
   """The frames of one split, read by (record, frame index).
 
+  Reads through ArrayRecord check each frame against its chunk's hash, so
+  stored bytes changed since (a damaged disk or copy) fail with riegeli's
+  "Corrupted Riegeli/records file"; bounded range reads skip that check.
+
   Attributes:
     count: int32 [records], frames per video.
     label: int32 [records].
     locations: where each frame lies in its file (`Writer.locations`), for
       a store on gs:// with them in its index: frames are then read with
-      bounded range requests; None: read through ArrayRecord.
+      bounded range requests; None: read through ArrayRecord (always, with
+      `bounded_reads=False`).
   """
 
-  def __init__(self, dataset_dir, split: str):
+  def __init__(self, dataset_dir, split: str, bounded_reads: bool = True):
     path = index_path(dataset_dir, split)
     with np.load(io.BytesIO(path.read_bytes())) as index:
       self.first = index["first"]
@@ -282,10 +287,11 @@ class FrameStore:
       self.label = index["label"]
       files = [str(f) for f in index["files"]]
       self.locations = None
-      if os.fspath(path).startswith("gs://") and "offset" in index:
+      ranged = bounded_reads and os.fspath(path).startswith("gs://")
+      if ranged and "offset" in index:
         self.locations = {k: index[k] for k in ("file_first", "offset",
                                                 "size")}
-      elif os.fspath(path).startswith("gs://"):
+      elif ranged:
         # Stores written before the index held frame locations: ArrayRecord's
         # open-ended range reads fetch several times the frames' bytes.
         logging.warning(

@@ -174,6 +174,18 @@ def preparation(name: str, data_dir: str | None = None) -> str | None:
   return _tfds_hint(name, data_dir)
 
 
+def prepare_command(name: str, data_dir: str | None = None) -> str:
+  """The command that prepares `name` in data_dir, prepared or not (e.g. to
+  prepare a damaged dataset again once its folder is deleted)."""
+  data_dir = expand(data_dir)
+  base, _, config = name.partition("/")
+  if base not in BUILDERS:
+    return _tfds_hint(name, data_dir)
+  if not config and base not in NAMED_BY_USER:
+    config = _default_config(base)
+  return _prepare_hint(base, data_dir, config)
+
+
 def load_builder(name: str, data_dir: str | None = None
                  ) -> tfds.core.DatasetBuilder:
   """The prepared builder for `name`, building the mini datasets on first
