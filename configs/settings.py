@@ -66,7 +66,11 @@ def input_config(setting: str, **fields) -> ml_collections.ConfigDict:
       eval_views=3,  # paper 4.1: 1 temporal x 3 spatial crops, averaged
       mean=VIT_MEAN, std=VIT_STD,
       video_share=placeholder(float),  # None: in proportion to sizes (4.1)
-      seed=0)
+      seed=0,
+      # A record or frame that cannot be read or decoded: "stop" names it
+      # and stops; "skip" replaces it by the next usable record and counts
+      # it (cover_jax/input/pipeline.py).
+      on_corrupt="stop")
   spec.update(fields)
   return ml_collections.ConfigDict(spec)
 

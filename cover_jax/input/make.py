@@ -3,7 +3,9 @@
     config.datasets.<name>: dataset (prepared dataset, default: name),
         train_split, eval_split, flip (training horizontal flips),
         sample_weight (None: the dataset's size), loss_weight (the trainer's)
-    config.input: the fields of `Preprocessing`, plus seed and video_share
+    config.input: the fields of `Preprocessing`, plus seed, video_share and
+        on_corrupt ("stop" or "skip": what a record or frame that cannot be
+        read or decoded does; pipeline.py)
     config.data_dir: where datasets are prepared (None: ~/tensorflow_datasets)
 """
 
@@ -15,20 +17,28 @@ import jax
 from ml_collections import ConfigDict
 
 from cover_jax.input.pipeline import (NumpyStream, Preprocessing,
-                                      TrainIterator, eval_batches)
+                                      TrainIterator, check_on_corrupt,
+                                      eval_batches)
 from cover_jax.input.source import Source, open_source
 
 
 def preprocessing(config: ConfigDict) -> Preprocessing:
   """The Preprocessing that config.input describes."""
   fields = {f.name for f in dataclasses.fields(Preprocessing)}
-  unknown = set(config.input) - fields - {"seed", "video_share"}
+  others = {"seed", "video_share", "on_corrupt"}
+  unknown = set(config.input) - fields - others
   if unknown:
     raise ValueError(f"Unknown config.input fields {sorted(unknown)}; known: "
-                     f"{sorted(fields | {'seed', 'video_share'})}.")
+                     f"{sorted(fields | others)}.")
+  on_corrupt(config)
   values = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
             for k, v in config.input.items() if k in fields}
   return Preprocessing(**values)
+
+
+def on_corrupt(config: ConfigDict) -> str:
+  """config.input.on_corrupt ("stop" by default), checked."""
+  return check_on_corrupt(config.input.get("on_corrupt", "stop"))
 
 
 def sources(config: ConfigDict, split_field: str) -> list[Source]:
@@ -65,7 +75,8 @@ def for_train(config: ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
       weights=[s.get("sample_weight") for s in specs], granule=granule,
       shards=shards,
       micro_batches=config.get("optimizer", {}).get("accumulation_steps", 1),
-      video_share=config.input.get("video_share"), state=state)
+      video_share=config.input.get("video_share"), state=state,
+      on_corrupt=on_corrupt(config))
 
 
 def for_eval(config: ConfigDict, source: Source, *,
@@ -80,7 +91,8 @@ def for_eval(config: ConfigDict, source: Source, *,
   return eval_batches(
       source, preprocessing(config),
       global_batch=config.get("eval_batch_size") or config.batch_size,
-      reverse=reverse, granule=granule, shards=shards)
+      reverse=reverse, granule=granule, shards=shards,
+      on_corrupt=on_corrupt(config))
 
 
 def _shards(mesh: jax.sharding.Mesh | None, granule: int = 1

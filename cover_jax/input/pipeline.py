@@ -17,22 +17,78 @@ the same shard, as when a tensor group spans processes, load the same
 examples). So a restored iterator yields exactly the batches the original
 would have, on any number of processes, and a many-host run can be replayed
 on one host.
+
+Broken data (`on_corrupt`): a record that cannot be read, or a frame that
+does not decode, fails the batch's tf.data step; the iterator then computes
+that batch again row by row in Python with the same ops, and stops with the
+`CorruptData` that names the dataset, split, record key and frame ("stop",
+the default), or replaces each failing row by the next usable record of its
+dataset ("skip"): the first after it in record order whose frames read and
+decode, with the frames the row would sample from it, the row's crop and
+flip, and that record's label. In "skip" mode the reader replaces a record
+that cannot be read as it reads, by the same rule, without failing the
+step. The choice is a function of the position and the stored bytes only,
+so a resumed run still yields the same batches; the iterator counts the
+rows replaced (`TrainIterator.corrupt_skipped`). A pipeline that fails is
+dropped at once, before the error travels on (`NumpyStream`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, Sequence
+import re
+import traceback
+from typing import Callable, Iterator, Sequence
 import weakref
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from cover_jax.input import ops
-from cover_jax.input.source import Source
+from cover_jax.input.source import InputError, Source
 
 PARTS = ("video", "image")
+# config.input.on_corrupt: what a record or frame that cannot be read or
+# decoded does (see the module docstring).
+ON_CORRUPT = ("stop", "skip")
+# "skip": how many of the records after a broken one may stand in for it
+# before the dataset counts as too damaged to train on.
+REPLACEMENT_TRIES = 100
+
+
+def check_on_corrupt(on_corrupt: str) -> str:
+  """`on_corrupt`, or a ValueError naming the values it may take."""
+  if on_corrupt not in ON_CORRUPT:
+    raise ValueError(f"config.input.on_corrupt must be 'stop' (a broken "
+                     f"record or frame stops the run, named) or 'skip' (it "
+                     f"is replaced by the next usable record), not "
+                     f"{on_corrupt!r}.")
+  return on_corrupt
+
+
+def _reason(error: BaseException) -> str:
+  """What went wrong, in one line: TensorFlow's message without its op and
+  node names or the Python traceback a py_function appends."""
+  text = error.message if isinstance(error, tf.errors.OpError) else str(
+      error)
+  text = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\].*|\[\[.*|Error in "
+                r"user-defined function passed to .*? with iterator: \S+: ",
+                "", text)
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  line = lines[0] if lines else type(error).__name__
+  return line[:500].rstrip(" .;:")
+
+
+def _drop_frames(error: BaseException) -> None:
+  """Clears the locals of the finished frames that `error` (and the errors
+  it was raised from) passed through: they hold the tf.data iterator."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    traceback.clear_frames(error.__traceback__)  # skips executing frames
+    error = error.__cause__ or error.__context__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,14 +213,26 @@ def preprocess_eval(encoded, *, num_frames: int, prep: Preprocessing,
 class NumpyStream:
   """A tf.data pipeline as an iterator of numpy trees, closed before exit.
 
-  Records are fetched by a py_function; one still running in a tf.data
-  thread while the interpreter shuts down can hang the exit, so the iterator
-  is dropped at exit (or by close()) before Python finalises.
+  Records are fetched by a py_function. A tf.data iterator destroyed while
+  the interpreter shuts down waits forever for the py_function calls still
+  in flight (their threads may no longer take the GIL): the exit hangs. So
+  the iterator is dropped by close(), at exit, and at once when the pipeline
+  fails or an exception (KeyboardInterrupt) interrupts a fetch, after the
+  references to it from that exception's traceback are cleared.
+
+  Args:
+    dataset: the pipeline.
+    recover: called as recover(index, reason) when the pipeline fails at the
+      element of that index; returns (that element, computed another way; a
+      dataset of the elements after it) or raises. None: an InputError.
   """
 
-  def __init__(self, dataset: tf.data.Dataset):
+  def __init__(self, dataset: tf.data.Dataset,
+               recover: Callable[[int, str], tuple] | None = None):
     self._holder = [iter(dataset.as_numpy_iterator())]
-    self._close = weakref.finalize(self, self._holder.clear)
+    self._recover = recover
+    self.position = 0  # elements returned
+    weakref.finalize(self, self._holder.clear)
 
   def __iter__(self):
     return self
@@ -172,11 +240,30 @@ class NumpyStream:
   def __next__(self):
     if not self._holder:
       raise StopIteration
-    return next(self._holder[0])
+    try:
+      element = next(self._holder[0])
+    except tf.errors.OpError as e:
+      reason = _reason(e)
+      _drop_frames(e)
+    except BaseException as e:  # the end, or an interrupt
+      _drop_frames(e)
+      self.close()
+      raise
+    else:
+      self.position += 1
+      return element
+    self.close()  # before anything else can fail
+    if self._recover is None:
+      raise InputError(f"The input pipeline failed at batch "
+                       f"{self.position}: {reason}.")
+    element, rest = self._recover(self.position, reason)
+    self._holder.append(iter(rest.as_numpy_iterator()))
+    self.position += 1
+    return element
 
   def close(self) -> None:
     """Stops the pipeline's threads; the stream ends."""
-    self._close()
+    self._holder.clear()
 
 
 def shard_rows(batch: int, granule: int, shards: Sequence[int]) -> np.ndarray:
@@ -203,10 +290,21 @@ class _Records:
 
   Position j of a source is record `shuffle_epoch(j % n)` in training (a
   fresh permutation of all n records every epoch), record j at evaluation.
+
+  Args:
+    sources: the sources.
+    ids: their global dataset ids (default: 0, 1, ...).
+    on_corrupt: "stop" or "skip" (`usable`).
+    frames_for: (source, record, example seed) -> the frame indices the
+      pipeline samples from that record for that seed (for replacements).
   """
 
   def __init__(self, sources: Sequence[Source],
-               ids: Sequence[int] | None = None):
+               ids: Sequence[int] | None = None, *, on_corrupt: str = "stop",
+               frames_for: Callable | None = None):
+    self.on_corrupt = check_on_corrupt(on_corrupt)
+    self._frames_for = frames_for
+    self._logged = set()  # replacements already logged
     self.sources = list(sources)
     # Global dataset ids: each dataset gets its own permutations, even where
     # two datasets hold records in the same order (e.g. the mini digits).
@@ -236,26 +334,210 @@ class _Records:
     return tf.gather(tf.constant(self._counts),
                      tf.gather(tf.constant(self._offsets), source) + record)
 
-  def read(self, source, record, frame_indices):
-    """(JPEGs string [R, T], label int32 [R]) of a batch of R records:
-    frames `frame_indices [R, T]` of each. One Python call per batch."""
+  def read(self, source, record, frame_indices, seeds):
+    """(JPEGs string [R, T], label int32 [R], replaced int32 [R]) of a batch
+    of R records: frames `frame_indices [R, T]` of each. One Python call per
+    batch. A record that cannot be read fails the call ("stop") or is
+    replaced (`usable`, with the row's seed in `seeds [R, 2]`; "skip"):
+    `replaced` is 1 on those rows."""
     shape = tf.shape(frame_indices)
-    encoded, label = tf.py_function(
-        self._read, [source, record, frame_indices], (tf.string, tf.int32))
-    return tf.reshape(encoded, shape), tf.reshape(label, shape[:1])
+    encoded, label, replaced = tf.py_function(
+        self._read, [source, record, frame_indices, seeds],
+        (tf.string, tf.int32, tf.int32))
+    return (tf.reshape(encoded, shape), tf.reshape(label, shape[:1]),
+            tf.reshape(replaced, shape[:1]))
 
-  def _read(self, source, record, frame_indices):
+  def _read(self, source, record, frame_indices, seeds):
     source, record = source.numpy(), record.numpy()
-    frame_indices = frame_indices.numpy()
+    frame_indices, seeds = frame_indices.numpy(), seeds.numpy()
     frames = np.empty(frame_indices.shape, object)
     labels = np.empty(len(source), np.int32)
+    replaced = np.zeros(len(source), np.int32)
     for s in np.unique(source):
-      rows = source == s
-      jpegs, labels[rows] = self.sources[s].read(record[rows],
-                                                 frame_indices[rows])
-      frames[rows] = np.asarray(jpegs, object).reshape(
-          frame_indices[rows].shape)
-    return frames.ravel(), labels
+      rows = np.flatnonzero(source == s)
+      try:
+        jpegs, labels[rows] = self.sources[s].read(record[rows],
+                                                   frame_indices[rows])
+        frames[rows] = np.asarray(jpegs, object).reshape(len(rows), -1)
+      except Exception:  # pylint: disable=broad-except
+        if self.on_corrupt == "stop":
+          raise  # the pipeline fails; its owner names the record
+        for i in rows:
+          used, labels[i], jpegs = self.usable(s, record[i],
+                                               frame_indices[i], seeds[i])
+          frames[i] = np.asarray(jpegs, object)
+          replaced[i] = used != record[i]
+    return frames.ravel(), labels, replaced
+
+  def usable(self, source: int, record: int, indices, seed,
+             process: Callable | None = None) -> tuple[int, int, object]:
+    """(record, label, JPEGs or `process(JPEGs)`) of the first record that
+    serves among `record` and, in "skip" mode, the REPLACEMENT_TRIES records
+    after it (in record order, cyclically): the first whose frames read
+    and, with `process`, process without an error. `record` reads its frame
+    `indices`, a replacement the frames the pipeline would sample from it
+    for `seed`. Raises the CorruptData that names `record` where none
+    serves."""
+    n = self.sizes[source]
+    tries = 1 if self.on_corrupt == "stop" else min(n, REPLACEMENT_TRIES + 1)
+    failure = None
+    for k in range(tries):
+      r = (int(record) + k) % n
+      frames = np.asarray(indices if k == 0 else
+                          self._frames_for(source, r, seed))
+      try:
+        jpegs, labels = self.sources[source].read([r], frames[None])
+        output = jpegs if process is None else process(jpegs)
+      except Exception as e:  # pylint: disable=broad-except
+        failure = failure or e
+        continue
+      if k and (source, int(record)) not in self._logged:
+        self._logged.add((source, int(record)))
+        logging.warning("%s: record %d cannot be read or decoded; record %d "
+                        "stands in for it (config.input.on_corrupt='skip').",
+                        self.sources[source].name, record, r)
+      return r, int(labels[0]), output
+    raise self.named(source, int(record), indices, failure, tried=tries - 1)
+
+  def named(self, source: int, record: int, indices, failure: Exception,
+            tried: int = 0):
+    """The CorruptData for `record` of `source`, whose frame `indices`
+    failed with `failure`; it names the first of those frames that cannot
+    be read or decoded on its own, if one cannot."""
+    src = self.sources[source]
+    frame, reason = None, _reason(failure)
+    for f in dict.fromkeys(np.asarray(indices).ravel().tolist()):
+      try:
+        (jpeg, *_), _ = src.read([record], np.asarray([[f]]))
+        tf.io.decode_jpeg(jpeg, channels=3)
+      except Exception as e:  # pylint: disable=broad-except
+        frame, reason = f, _reason(e)
+        break
+    if tried:
+      reason += (f" (nor could any of the {tried} records after it stand "
+                 f"in for it)")
+    return src.broken(record, frame if src.kind == "video" else None, reason)
+
+
+class _Part:
+  """One part (videos or images) of the co-training batches: the datasets
+  drawn into it, and the ops that turn a step into this process's rows, run
+  either as a tf.data pipeline (`dataset`) or row by row (`rows_of`).
+
+  Args:
+    part: "video" or "image".
+    ids: the global ids of its datasets (indices into `sources`).
+    sources, prep, flips, weights, seed: as TrainIterator's.
+    batch: the part's global batch size.
+    rows: the rows of that batch this process loads.
+    on_corrupt: "stop" or "skip".
+  """
+
+  def __init__(self, part: str, ids: Sequence[int], sources, prep, flips,
+               weights, seed: int, batch: int, rows: np.ndarray,
+               on_corrupt: str):
+    self.ids = list(ids)
+    self.prep, self.batch, self.seed = prep, batch, seed
+    self.num_frames = prep.frames_of(sources[ids[0]])
+    self.records = _Records([sources[i] for i in ids], ids=ids,
+                            on_corrupt=on_corrupt,
+                            frames_for=self._frames_for)
+    self.log_probs = tf.math.log(tf.constant(
+        [[weights[i] / sum(weights[j] for j in ids) for i in ids]]))
+    self.part_seed = tf.constant([seed, PARTS.index(part) * 65536], tf.int64)
+    self.global_ids = tf.constant(ids, tf.int32)
+    self.flip = tf.constant([bool(flips[i]) for i in ids])
+    self.rows = tf.constant(rows, tf.int64)
+
+  def draw(self, consumed, step):
+    """(consumed after the step, (this process's rows' source, position,
+    consumed after)): the whole batch's datasets and positions."""
+    step_seed = tf.random.experimental.stateless_fold_in(self.part_seed, step)
+    source = tf.random.stateless_categorical(self.log_probs, self.batch,
+                                             seed=step_seed)[0]
+    onehot = tf.one_hot(source, len(self.ids), dtype=tf.int64)
+    earlier = tf.cumsum(onehot, axis=0, exclusive=True)  # in this step
+    position = (tf.gather(consumed, source) +
+                tf.reduce_sum(earlier * onehot, axis=1))
+    after = consumed + tf.reduce_sum(onehot, axis=0)
+    return after, (tf.cast(tf.gather(source, self.rows), tf.int32),
+                   tf.gather(position, self.rows), after)
+
+  def locate(self, source, position):
+    """A row's (source, record, example seed, frame indices)."""
+    record = self.records.record(source, position, shuffle_seed=self.seed)
+    example_seed = self._example_seed(source, position)
+    indices = train_frame_indices(self.records.frame_count(source, record),
+                                  example_seed, self.num_frames)
+    return source, record, example_seed, indices
+
+  def _example_seed(self, source, position):
+    return tf.random.experimental.stateless_fold_in(
+        tf.random.experimental.stateless_fold_in(
+            self.part_seed, tf.cast(tf.gather(self.global_ids, source),
+                                    tf.int64)), position)
+
+  def _frames_for(self, source, record, seed):
+    """The frames a row of `seed` samples from `record` (a replacement)."""
+    return train_frame_indices(self.records.frame_count(source, record),
+                               tf.constant(seed, tf.int64),
+                               self.num_frames).numpy()
+
+  def _preprocess(self, encoded, source, example_seed):
+    return preprocess_train(encoded, example_seed,
+                            flip=tf.gather(self.flip, source), prep=self.prep)
+
+  def dataset(self, step: int, consumed: Sequence[int]) -> tf.data.Dataset:
+    """(this process's examples, consumed counts after the step) of every
+    step from `step` on, `consumed` examples of each dataset read before."""
+    records, global_ids, num_rows = self.records, self.global_ids, \
+        len(self.rows)
+
+    def read(source, record, example_seed, indices):  # a step's rows
+      encoded, label, replaced = records.read(source, record, indices,
+                                              example_seed)
+      return encoded, label, source, example_seed, replaced
+
+    def preprocess(encoded, label, source, example_seed, replaced):
+      return {"frames": self._preprocess(encoded, source, example_seed),
+              "label": label, "dataset": tf.gather(global_ids, source),
+              "replaced": replaced}
+
+    steps = tf.data.Dataset.range(step, 2**62).scan(
+        tf.constant(consumed, tf.int64), self.draw)
+    examples = (steps.map(lambda source, position, _: (source, position))
+                .unbatch()
+                .map(self.locate)
+                .batch(num_rows, drop_remainder=True)
+                .map(read, num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
+                .unbatch()
+                .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
+                .batch(num_rows, drop_remainder=True))
+    return tf.data.Dataset.zip(examples, steps.map(lambda *x: x[-1]))
+
+  def rows_of(self, step: int, consumed: Sequence[int]) -> tuple:
+    """The element `dataset(step, consumed)` starts with, computed row by
+    row with the same ops: a row whose frames cannot be read or decoded is
+    named ("stop": CorruptData) or replaced (`_Records.usable`, "skip")."""
+    _, (sources, positions, after) = self.draw(
+        tf.constant(consumed, tf.int64), tf.constant(step, tf.int64))
+    frames, labels, replaced = [], [], []
+    for source, position in zip(sources, positions):
+      _, record, example_seed, indices = self.locate(source, position)
+      used, label, clip = self.records.usable(
+          int(source), int(record), indices.numpy(), example_seed.numpy(),
+          process=lambda jpegs, s=source, e=example_seed: self._preprocess(
+              tf.constant(jpegs, tf.string), s, e).numpy())
+      frames.append(clip)
+      labels.append(label)
+      replaced.append(int(used != int(record)))
+    examples = {"frames": np.stack(frames),
+                "label": np.asarray(labels, np.int32),
+                "dataset": tf.gather(self.global_ids, sources).numpy(),
+                "replaced": np.asarray(replaced, np.int32)}
+    return examples, after.numpy()
 
 
 class TrainIterator:
@@ -284,6 +566,9 @@ class TrainIterator:
     video_share: fraction of the batch for videos (default: by weight).
     state: a `state()` of an earlier iterator, to continue exactly there.
     threads: tf.data threads (None: TF's default, all cores).
+    on_corrupt: a record or frame that cannot be read or decoded stops the
+      run with a CorruptData naming it ("stop"), or is replaced by the next
+      usable record of its dataset and counted ("skip"; `corrupt_skipped`).
   """
 
   def __init__(self, sources: Sequence[Source], prep: Preprocessing, *,
@@ -291,8 +576,9 @@ class TrainIterator:
                weights: Sequence[float] | None = None, granule: int = 1,
                shards: Sequence[int] | None = None, micro_batches: int = 1,
                video_share: float | None = None, state: dict | None = None,
-               threads: int | None = None):
+               threads: int | None = None, on_corrupt: str = "stop"):
     check_sources(sources, prep, flips)
+    check_on_corrupt(on_corrupt)
     self.names = [s.name for s in sources]
     self.shards = _check_shards(granule, shards)
     weights = [float(s.num_examples) if w is None else float(w) for s, w in
@@ -309,24 +595,21 @@ class TrainIterator:
         granule=granule * micro_batches, video_share=video_share)
     self._step = 0
     self._consumed = {name: 0 for name in self.names}
+    self._skipped = {name: 0 for name in self.names}
     if state is not None:
       self._restore(state)
-    self._part_ids = {}
-    parts = {}
+    self._parts = {}
     for part in PARTS:
       ids = [i for i, s in enumerate(sources) if s.kind == part]
-      if not ids:
-        continue
-      self._part_ids[part] = ids
-      parts[part] = self._part(part, ids, sources, prep, flips, weights, seed,
-                               shard_rows(self.global_batch_sizes[part],
-                                          granule, self.shards))
-    dataset = tf.data.Dataset.zip(parts).prefetch(2)
-    if threads:
-      options = tf.data.Options()
-      options.threading.private_threadpool_size = threads
-      dataset = dataset.with_options(options)
-    self._stream = NumpyStream(dataset)
+      if ids:
+        self._parts[part] = _Part(
+            part, ids, sources, prep, flips, weights, seed,
+            self.global_batch_sizes[part],
+            shard_rows(self.global_batch_sizes[part], granule, self.shards),
+            on_corrupt)
+    self._threads = threads
+    self._stream = NumpyStream(self._dataset(self._step, self._consumed),
+                               recover=self._recover)
 
   def _restore(self, state: dict) -> None:
     if sorted(state["consumed"]) != sorted(self.names):
@@ -336,63 +619,32 @@ class TrainIterator:
     self._step = int(state["step"])
     self._consumed = {k: int(v) for k, v in state["consumed"].items()}
 
-  def _part(self, part, ids, sources, prep, flips, weights, seed, rows):
-    """(this process's examples, consumed counts after the step) per step."""
-    records = _Records([sources[i] for i in ids], ids=ids)
-    log_probs = tf.math.log(tf.constant(
-        [[weights[i] / sum(weights[j] for j in ids) for i in ids]]))
-    part_seed = tf.constant([seed, PARTS.index(part) * 65536], tf.int64)
-    global_ids = tf.constant(ids, tf.int32)
-    flip = tf.constant([bool(flips[i]) for i in ids])
-    num_frames = prep.frames_of(sources[ids[0]])
-    batch = self.global_batch_sizes[part]
-    rows = tf.constant(rows, tf.int64)
+  def _counts(self, part: str, consumed: dict) -> list[int]:
+    return [consumed[self.names[i]] for i in self._parts[part].ids]
 
-    def draw(consumed, step):  # the whole batch's datasets and positions
-      step_seed = tf.random.experimental.stateless_fold_in(part_seed, step)
-      source = tf.random.stateless_categorical(log_probs, batch,
-                                               seed=step_seed)[0]
-      onehot = tf.one_hot(source, len(ids), dtype=tf.int64)
-      earlier = tf.cumsum(onehot, axis=0, exclusive=True)  # in this step
-      position = (tf.gather(consumed, source) +
-                  tf.reduce_sum(earlier * onehot, axis=1))
-      after = consumed + tf.reduce_sum(onehot, axis=0)
-      return after, (tf.cast(tf.gather(source, rows), tf.int32),
-                     tf.gather(position, rows), after)
+  def _dataset(self, step: int, consumed: dict) -> tf.data.Dataset:
+    """Every step's element from `step` on, `consumed` read before it."""
+    dataset = tf.data.Dataset.zip(
+        {part: p.dataset(step, self._counts(part, consumed))
+         for part, p in self._parts.items()}).prefetch(2)
+    if self._threads:
+      options = tf.data.Options()
+      options.threading.private_threadpool_size = self._threads
+      dataset = dataset.with_options(options)
+    return dataset
 
-    def locate(source, position):  # a row's record, seed and frames
-      record = records.record(source, position, shuffle_seed=seed)
-      example_seed = tf.random.experimental.stateless_fold_in(
-          tf.random.experimental.stateless_fold_in(
-              part_seed, tf.cast(global_ids[source], tf.int64)), position)
-      indices = train_frame_indices(records.frame_count(source, record),
-                                    example_seed, num_frames)
-      return source, record, example_seed, indices
-
-    def read(source, record, example_seed, indices):  # a step's rows
-      encoded, label = records.read(source, record, indices)
-      return encoded, label, source, example_seed
-
-    def preprocess(encoded, label, source, example_seed):
-      frames = preprocess_train(encoded, example_seed, flip=flip[source],
-                                prep=prep)
-      return {"frames": frames, "label": label,
-              "dataset": global_ids[source]}
-
-    start = tf.constant([self._consumed[self.names[i]] for i in ids],
-                        tf.int64)
-    steps = tf.data.Dataset.range(self._step, 2**62).scan(start, draw)
-    examples = (steps.map(lambda source, position, _: (source, position))
-                .unbatch()
-                .map(locate)
-                .batch(len(rows), drop_remainder=True)
-                .map(read, num_parallel_calls=tf.data.AUTOTUNE,
-                     deterministic=True)
-                .unbatch()
-                .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                     deterministic=True)
-                .batch(len(rows), drop_remainder=True))
-    return tf.data.Dataset.zip(examples, steps.map(lambda *x: x[-1]))
+  def _recover(self, _, reason: str) -> tuple:
+    """The element of the step whose pipeline failed, row by row, and the
+    pipeline of the steps after it."""
+    logging.warning("The input pipeline failed at step %d (%s); reading that "
+                    "batch row by row.", self._step, reason)
+    element = {part: p.rows_of(self._step, self._counts(part, self._consumed))
+               for part, p in self._parts.items()}
+    after = dict(self._consumed)
+    for part, (_, consumed) in element.items():
+      for i, count in zip(self._parts[part].ids, consumed):
+        after[self.names[i]] = int(count)
+    return element, self._dataset(self._step + 1, after)
 
   def __iter__(self) -> Iterator[dict]:
     return self
@@ -400,10 +652,21 @@ class TrainIterator:
   def __next__(self) -> dict:
     element = next(self._stream)
     self._step += 1
-    for part, (_, consumed) in element.items():
-      for i, count in zip(self._part_ids[part], consumed):
+    batch = {}
+    for part, (examples, consumed) in element.items():
+      for i, count in zip(self._parts[part].ids, consumed):
         self._consumed[self.names[i]] = int(count)
-    return {part: examples for part, (examples, _) in element.items()}
+      examples = dict(examples)
+      replaced = examples.pop("replaced")
+      for i in examples["dataset"][replaced > 0]:
+        self._skipped[self.names[i]] += 1
+      batch[part] = examples
+    return batch
+
+  def corrupt_skipped(self) -> dict[str, int]:
+    """Per dataset, the rows replaced so far ("skip") in the batches this
+    iterator returned (this process's rows; 0 in "stop" mode)."""
+    return dict(self._skipped)
 
   def close(self) -> None:
     """Stops the pipeline's threads."""
@@ -425,21 +688,28 @@ def eval_num_batches(source: Source, global_batch: int) -> int:
 
 def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
                  reverse: bool = False, granule: int = 1,
-                 shards: Sequence[int] | None = None) -> NumpyStream:
+                 shards: Sequence[int] | None = None,
+                 on_corrupt: str = "stop") -> NumpyStream:
   """Every example of the split once, all views of a video together.
 
   Global batch b holds records b x global_batch + row; this process yields
   the rows of its `shards` (of `granule`; default all). Yields `frames`
   [b, views, T, crop, crop, 3], `label` [b], `mask` [b] (0 on the padding
   that fills the last batch) and `record` [b] (the record index). Every
-  process yields the same number of batches.
+  process yields the same number of batches. A record that cannot be read
+  or decoded stops the evaluation with the CorruptData naming it ("stop"),
+  or gets mask 0, so that it counts nowhere ("skip"; logged).
   """
   if global_batch % granule:
     raise ValueError(f"Eval batch size {global_batch} is not divisible by "
                      f"the {granule} batch shards of the mesh.")
-  records = _Records([source])
-  rows = shard_rows(global_batch, granule, _check_shards(granule, shards))
   num_frames = prep.frames_of(source)
+  records = _Records([source], on_corrupt=on_corrupt,
+                     frames_for=lambda _, record, __: eval_frame_indices(
+                         records.frame_count(0, record), num_frames,
+                         reverse).numpy())
+  rows = shard_rows(global_batch, granule, _check_shards(granule, shards))
+  num_batches = eval_num_batches(source, global_batch)
 
   def locate(batch, row):
     position = batch * global_batch + row
@@ -450,27 +720,50 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
     return record, indices, valid
 
   def read(record, indices, valid):
-    encoded, label = records.read(tf.zeros_like(record, tf.int32), record,
-                                  indices)
-    return encoded, label, record, valid
+    encoded, label, replaced = records.read(
+        tf.zeros_like(record, tf.int32), record, indices,
+        tf.zeros([tf.size(record), 2], tf.int64))
+    return encoded, label, record, valid & (replaced == 0)
 
   def preprocess(encoded, label, record, valid):
     return {"frames": eval_views(encoded, prep), "label": label,
             "mask": tf.cast(valid, tf.int32),
             "record": tf.cast(record, tf.int32)}
 
-  row_dataset = tf.data.Dataset.from_tensor_slices(rows)
-  dataset = (tf.data.Dataset.range(eval_num_batches(source, global_batch))
-             .flat_map(lambda b: row_dataset.map(lambda r: (b, r)))
-             .map(locate)
-             .batch(len(rows))
-             .map(read, num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True)
-             .unbatch()
-             .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True)
-             .batch(len(rows)).prefetch(2))
-  return NumpyStream(dataset)
+  def batches(start):
+    row_dataset = tf.data.Dataset.from_tensor_slices(rows)
+    return (tf.data.Dataset.range(start, num_batches)
+            .flat_map(lambda b: row_dataset.map(lambda r: (b, r)))
+            .map(locate)
+            .batch(len(rows))
+            .map(read, num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
+            .unbatch()
+            .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
+            .batch(len(rows)).prefetch(2))
+
+  def recover(batch, reason):  # that batch row by row, then the others
+    logging.warning("The evaluation pipeline of %s failed at batch %d (%s); "
+                    "reading that batch row by row.", source.name, batch,
+                    reason)
+    out = {"frames": [], "label": [], "mask": [], "record": []}
+    for row in rows:
+      record, indices, valid = locate(tf.constant(batch, tf.int64),
+                                      tf.constant(row))
+      used, label, views = records.usable(
+          0, int(record), indices.numpy(), None,
+          process=lambda jpegs: eval_views(tf.constant(jpegs, tf.string),
+                                           prep).numpy())
+      out["frames"].append(views)
+      out["label"].append(label)
+      out["mask"].append(int(bool(valid) and used == int(record)))
+      out["record"].append(int(record))
+    element = {k: np.stack(v) if k == "frames" else np.asarray(v, np.int32)
+               for k, v in out.items()}
+    return element, batches(batch + 1)
+
+  return NumpyStream(batches(0), recover=recover)
 
 
 def to_global(local_batch, mesh):

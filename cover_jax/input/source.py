@@ -3,6 +3,10 @@
 Records are read from the dataset's ArrayRecord files by index, so that a
 shuffle is a permutation of indices (`index_shuffle`) and the data position is
 a counter: nothing but integers to checkpoint, whatever the record size.
+
+A record or frame that cannot be read or decoded is named by `CorruptData`
+(dataset, split, record key, frame, and the commands that list and repair
+the broken records).
 """
 
 from __future__ import annotations
@@ -16,6 +20,27 @@ import tensorflow as tf
 from data import features as data_features
 from data import frame_store
 from data import registry
+
+
+class InputError(Exception):
+  """The input pipeline stopped; the message says why and what fixes it (one
+  line, for the command line to print as it is)."""
+
+
+class CorruptData(InputError):
+  """A record or frame of a prepared dataset cannot be read or decoded.
+
+  Attributes:
+    dataset, split: the prepared dataset and split it belongs to.
+    record: its record index in the split; key: its id (None: unreadable).
+    frame: the frame of a video (None: the record, or an image).
+  """
+
+  def __init__(self, message: str, *, dataset: str, split: str, record: int,
+               key: str | None, frame: int | None):
+    super().__init__(message)
+    self.dataset, self.split, self.record = dataset, split, record
+    self.key, self.frame = key, frame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +59,7 @@ class Source:
     builder: the prepared tfds builder.
     frames: a video split's frame store.
     records: an image split's records (ArrayRecordDataSource).
+    data_dir: the data dir it was found in (for the repair commands).
   """
   name: str
   dataset: str
@@ -47,6 +73,7 @@ class Source:
   frames: frame_store.FrameStore | None = dataclasses.field(
       default=None, repr=False, compare=False)
   records: Any = dataclasses.field(default=None, repr=False, compare=False)
+  data_dir: str | None = None
 
   @property
   def num_classes(self) -> int:
@@ -76,6 +103,46 @@ class Source:
     repeat = np.asarray(frame_indices).reshape(len(images), -1).shape[1]
     return ([jpeg for jpeg in images for _ in range(repeat)],
             np.asarray(labels, np.int32))
+
+  def record_key(self, record: int) -> str | None:
+    """The id of a record (None where its TFDS record cannot be read)."""
+    try:
+      if self.records is not None:
+        serialized = self.records[int(record)]
+      else:
+        from array_record.python import array_record_data_source  # pylint: disable=import-outside-toplevel
+        serialized = array_record_data_source.ArrayRecordDataSource(
+            self.builder.info.splits[self.split].file_instructions)[
+                int(record)]
+      feature = tf.train.Example.FromString(serialized).features.feature
+      for name in ("id", "file_name"):  # ours; TFDS image datasets'
+        if name in feature:
+          return feature[name].bytes_list.value[0].decode()
+    except Exception:  # pylint: disable=broad-except
+      pass
+    return None
+
+  def broken(self, record: int, frame: int | None, reason: str
+             ) -> CorruptData:
+    """The error naming a record (or a frame of it) that cannot be read or
+    decoded, with the commands that list every broken record and repair
+    the dataset."""
+    from data import verify  # pylint: disable=import-outside-toplevel
+    key = self.record_key(record)
+    what = f"{self.kind} {key!r} (record {record})" if key else (
+        f"record {record} (its id cannot be read either)")
+    if frame is not None and self.kind == "video":
+      what += f", frame {frame}"
+    repair = verify.repair_hint(self.dataset, self.data_dir,
+                                self.builder.data_dir)
+    return CorruptData(
+        f"Dataset {self.name!r} ({self.dataset}, split {self.split!r}): "
+        f"{what} cannot be read or decoded: {reason}. List every broken "
+        f"record: {verify.command(self.dataset, self.data_dir, self.split)}; "
+        f"repair: {repair}; or set config.input.on_corrupt='skip' to train "
+        f"on, replacing each broken example by the next usable record.",
+        dataset=self.dataset, split=self.split, record=int(record), key=key,
+        frame=frame)
 
   def encoded(self, record: int) -> tuple[list[bytes], int]:
     """(every JPEG frame, label) of one record."""
@@ -139,4 +206,5 @@ def open_source(name: str, split: str, *, dataset: str | None = None,
       label_names=tuple(info.features["label"].names),
       short_side=metadata.get("short_side"),
       flip_changes_label=bool(metadata.get("flip_changes_label", False)),
-      builder=builder, frames=store, records=records)
+      builder=builder, frames=store, records=records,
+      data_dir=registry.expand(data_dir))
