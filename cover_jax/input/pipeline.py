@@ -636,8 +636,8 @@ class TrainIterator:
   def _recover(self, _, reason: str) -> tuple:
     """The element of the step whose pipeline failed, row by row, and the
     pipeline of the steps after it."""
-    logging.warning("The input pipeline failed at step %d (%s); reading that "
-                    "batch row by row.", self._step, reason)
+    logging.info("The input pipeline failed at step %d (%s); reading that "
+                 "batch row by row.", self._step, reason)
     element = {part: p.rows_of(self._step, self._counts(part, self._consumed))
                for part, p in self._parts.items()}
     after = dict(self._consumed)
@@ -744,9 +744,8 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
             .batch(len(rows)).prefetch(2))
 
   def recover(batch, reason):  # that batch row by row, then the others
-    logging.warning("The evaluation pipeline of %s failed at batch %d (%s); "
-                    "reading that batch row by row.", source.name, batch,
-                    reason)
+    logging.info("The evaluation pipeline of %s failed at batch %d (%s); "
+                 "reading that batch row by row.", source.name, batch, reason)
     out = {"frames": [], "label": [], "mask": [], "record": []}
     for row in rows:
       record, indices, valid = locate(tf.constant(batch, tf.int64),
