@@ -22,6 +22,8 @@ or cluster: jax.distributed finds the others (TPU, SLURM, Open MPI), or pass
 """
 
 import json
+import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -137,6 +139,16 @@ def describe_data(config) -> dict:
 
 def main(argv):
   del argv
+  try:
+    run()
+  except KeyboardInterrupt:  # Ctrl-C outside training: nothing to save
+    print("main.py: interrupted (Ctrl-C); nothing was being saved.",
+          file=sys.stderr, flush=True)
+    raise SystemExit(130) from None
+
+
+def run():
+  """The --mode the flags ask for (training handles Ctrl-C itself)."""
   # The run prints its own concise lines; orbax's and clu's INFO logs and
   # TensorFlow's and TFDS's start-up noise would bury them. --verbosity=0
   # brings them back.
@@ -216,11 +228,30 @@ def main(argv):
         plan.to_json(result), indent=2), "--workdir")
     print(f"Plan saved to {workdir / 'plan.json'}")
     return
-  from cover_jax import stages, train  # pylint: disable=import-outside-toplevel
+  from cover_jax import checkpointing, event_writer, stages, stop_request, train  # pylint: disable=import-outside-toplevel
+  from cover_jax import input as inp  # pylint: disable=import-outside-toplevel
   if FLAGS.mode == "train":
-    stages.train_and_evaluate(config, str(workdir))
+    try:
+      stages.train_and_evaluate(config, str(workdir))
+    except inp.InputError as e:  # names the record and the fix
+      raise SystemExit(f"main.py: error: {e}") from None
+    except stop_request.Stopped as stopped:  # SIGTERM or Ctrl-C: one line
+      if jax.process_index() == 0:
+        print(stopped, flush=True)
+      raise SystemExit(stopped.exit_status) from None
+    except (checkpointing.SaveFailed,
+            event_writer.EventsNotWritten) as e:  # the OS's error, one line
+      # At once: orbax's other writes, failing in their threads, would print
+      # tracebacks while the interpreter shuts down.
+      workdir_lock.release(str(workdir))
+      print(f"main.py: error: {e}", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(1)  # pylint: disable=protected-access
   else:
-    train.evaluate_checkpoint(config, str(workdir))
+    try:
+      train.evaluate_checkpoint(config, str(workdir))
+    except inp.InputError as e:
+      raise SystemExit(f"main.py: error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -26,12 +26,18 @@ that message. A step saved without a digest (before digests existed, or a
 run stopped between orbax's commit and the digest) is used as before, with
 a one-line warning.
 
+A save that fails (a full disk, a revoked permission) raises SaveFailed, one
+line naming the step, the file and the OS's error: at once when `save` fails,
+else when the asynchronous part has failed (`check_saves`, called every
+step, or `finish_saves`). The steps saved before it are intact.
+
 Paths may be local or URIs (gs://bucket/run): they are read through
 `storage` (etils.epath) and orbax, never os.path.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -63,6 +69,8 @@ def manager(directory: str | epath.Path, *, keep: int | None = None,
 
 class _DigestingManager(ocp.CheckpointManager):
   """A CheckpointManager that writes each step's digest once it is final."""
+
+  unconfirmed_step: int | None = None  # saved, not yet known to have ended
 
   def _finalize_checkpoint(self, step: int):
     # Orbax's hook (0.12.8) once a step is committed: after every process
@@ -107,12 +115,77 @@ def resumed_data_state(saved: dict, names: list[str]) -> dict:
   return {"step": saved["step"], "consumed": dict(saved["consumed"])}
 
 
+class SaveFailed(RuntimeError):
+  """A checkpoint could not be written; earlier ones are intact."""
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any,
          data: dict) -> None:
-  """Starts an (asynchronous) save of `step`; the caller decides when."""
-  mngr.save(step, args=ocp.args.Composite(
-      **{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data)}),
-            force=True)
+  """Starts an (asynchronous) save of `step`; the caller decides when.
+
+  SaveFailed if the save before it failed, or if this one fails to start.
+  """
+  finish_saves(mngr)  # as orbax would, but naming the step that failed
+  try:
+    mngr.save(step, args=ocp.args.Composite(
+        **{STATE: ocp.args.StandardSave(state),
+           DATA: ocp.args.JsonSave(data)}), force=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise SaveFailed(_save_failure(mngr, step, e)) from None
+  mngr.unconfirmed_step = step
+
+
+def check_saves(mngr: ocp.CheckpointManager) -> None:
+  """SaveFailed if the last save started has failed; returns at once while
+  it is still running (cheap: call it every step)."""
+  if (getattr(mngr, "unconfirmed_step", None) is not None and
+      not mngr.is_saving_in_progress()):
+    finish_saves(mngr)
+
+
+def finish_saves(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the last save started to end; SaveFailed if it failed."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise SaveFailed(_save_failure(
+        mngr, getattr(mngr, "unconfirmed_step", None), e)) from None
+  mngr.unconfirmed_step = None
+
+
+def _save_failure(mngr, step: int | None, error: Exception) -> str:
+  """One line: the step, the file, the OS's error, what is left."""
+  kept = sorted(int(p.name) for p in mngr.directory.iterdir()
+                if p.name.isdigit() and _finalized(p) and
+                (step is None or int(p.name) < step))
+  where, why = _failed_file(error)
+  return (f"Saving the checkpoint of step {step} to {where or mngr.directory}"
+          f" failed: {why}. The checkpoints saved before it are intact "
+          f"({'latest: step ' + str(kept[-1]) if kept else 'none yet'}): "
+          f"free space or fix the cause, then run the same command to "
+          f"resume.")
+
+
+# tensorstore's wording of a failed file write.
+_TENSORSTORE_WRITE = re.compile(
+    r'Failed (?:writing|to write)[^"]*"(?P<path>[^"]+)"[:,]? '
+    r"(?:Failed to write \d+ bytes to file \d+: )?(?P<why>.*?)"
+    r"(?: \[os_error_code='?(?P<errno>\d+)'?\])?$")
+
+
+def _failed_file(error: BaseException) -> tuple[str | None, str]:
+  """(the file, the OS's reason) behind a failed save, as well as known."""
+  first, seen = error, set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.strerror:
+      return error.filename, f"{error.strerror} (errno {error.errno})"
+    match = _TENSORSTORE_WRITE.search(str(error).split("\n")[0])
+    if match:
+      errno = f" (errno {match['errno']})" if match["errno"] else ""
+      return match["path"], match["why"] + errno
+    error = error.__cause__ or error.__context__
+  return None, f"{type(first).__name__}: {str(first).splitlines()[0]}"
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state: Any,

@@ -172,10 +172,12 @@ def _zero_totals(mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
 
 def evaluate_source(model: nn.Module, params, config: ConfigDict,
                     source: inp.Source, *, mesh: jax.sharding.Mesh,
-                    reverse: bool = False) -> dict[str, float | int]:
+                    reverse: bool = False, stop=None
+                    ) -> dict[str, float | int]:
   """{top1, top5, loss, examples} of one eval split on its head.
 
-  `params` must already be placed on `mesh` (see `evaluate`).
+  `params` must already be placed on `mesh` (see `evaluate`); `stop` (a
+  stop_request.StopRequest) is checked before every batch.
   """
   _check_head(model, source)
   eval_batch_size(config, mesh)
@@ -187,6 +189,8 @@ def evaluate_source(model: nn.Module, params, config: ConfigDict,
   try:
     with sharding.use(mesh):
       for local in stream:
+        if stop is not None:
+          stop.check(f" during the evaluation of {source.name}")
         local = {k: local[k] for k in ("frames", "label", "mask")}
         totals = _accumulate(totals, params, inp.to_global(local, mesh),
                              model=static, head=source.name,
@@ -213,8 +217,8 @@ def _finalize(totals: Mapping[str, Any], source: inp.Source
 def evaluate(model: nn.Module, params, config: ConfigDict, *,
              mesh: jax.sharding.Mesh, reverse: bool = False,
              names: Iterable[str] | None = None, writer=None,
-             step: int | None = None, workdir: str | None = None
-             ) -> dict[str, dict[str, float | int]]:
+             step: int | None = None, workdir: str | None = None,
+             stop=None) -> dict[str, dict[str, float | int]]:
   """Scores every dataset (or `names`) on its eval_split and head.
 
   Args:
@@ -231,6 +235,8 @@ def evaluate(model: nn.Module, params, config: ConfigDict, *,
       the other processes' writers only log).
     step: the training step the parameters come from.
     workdir: where process 0 writes the results as JSON (see `write_json`).
+    stop: a stop_request.StopRequest, checked before every batch (raises
+      stop_request.Stopped; nothing is written).
 
   Returns:
     {key: {"top1", "top5", "loss", "examples"}} with key `section_name(name,
@@ -246,7 +252,7 @@ def evaluate(model: nn.Module, params, config: ConfigDict, *,
     start = time.time()
     key = section_name(source.name, reverse)
     results[key] = evaluate_source(model, params, config, source, mesh=mesh,
-                                   reverse=reverse)
+                                   reverse=reverse, stop=stop)
     logging.info("eval %s: top1 %.4f top5 %.4f loss %.4f (%d examples, "
                  "%.1f s)", key, *(results[key][m] for m in METRICS),
                  results[key]["examples"], time.time() - start)
@@ -292,6 +298,24 @@ def write_json(workdir: str, step: int | None,
     tmp.write_text(json.dumps({"step": step, "results": merged}, indent=2,
                               sort_keys=True))
     tmp.replace(path)
+
+
+def saved_results(config: ConfigDict, workdir: str, step: int
+                  ) -> dict[str, dict[str, float | int]] | None:
+  """The results workdir/eval holds for `step`, if they cover every section
+  an evaluation of `config` writes (with reversed frames if configured)."""
+  path = json_paths(workdir, step)[0]
+  if not path.exists():
+    return None
+  saved = json.loads(path.read_text()).get("results", {})
+  sources = inp.make.sources(config, "eval_split")
+  wanted = [section_name(s.name) for s in sources]
+  if config.get("eval_reverse"):
+    wanted += [section_name(s.name, True) for s in sources
+               if s.kind == "video"]
+  if not all(key in saved for key in wanted):
+    return None
+  return {key: saved[key] for key in wanted}
 
 
 def read_json(workdir: str, step: int | None = None) -> dict:

@@ -24,6 +24,7 @@ the marker.)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
@@ -32,6 +33,7 @@ import threading
 import time
 from typing import Any, Mapping
 
+from clu import asynclib
 from clu.metric_writers import async_writer
 from clu.metric_writers import interface
 from clu.metric_writers import logging_writer
@@ -56,7 +58,44 @@ def create(workdir: str, *, just_logging: bool, resumes_at: int | None,
   if not just_logging:
     writers.append(EventFileWriter(workdir, resumes_at=resumes_at,
                                    flush_secs=flush_secs))
-  return async_writer.AsyncMultiWriter(writers)
+  return _AsyncMultiWriter(writers)
+
+
+class EventsNotWritten(OSError):
+  """An event file could not be written (names the file and the reason)."""
+
+
+@contextlib.contextmanager
+def _own_errors():
+  try:
+    yield
+  except asynclib.AsyncError as e:
+    cause = e
+    while isinstance(cause, asynclib.AsyncError) and cause.__cause__:
+      cause = cause.__cause__
+    raise cause from None
+
+
+class _AsyncMultiWriter(async_writer.AsyncMultiWriter):
+  """clu's AsyncMultiWriter, raising a failed write's own error (an OSError
+  naming the file and the OS's reason) rather than clu's AsyncError around
+  it, whose advice (run without the AsyncWriter) does not apply here."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    with _own_errors():
+      super().write_scalars(step, scalars)
+
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    with _own_errors():
+      super().write_texts(step, texts)
+
+  def flush(self) -> None:
+    with _own_errors():
+      super().flush()
+
+  def close(self) -> None:
+    with _own_errors():
+      super().close()
 
 
 class EventFileWriter(interface.MetricWriter):
@@ -135,9 +174,9 @@ class EventFileWriter(interface.MetricWriter):
             f.write(new)
       except Exception as e:  # pylint: disable=broad-except
         self._pending.write(new)  # kept for the next flush
-        raise OSError(f"Cannot write TensorBoard events to {self._path} "
-                      f"({type(e).__name__}: {e}): check that this host may "
-                      f"write the workdir") from e
+        raise EventsNotWritten(f"Cannot write TensorBoard events to {self._path} "
+                      f"({type(e).__name__}: {e}): free space, or check "
+                      f"that this host may write the workdir") from e
       if self._whole_object:
         self._written += new
 

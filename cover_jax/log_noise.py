@@ -3,7 +3,9 @@
 TensorFlow (only the data pipeline uses it) prints its oneDNN and CPU-feature
 lines from C++ when it is imported, and TFDS logs absl WARNINGs (the
 `TensorInfo.dtype` deprecation, version folders) that are about TFDS, not
-the run. `quiet` hides them; main.py calls it unless --verbosity is given,
+the run. Orbax logs a failed background save as errors with tracebacks, from
+each of its threads, while the run reports it itself in one line (the file
+and the OS's error: checkpointing.SaveFailed). `quiet` hides them; main.py calls it unless --verbosity is given,
 so `--verbosity=0` shows everything again.
 """
 
@@ -18,17 +20,23 @@ _NOISY = ("tensorflow", "tensorflow_datasets")
 # Warnings of other packages that say nothing to a user: orbax reading a
 # checkpoint saved without its optional metadata file.
 _NOISY_MESSAGES = ("Metadata file does not exist",)
+# Orbax's errors of a failed background save, which the run reports.
+_ORBAX = "orbax"
+_REPORTED_BY_THE_RUN = ("raised an exception", "Failed to run",
+                        "Save Finalize thread")
 
 
 class _DropNoisyWarnings(logging.Filter):
-  """Drops records at WARNING or below logged from a noisy package."""
+  """Drops records at WARNING or below logged from a noisy package, and
+  orbax's errors of a failed background save."""
 
   def filter(self, record: logging.LogRecord) -> bool:
+    parts = record.pathname.replace("\\", "/").split("/")
     if record.levelno > logging.WARNING:
-      return True
+      return not (_ORBAX in parts and any(
+          text in record.getMessage() for text in _REPORTED_BY_THE_RUN))
     if any(text in record.getMessage() for text in _NOISY_MESSAGES):
       return False
-    parts = record.pathname.replace("\\", "/").split("/")
     return not any(name in parts for name in _NOISY)
 
 

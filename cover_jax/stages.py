@@ -12,7 +12,9 @@ stages by one command:
 
 Each stage checkpoints and resumes on its own, so the same command, run
 again after a kill, resumes whichever stage was running (bit for bit); a
-finished pretraining stage only re-evaluates (seconds). An explicit
+finished pretraining stage is not run again (its evaluation is read back). One
+stop_request.StopRequest spans both stages, so SIGTERM or Ctrl-C at any moment,
+between the stages too, stops the run at the next safe point. An explicit
 `config.init_from` replaces the pretraining stage. Stage fields can be set on
 the command line, e.g. --config.pretrain.num_train_steps=500.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import jax
 from ml_collections import ConfigDict
 
+from cover_jax import stop_request
 from cover_jax import storage
 from cover_jax import train
 
@@ -49,20 +52,24 @@ def pretrain_config(config: ConfigDict) -> ConfigDict | None:
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir`, after its pretraining stage if it has one.
 
-  Returns the final evaluation of the last stage (or {"preempted_at": step}
-  when a stage was stopped by SIGTERM).
+  Returns the final evaluation of the last stage; raises stop_request.Stopped
+  when SIGTERM or SIGINT stopped the run (its checkpoint saved).
   """
-  stage = pretrain_config(config)
-  if stage is not None:
-    stage_dir = str(storage.resolve(workdir) / PRETRAIN_DIR)  # gs:// too
-    _say(f"Stage 1 of 2: image pretraining in {stage_dir}")
-    result = train.train_and_evaluate(stage, stage_dir)
-    if "preempted_at" in result:
-      return result
-    config = config.copy_and_resolve_references()
-    config.init_from = stage_dir
-    _say(f"Stage 2 of 2: co-training in {workdir}")
-  return train.train_and_evaluate(config, workdir)
+  with stop_request.StopRequest() as stop:
+    stage = pretrain_config(config)
+    if stage is not None:
+      stage_dir = str(storage.resolve(workdir) / PRETRAIN_DIR)  # gs:// too
+      _say(f"Stage 1 of 2: image pretraining in {stage_dir}")
+      try:
+        train.train_and_evaluate(stage, stage_dir, stop)
+      except stop_request.Stopped as stopped:
+        stopped.where = " in stage 1" + stopped.where
+        raise
+      stop.check(" between the stages")
+      config = config.copy_and_resolve_references()
+      config.init_from = stage_dir
+      _say(f"Stage 2 of 2: co-training in {workdir}")
+    return train.train_and_evaluate(config, workdir, stop)
 
 
 def _say(line: str) -> None:

@@ -12,7 +12,6 @@ data position) as if it had never stopped.
 from __future__ import annotations
 
 import dataclasses
-import signal
 import time
 from typing import Any
 
@@ -26,12 +25,13 @@ import numpy as np
 import optax
 
 from cover_jax import checkpointing
+from cover_jax import evaluate
 from cover_jax import event_writer
 from cover_jax import input as inp
 from cover_jax import optimizer
 from cover_jax import pixels
 from cover_jax import sharding
-from cover_jax import startup
+from cover_jax import stop_request
 from cover_jax import storage
 from cover_jax import workdir_lock
 from cover_jax.models import create, init_params, unboxed
@@ -235,7 +235,7 @@ def make_train_step(model, tx, schedule, heads: list[Head], *, mean, std,
 
 
 # ----------------------------------------------------------------------------
-# Hooks: metrics, non-finite losses, preemption.
+# Hooks: metrics, non-finite losses.
 # ----------------------------------------------------------------------------
 
 class NonFiniteLoss(FloatingPointError):
@@ -269,27 +269,6 @@ def summarize(pending: list[tuple[int, dict]], nonfinite: str) -> dict:
   return {k: float(v) for k, v in out.items()}
 
 
-class Preemption:
-  """SIGTERM sets a flag; every process agrees on when to stop."""
-
-  def __init__(self):
-    self.requested = False
-    if jax.process_count() == 1:
-      signal.signal(signal.SIGTERM, self._on_signal)
-    else:  # jax's own notifier, which start-up kept from SIGTERM
-      startup.sigterm_to_training()
-
-  def _on_signal(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
-
-
 def _log_line(step: int, num_steps: int, summary: dict, names: list[str],
               rate: float, input_wait: float) -> str:
   tops = "  ".join(f"{n} {summary[f'train/{n}/top1']:.3f}" for n in names
@@ -305,17 +284,25 @@ def _log_line(step: int, num_steps: int, summary: dict, names: list[str],
 # The loop.
 # ----------------------------------------------------------------------------
 
-def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ConfigDict, workdir: str,
+                       stop: stop_request.StopRequest | None = None) -> dict:
   """Trains as `config` says, checkpointing in workdir; returns final eval.
 
   The run holds workdir (cover_jax/workdir_lock.py) from its first write to
-  its return: WorkdirInUse if another run holds it.
+  its return: WorkdirInUse if another run holds it. On SIGTERM or SIGINT
+  (`stop`, else handlers installed for this call) it saves the step it is at
+  and raises stop_request.Stopped. A run that is already finished returns
+  its saved evaluation.
   """
   with workdir_lock.held(workdir, config.checkpoint.get("lock_lease_seconds")):
-    return _train_and_evaluate(config, workdir)
+    if stop is not None:
+      return _train_and_evaluate(config, workdir, stop)
+    with stop_request.StopRequest() as stop:
+      return _train_and_evaluate(config, workdir, stop)
 
 
-def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
+def _train_and_evaluate(config: ConfigDict, workdir: str,
+                        stop: stop_request.StopRequest) -> dict:
   # One spelling for every writer: absolute if local, the URI if remote.
   workdir = str(storage.resolve(workdir))
   # -- Mesh -------------------------------------------------------------------
@@ -381,7 +368,6 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
                                just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps,
                                              writer=writer)
-  preemption = Preemption()
   pending: list[tuple[int, dict]] = []
   last_log = (time.perf_counter(), step)
   # Host seconds the loop spent blocked in next() and to_global since
@@ -402,7 +388,10 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     rate = (step - last_log[1]) / interval
     wait = input_wait / interval
     last_log, input_wait = (now, step), 0.0
-    writer.write_scalars(step, {**summary, "train/steps_per_sec": rate,
+    skipped = {f"train/{name}/corrupt_skipped": count
+               for name, count in train_iter.corrupt_skipped().items()}
+    writer.write_scalars(step, {**summary, **skipped,
+                                "train/steps_per_sec": rate,
                                 "train/input_wait_fraction": wait})
     if jax.process_index() == 0:
       print(_log_line(step, num_steps, summary, [h.name for h in heads],
@@ -422,51 +411,65 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     saved_step = step
 
   # -- Loop -------------------------------------------------------------------
+  def evaluate_at(step):
+    return run_evaluation(model, state["params"], config, mesh, writer, step,
+                          workdir, stop)
+
+  eval_every = config.eval_every_steps
   with sharding.use(mesh):
-    while step < num_steps:
-      fetch = time.perf_counter()
-      batch = inp.to_global(next(train_iter), mesh)
-      input_wait += time.perf_counter() - fetch
-      state, metrics = train_step(state, batch)
-      pending.append((step, metrics))
-      step += 1
-      progress(step)
-      if step % config.log_every_steps == 0:
-        flush_metrics(step)
-      save_checkpoint(step)
-      if preemption.reached(step):
-        save_checkpoint(step, force=True)
-        mngr.wait_until_finished()
-        logging.info("Preempted at step %d: checkpoint saved.", step)
-        if jax.process_index() == 0:
-          print(f"Stopped at step {step} (SIGTERM): checkpoint saved; run "
-                f"the same command to continue.", flush=True)
-        train_iter.close()
-        return {"preempted_at": step}
-      # The last step is evaluated once, after the loop.
-      if (config.eval_every_steps and step % config.eval_every_steps == 0
-          and step < num_steps):
-        run_evaluation(model, state["params"], config, mesh, writer, step,
-                       workdir)
-    flush_metrics(step)
-    save_checkpoint(step, force=True)
-    mngr.wait_until_finished()
-    train_iter.close()
-    results = run_evaluation(model, state["params"], config, mesh, writer,
-                             step, workdir)
+    try:
+      # An evaluation cut short by a kill or a signal is done on resuming.
+      if (eval_every and 0 < step < num_steps and step % eval_every == 0 and
+          evaluate.saved_results(config, workdir, step) is None):
+        evaluate_at(step)
+      while step < num_steps:
+        stop.check()
+        fetch = time.perf_counter()
+        batch = inp.to_global(next(train_iter), mesh)
+        input_wait += time.perf_counter() - fetch
+        state, metrics = train_step(state, batch)
+        pending.append((step, metrics))
+        step += 1
+        progress(step)
+        if step % config.log_every_steps == 0:
+          flush_metrics(step)
+        save_checkpoint(step)
+        checkpointing.check_saves(mngr)  # a failed save stops the run
+        # The last step is evaluated once, after the loop.
+        if eval_every and step % eval_every == 0 and step < num_steps:
+          evaluate_at(step)
+      flush_metrics(step)
+      save_checkpoint(step, force=True)
+      checkpointing.finish_saves(mngr)
+      stop.check()
+      results = evaluate.saved_results(config, workdir, step)
+      if results is None:
+        results = evaluate_at(step)
+      elif jax.process_index() == 0:
+        print(f"Finished at step {step}; its evaluation: "
+              f"{evaluate.json_paths(workdir, step)[0]}", flush=True)
+    except stop_request.Stopped as stopped:
+      save_checkpoint(step, force=True)
+      checkpointing.finish_saves(mngr)
+      writer.flush()
+      stopped.step = step
+      logging.info("%s", stopped)
+      raise
+    finally:
+      train_iter.close()
   writer.flush()
   return results
 
 
-def run_evaluation(model, params, config, mesh, writer, step, workdir):
+def run_evaluation(model, params, config, mesh, writer, step, workdir,
+                   stop=None):
   """Evaluation of every dataset (and with reversed frames if configured)."""
-  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
   results = evaluate.evaluate(model, params, config, mesh=mesh, writer=writer,
-                              step=step, workdir=workdir)
+                              step=step, workdir=workdir, stop=stop)
   if config.get("eval_reverse"):
     results.update(evaluate.evaluate(model, params, config, mesh=mesh,
                                      reverse=True, writer=writer, step=step,
-                                     workdir=workdir))
+                                     workdir=workdir, stop=stop))
   if jax.process_index() == 0:  # every metric is in the JSON, not here
     where = evaluate.json_paths(workdir, step)[0] if workdir else None
     print(f"Evaluation at step {step}" +

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 from cover_jax import checkpointing
+from cover_jax import input as inp
 from cover_jax import sharding
+from cover_jax import stop_request
 from cover_jax import train
 from tests import distributed
 from tests import train_test
@@ -63,10 +65,31 @@ def worker(port: int, process_id: int, spec_json: str) -> None:
     print("tensor groups span processes: " + str(any(
         len({d.process_index for d in group}) > 1 for group in
         mesh.devices.reshape(-1, mesh.shape["tensor"]))), flush=True)
-  train.train_and_evaluate(config, spec["workdir"])
+  if spec.get("signal_at_evaluation") and jax.process_index() == 0:
+    _signal_when_evaluation_starts(getattr(signal,
+                                           spec["signal_at_evaluation"]))
+  try:
+    train.train_and_evaluate(config, spec["workdir"])
+  except stop_request.Stopped as stopped:
+    print(f"process {jax.process_index()}: {stopped}", flush=True)
+    jax.distributed.shutdown()
+    sys.exit(stopped.exit_status)
   if spec.get("round_trip_fsdp"):
     _round_trip_over_fsdp(config, spec["workdir"])
   jax.distributed.shutdown()
+
+
+def _signal_when_evaluation_starts(signum: int) -> None:
+  """This process signals itself as its first evaluation opens its data."""
+  real = inp.make.for_eval
+
+  def for_eval(*args, **kwargs):
+    inp.make.for_eval = real
+    stream = real(*args, **kwargs)
+    os.kill(os.getpid(), signum)
+    return stream
+
+  inp.make.for_eval = for_eval
 
 
 def _round_trip_over_fsdp(config, workdir: str) -> None:
@@ -83,10 +106,12 @@ def _round_trip_over_fsdp(config, workdir: str) -> None:
   print("fsdp round trip: equal", flush=True)
 
 
-def launch(tmp_path, name, data_dir, mesh, *, kill_at=None, **overrides):
-  """Runs the two workers; returns process 0's output.
+def launch(tmp_path, name, data_dir, mesh, *, kill_at=None,
+           statuses=(0, 0), **overrides):
+  """Runs the two workers; returns their outputs.
 
   kill_at: SIGKILL both when process 0 prints a line starting with it.
+  statuses: the exit statuses expected otherwise.
   """
   workdir = str(tmp_path / name)
   spec = json.dumps(dict(data_dir=data_dir, workdir=workdir, mesh=mesh,
@@ -108,8 +133,8 @@ def launch(tmp_path, name, data_dir, mesh, *, kill_at=None, **overrides):
   logs = ["".join(lines) + procs[0].communicate(timeout=300)[0],
           procs[1].communicate(timeout=300)[0]]
   if not kill_at:
-    for p, log in zip(procs, logs):
-      assert p.returncode == 0, log[-3000:]
+    for p, log, status in zip(procs, logs, statuses):
+      assert p.returncode == status, log[-3000:]
   else:
     assert any(l.startswith(kill_at) for l in lines), logs[0][-3000:]
   return logs
@@ -179,18 +204,33 @@ def one_process_run(digits_dir, tmp_path_factory):
   return workdir
 
 
-def test_two_processes_train_as_one_and_resume_after_kill(
+def test_two_processes_train_as_one_after_ctrl_c_and_kill(
     digits_dir, one_process_run, tmp_path):
+  """2 processes x 4 devices, evaluating every 2 steps, checkpointing every
+  3: Ctrl-C to process 0 as step 2's evaluation starts stops both at one
+  safe point, step 2 saved; the same command, killed mid-training after
+  step 4 is logged (its checkpoint may or may not be complete); the same
+  command again to the end: the parameters of one process never stopped."""
   mesh = (2, 2, 2)
   want = train_test.final_params(one_process_run)
-  # 2 processes x 4 devices, killed mid-training after step 4 is logged (its
-  # checkpoint may or may not be complete), then the same command again.
-  first = launch(tmp_path, "two", digits_dir, mesh, kill_at="step 4/6")[0]
-  assert "shards [[0, 1], [2, 3]]" in first  # data spans the processes
-  second = launch(tmp_path, "two", digits_dir, mesh)[0]
-  resumed = [l for l in second.splitlines() if l.startswith(RESUME_MARK)]
-  assert resumed and int(resumed[0][len(RESUME_MARK):]) in (2, 4), second
+  config = {"eval_every_steps": 2, "checkpoint.every_steps": 3}
+  logs = launch(tmp_path, "two", digits_dir, mesh, statuses=(130, 0),
+                signal_at_evaluation="SIGINT", config=config)
+  assert "shards [[0, 1], [2, 3]]" in logs[0]  # data spans the processes
+  for process, log in enumerate(logs):
+    cause = ("SIGINT" if process == 0 else
+             "a signal to another process of the run")
+    # Both at one safe point: an evaluation batch, or the next step's start.
+    assert re.search(rf"^process {process}: Stopped at step 2( during the "
+                     rf"evaluation of \w+)? \({re.escape(cause)}\)", log,
+                     re.M), log[-3000:]
   workdir = str(tmp_path / "two")
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+  launch(tmp_path, "two", digits_dir, mesh, kill_at="step 4/6", config=config)
+  assert os.path.exists(os.path.join(workdir, "eval", "step_2.json"))
+  second = launch(tmp_path, "two", digits_dir, mesh, config=config)[0]
+  resumed = [l for l in second.splitlines() if l.startswith(RESUME_MARK)]
+  assert resumed and int(resumed[0][len(RESUME_MARK):]) in (2, 3), second
   assert_close_params(train_test.final_params(workdir), want)
   # The data position is global: the same integers as one process saved.
   got = saved_data_state(workdir, 6)
