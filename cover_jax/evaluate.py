@@ -138,8 +138,9 @@ def _averaged_log_probs(model, head, params, frames, mean, std):
   return view_averaged_log_probs(logits, views)
 
 
-def _batch_sums(log_probs, label, mask):
-  """Masked sums of a batch: correct top-1 and top-k, examples, loss."""
+def _batch_sums(log_probs, label, mask, broken):
+  """Masked sums of a batch: correct top-1 and top-k, examples, loss, and
+  the broken records skipped."""
   k = min(TOP_K, log_probs.shape[-1])
   _, top = jax.lax.top_k(log_probs, k)
   hits = top == label[:, None]
@@ -150,7 +151,8 @@ def _batch_sums(log_probs, label, mask):
     return jnp.sum(correct & valid, dtype=jnp.int32)
 
   return {"top1": count(hits[:, 0]), "top5": count(jnp.any(hits, axis=-1)),
-          "examples": count(valid), "loss": jnp.sum(jnp.where(valid, nll, 0.))}
+          "examples": count(valid), "loss": jnp.sum(jnp.where(valid, nll, 0.)),
+          "skipped": jnp.sum(broken, dtype=jnp.int32)}
 
 
 @functools.partial(jax.jit, static_argnames=("model", "head", "mean", "std"))
@@ -159,14 +161,15 @@ def _accumulate(totals, params, batch, *, model: _Static, head: str,
   """`totals` plus the sums of one global batch on `head`."""
   log_probs = _averaged_log_probs(model.module, head, params, batch["frames"],
                                   mean, std)
-  sums = _batch_sums(log_probs, batch["label"], batch["mask"])
+  sums = _batch_sums(log_probs, batch["label"], batch["mask"],
+                     batch["broken"])
   return jax.tree.map(jnp.add, totals, sums)
 
 
 def _zero_totals(mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   zeros = {"top1": np.int32(0), "top5": np.int32(0), "examples": np.int32(0),
-           "loss": np.float32(0)}
+           "loss": np.float32(0), "skipped": np.int32(0)}
   return jax.device_put(zeros, replicated)
 
 
@@ -191,7 +194,7 @@ def evaluate_source(model: nn.Module, params, config: ConfigDict,
       for local in stream:
         if stop is not None:
           stop.check(f" during the evaluation of {source.name}")
-        local = {k: local[k] for k in ("frames", "label", "mask")}
+        local = {k: local[k] for k in ("frames", "label", "mask", "broken")}
         totals = _accumulate(totals, params, inp.to_global(local, mesh),
                              model=static, head=source.name,
                              mean=prep.mean, std=prep.std)
@@ -202,16 +205,20 @@ def evaluate_source(model: nn.Module, params, config: ConfigDict,
 
 def _finalize(totals: Mapping[str, Any], source: inp.Source
               ) -> dict[str, float | int]:
-  examples = int(totals["examples"])
-  if examples != source.num_examples:
+  examples, skipped = int(totals["examples"]), int(totals["skipped"])
+  if examples + skipped != source.num_examples:
     raise RuntimeError(
         f"Evaluation of {source.name!r} ({source.dataset}, split "
-        f"{source.split!r}) scored {examples} examples, but the split has "
-        f"{source.num_examples}: every example must be scored exactly once.")
-  return {"top1": int(totals["top1"]) / examples,
-          "top5": int(totals["top5"]) / examples,
-          "loss": float(totals["loss"]) / examples,
-          "examples": examples}
+        f"{source.split!r}) scored {examples} examples and skipped "
+        f"{skipped} broken ones, but the split has {source.num_examples}: "
+        f"every example must be scored exactly once.")
+  results = {"top1": int(totals["top1"]) / examples,
+             "top5": int(totals["top5"]) / examples,
+             "loss": float(totals["loss"]) / examples,
+             "examples": examples}
+  if skipped:  # config.input.on_corrupt="skip"
+    results["skipped"] = skipped
+  return results
 
 
 def evaluate(model: nn.Module, params, config: ConfigDict, *,

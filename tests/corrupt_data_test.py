@@ -84,6 +84,19 @@ def test_evaluation_stops_with_the_name_or_masks_the_record(broken):
   # Every record once (then padding); the broken one counts nowhere.
   assert records[:BATCH].tolist() == list(range(BATCH))
   assert mask.tolist() == [int(r != record) for r in range(BATCH)] + [0] * 4
+  broken_rows = np.concatenate([b["broken"] for b in batches])
+  assert broken_rows.tolist() == [int(r == record) for r in range(BATCH)] + [
+      0] * 4
+  # Scored and skipped together cover the split once; the results say so.
+  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  totals = {"top1": 3, "top5": 5, "loss": 7.0, "skipped": 1,
+            "examples": BATCH - 1}
+  assert evaluate._finalize(totals, source(data_dir)) == {  # pylint: disable=protected-access
+      "top1": 3 / (BATCH - 1), "top5": 5 / (BATCH - 1),
+      "loss": 7.0 / (BATCH - 1), "examples": BATCH - 1, "skipped": 1}
+  with pytest.raises(RuntimeError, match="scored 7 examples and skipped 0"):
+    evaluate._finalize({**totals, "skipped": 0, "examples": 7},  # pylint: disable=protected-access
+                       source(data_dir))
 
 
 def test_skip_replaces_the_record_by_the_next_deterministically(
@@ -194,3 +207,24 @@ def test_a_broken_image_record_is_named_or_replaced(synthetic_dir, tmp_path):
   it = make("skip")
   next(it), next(it)
   assert it.corrupt_skipped() == {"images": 2}
+
+
+def test_training_logs_the_replaced_rows_per_dataset(digits_dir, tmp_path,
+                                                     monkeypatch):
+  """What the iterator counts reaches TensorBoard at every log step."""
+  from cover_jax import evaluate, train  # pylint: disable=import-outside-toplevel
+  from cover_jax.tensorboard import read_scalars  # pylint: disable=import-outside-toplevel
+  from tests import train_test  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
+  counts = iter([{"digits_image": 0, "digits_motion": 1},
+                 {"digits_image": 2, "digits_motion": 1}])
+  monkeypatch.setattr(inp.TrainIterator, "corrupt_skipped",
+                      lambda self: next(counts))
+  workdir = str(tmp_path)
+  train.train_and_evaluate(train_test.tiny_config(
+      digits_dir, num_train_steps=4, **{"checkpoint.every_steps": 4}),
+                           workdir)
+  assert read_scalars(workdir, "train/digits_image/corrupt_skipped") == {
+      2: 0, 4: 2}
+  assert read_scalars(workdir, "train/digits_motion/corrupt_skipped") == {
+      2: 1, 4: 1}

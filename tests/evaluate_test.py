@@ -255,9 +255,9 @@ def test_an_example_scored_twice_or_missed_is_an_error(synthetic_dir):
   config = tiny_config(synthetic_dir)
   (source,) = [s for s in inp.make.sources(config, "eval_split")
                if s.name == "clips"]
-  totals = {"top1": 3, "top5": 8, "examples": 8, "loss": 1.0}
-  with pytest.raises(RuntimeError, match="scored 8 examples, but the split "
-                     "has 7"):
+  totals = {"top1": 3, "top5": 8, "examples": 8, "loss": 1.0, "skipped": 0}
+  with pytest.raises(RuntimeError, match="scored 8 examples and skipped 0 "
+                     "broken ones, but the split has 7"):
     ev._finalize(totals, source)  # pylint: disable=protected-access
 
 

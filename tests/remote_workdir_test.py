@@ -233,9 +233,8 @@ def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
     ((step, top1),) = view[f"eval/{name}/top1"]
     assert step == 40 and top1 == pytest.approx(metrics["top1"], rel=1e-6)
   # Pretraining: finished before the kill; the rerun restores its last
-  # step and evaluates it again, into a second file: the Python loader
-  # keeps both (identical) points at step 4, the default (Rust) loader the
-  # newer one.
+  # step and reads its evaluation back from the bucket (not evaluated
+  # again): its second file holds only the restart marker.
   files = download_events(gcs_emulator, "run/pretrain", tmp_path / "tb_pre")
   assert len(files) == 2
   view = tensorboard_view(tmp_path / "tb_pre")
@@ -244,7 +243,7 @@ def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
                                     "run/pretrain/eval/latest.json"))
   for name, metrics in pretrain["results"].items():
     top1 = pytest.approx(metrics["top1"], rel=1e-6)
-    assert view[f"eval/{name}/top1"] == [(4, top1), (4, top1)]
+    assert view[f"eval/{name}/top1"] == [(4, top1)]
   # Nothing landed on local disk (os.path.abspath("gs://...") would be here).
   assert not list(cwd.iterdir())
   assert not os.path.exists(os.path.join(ROOT, "gs:"))

@@ -695,10 +695,11 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
   Global batch b holds records b x global_batch + row; this process yields
   the rows of its `shards` (of `granule`; default all). Yields `frames`
   [b, views, T, crop, crop, 3], `label` [b], `mask` [b] (0 on the padding
-  that fills the last batch) and `record` [b] (the record index). Every
-  process yields the same number of batches. A record that cannot be read
-  or decoded stops the evaluation with the CorruptData naming it ("stop"),
-  or gets mask 0, so that it counts nowhere ("skip"; logged).
+  that fills the last batch), `broken` [b] and `record` [b] (the record
+  index). Every process yields the same number of batches. A record that
+  cannot be read or decoded stops the evaluation with the CorruptData naming
+  it ("stop"), or gets mask 0 and broken 1, so that it is counted apart
+  ("skip"; logged).
   """
   if global_batch % granule:
     raise ValueError(f"Eval batch size {global_batch} is not divisible by "
@@ -723,11 +724,12 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
     encoded, label, replaced = records.read(
         tf.zeros_like(record, tf.int32), record, indices,
         tf.zeros([tf.size(record), 2], tf.int64))
-    return encoded, label, record, valid & (replaced == 0)
+    return encoded, label, record, valid, replaced != 0
 
-  def preprocess(encoded, label, record, valid):
+  def preprocess(encoded, label, record, valid, broken):
     return {"frames": eval_views(encoded, prep), "label": label,
-            "mask": tf.cast(valid, tf.int32),
+            "mask": tf.cast(valid & ~broken, tf.int32),
+            "broken": tf.cast(valid & broken, tf.int32),
             "record": tf.cast(record, tf.int32)}
 
   def batches(start):
@@ -746,7 +748,7 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
   def recover(batch, reason):  # that batch row by row, then the others
     logging.info("The evaluation pipeline of %s failed at batch %d (%s); "
                  "reading that batch row by row.", source.name, batch, reason)
-    out = {"frames": [], "label": [], "mask": [], "record": []}
+    out = {"frames": [], "label": [], "mask": [], "broken": [], "record": []}
     for row in rows:
       record, indices, valid = locate(tf.constant(batch, tf.int64),
                                       tf.constant(row))
@@ -757,6 +759,7 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
       out["frames"].append(views)
       out["label"].append(label)
       out["mask"].append(int(bool(valid) and used == int(record)))
+      out["broken"].append(int(bool(valid) and used != int(record)))
       out["record"].append(int(record))
     element = {k: np.stack(v) if k == "frames" else np.asarray(v, np.int32)
                for k, v in out.items()}
