@@ -1,12 +1,21 @@
 """Test setup: 8 fake CPU devices, set before JAX is imported anywhere."""
 
+import fcntl
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""),
      "--xla_force_host_platform_device_count=8"]).strip()
 # Tests must never touch an accelerator that happens to be present.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for every process of the suite (pytest's
+# workers and the main.py runs they start): the tiny programs the tests share
+# compile once. Entries are keyed by program, flags and versions.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), "cover_jax_tests_compilation_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -14,23 +23,39 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.gcs import gcs_emulator  # noqa: F401  pylint: disable=unused-import,wrong-import-position
 
 
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> str:
+  """A folder `build(path)` fills once per test session, shared by every
+  xdist worker (the first to come builds it while the others wait)."""
+  base = tmp_path_factory.getbasetemp()
+  root = base if worker_id == "master" else base.parent  # the session's
+  path = root / name
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (path / ".built").exists():
+      shutil.rmtree(path, ignore_errors=True)
+      path.mkdir()
+      build(str(path))
+      (path / ".built").touch()
+  return str(path)
+
+
 @pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory):
+def digits_dir(tmp_path_factory, worker_id):
   """A data dir holding the three built-in mini datasets (built once)."""
   from data import registry  # pylint: disable=import-outside-toplevel
-  data_dir = str(tmp_path_factory.mktemp("digits"))
-  for name in registry.BUILT_ON_FIRST_USE:
-    registry.load_builder(name, data_dir)
-  return data_dir
+
+  def build(data_dir):
+    for name in registry.BUILT_ON_FIRST_USE:
+      registry.load_builder(name, data_dir)
+  return built_once(tmp_path_factory, worker_id, "digits", build)
 
 
 @pytest.fixture(scope="session")
-def synthetic_dir(tmp_path_factory):
+def synthetic_dir(tmp_path_factory, worker_id):
   """A data dir holding every config of tests.synthetic_data.SyntheticClips."""
   from tests import synthetic_data  # pylint: disable=import-outside-toplevel
-  data_dir = str(tmp_path_factory.mktemp("synthetic"))
-  synthetic_data.prepare(data_dir)
-  return data_dir
+  return built_once(tmp_path_factory, worker_id, "synthetic",
+                    synthetic_data.prepare)
 
 
 @pytest.fixture(scope="session")
