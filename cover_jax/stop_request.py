@@ -67,7 +67,7 @@ class StopRequest:
     self._stopping = False
     self._calls = 0
     self._previous: dict[int, object] = {}
-    self._wakeup: tuple[int, int] | None = None  # (read end, previous fd)
+    self._wakeup: int | None = None  # the wakeup fd before ours
 
   def __enter__(self) -> StopRequest:
     if threading.current_thread() is not threading.main_thread():
@@ -81,7 +81,7 @@ class StopRequest:
                                                   self._on_signal)
     read, write = os.pipe()
     os.set_blocking(write, False)
-    self._wakeup = read, signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    self._wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     threading.Thread(target=_exit_on_second_sigint, args=(read,),
                      name="second-ctrl-c", daemon=True).start()
     return self
@@ -90,11 +90,9 @@ class StopRequest:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous = {}
-    if self._wakeup is not None:
-      read, previous = self._wakeup
-      os.close(signal.set_wakeup_fd(previous))  # the watcher sees EOF
+    if self._wakeup is not None:  # the read end is the watcher's to close
+      os.close(signal.set_wakeup_fd(self._wakeup))  # the watcher sees EOF
       self._wakeup = None
-      del read  # closed by the watcher
 
   def _on_signal(self, signum, frame) -> None:
     del frame

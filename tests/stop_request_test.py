@@ -43,6 +43,14 @@ def signal_on_first_call(monkeypatch, module, name, signum, *, after=True):
   return calls
 
 
+def record_evaluations(monkeypatch, field):
+  """evaluate.evaluate, still run, records its `field` argument per call."""
+  real, seen = evaluate.evaluate, []
+  monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: seen.append(
+      k[field]) or real(*a, **k))
+  return seen
+
+
 def checkpoint_steps(workdir):
   folder = os.path.join(workdir, "checkpoints")
   return sorted(int(d) for d in os.listdir(folder) if d.isdigit())
@@ -104,10 +112,7 @@ def test_sigterm_during_an_evaluation_saves_that_step_and_evaluates_it_on_resume
   assert checkpoint_steps(workdir) == [2]
   assert not os.path.exists(os.path.join(workdir, "eval"))
   monkeypatch.undo()
-  steps = []
-  real = evaluate.evaluate
-  monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: steps.append(
-      k["step"]) or real(*a, **k))
+  steps = record_evaluations(monkeypatch, "step")
   results = train.train_and_evaluate(config, workdir)
   assert steps == [2, 4]
   assert evaluate.read_json(workdir, 2)["step"] == 2
@@ -148,10 +153,7 @@ def test_signals_in_stage_one_and_between_the_stages_are_honoured(
   assert evaluate.read_json(stage_dir, 2)["step"] == 2
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
   monkeypatch.undo()
-  evaluated = []
-  real = evaluate.evaluate
-  monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: evaluated.append(
-      k["workdir"]) or real(*a, **k))
+  evaluated = record_evaluations(monkeypatch, "workdir")
   stages.train_and_evaluate(config, workdir)
   assert evaluated == [workdir]  # stage 1 not evaluated again
   assert checkpoint_steps(workdir)[-1] == config.num_train_steps
