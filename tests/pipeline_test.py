@@ -356,3 +356,42 @@ def test_global_batch_is_sharded_over_the_mesh(synthetic_dir):
   assert len(frames.addressable_shards) == 8
   assert frames.addressable_shards[0].data.shape == (1, 8, 16, 16, 3)
   np.testing.assert_array_equal(np.asarray(frames), local["video"]["frames"])
+
+
+def test_a_stream_nobody_closed_is_dropped_without_waiting_for_itself():
+  """Garbage collection may finalize an unclosed stream on a thread that
+  holds a lock its own reads in flight wait for (a read thread inside
+  concurrent.futures' submit, as ArrayRecord's reads are): the finalizer
+  must not destroy the iterator there, or that thread waits forever."""
+  import threading  # pylint: disable=import-outside-toplevel
+  import weakref  # pylint: disable=import-outside-toplevel
+  from cover_jax.input.pipeline import NumpyStream  # pylint: disable=import-outside-toplevel
+  lock, waiting = threading.Lock(), threading.Event()
+
+  def read(i):
+    if i > 0:  # the reads after the first wait for the lock
+      waiting.set()
+      with lock:
+        pass
+    return i
+  dataset = tf.data.Dataset.range(100).map(
+      lambda i: tf.py_function(read, [i], tf.int64), num_parallel_calls=2)
+  iterator = []
+
+  def collect_while_holding_the_lock():
+    with lock:
+      stream = NumpyStream(dataset)
+      assert next(stream) == 0
+      assert waiting.wait(30)  # a read in flight, waiting for the lock
+      iterator.append(weakref.ref(stream._holder[0]))  # pylint: disable=protected-access
+      del stream  # its last reference: finalized here, holding the lock
+  thread = threading.Thread(target=collect_while_holding_the_lock,
+                            daemon=True)
+  thread.start()
+  thread.join(30)
+  assert not thread.is_alive(), "the finalizer waited for its own reads"
+  for _ in range(300):  # and the iterator is dropped, once the reads end
+    if iterator[0]() is None:
+      break
+    threading.Event().wait(0.1)
+  assert iterator[0]() is None

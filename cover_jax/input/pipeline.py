@@ -35,9 +35,13 @@ dropped at once, before the error travels on (`NumpyStream`).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import functools
 import math
+import queue
 import re
+import threading
 import traceback
 from typing import Callable, Iterator, Sequence
 import weakref
@@ -218,7 +222,8 @@ class NumpyStream:
   in flight (their threads may no longer take the GIL): the exit hangs. So
   the iterator is dropped by close(), at exit, and at once when the pipeline
   fails or an exception (KeyboardInterrupt) interrupts a fetch, after the
-  references to it from that exception's traceback are cleared.
+  references to it from that exception's traceback are cleared. A stream
+  nobody closed is dropped by `_Reaper`'s thread once collected.
 
   Args:
     dataset: the pipeline.
@@ -232,7 +237,7 @@ class NumpyStream:
     self._holder = [iter(dataset.as_numpy_iterator())]
     self._recover = recover
     self.position = 0  # elements returned
-    weakref.finalize(self, self._holder.clear)
+    weakref.finalize(self, _reaper().drop, self._holder)
 
   def __iter__(self):
     return self
@@ -264,6 +269,46 @@ class NumpyStream:
   def close(self) -> None:
     """Stops the pipeline's threads; the stream ends."""
     self._holder.clear()
+
+
+class _Reaper:
+  """Destroys the tf.data iterators of collected streams on its own thread.
+
+  Destroying an iterator waits for its reads in flight. Garbage collection
+  runs finalizers on whichever thread allocates, one of those reads
+  included, or one holding a lock they wait for (ArrayRecord's reads go
+  through concurrent.futures, whose submit() takes a process-wide lock):
+  destroyed there, the iterator would wait for itself forever. At exit,
+  when that thread stops, iterators are dropped at once on the main thread.
+  """
+
+  def __init__(self):
+    self._queue = queue.SimpleQueue()  # put() is safe inside a finalizer
+    self._exiting = False
+    self._thread = threading.Thread(target=self._run, daemon=True,
+                                    name="tf-iterator-reaper")
+    self._thread.start()
+    atexit.register(self._stop)
+
+  def drop(self, holder: list) -> None:
+    if self._exiting:
+      holder.clear()
+    else:
+      self._queue.put(holder)
+
+  def _run(self) -> None:
+    while (holder := self._queue.get()) is not None:
+      holder.clear()
+
+  def _stop(self) -> None:
+    self._exiting = True
+    self._queue.put(None)
+    self._thread.join(timeout=60)
+
+
+@functools.cache
+def _reaper() -> _Reaper:
+  return _Reaper()
 
 
 def shard_rows(batch: int, granule: int, shards: Sequence[int]) -> np.ndarray:
