@@ -214,6 +214,13 @@ def preprocess_eval(encoded, *, num_frames: int, prep: Preprocessing,
   return eval_views(tf.gather(encoded, indices), prep)
 
 
+def _traced(fn: Callable) -> Callable:
+  """fn for tf.data to trace as written, without autograph's rewrite: the
+  pipeline's functions branch with tf ops only, and rewriting them costs
+  seconds each time a pipeline is built (every run, every evaluation)."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 class NumpyStream:
   """A tf.data pipeline as an iterator of numpy trees, closed before exit.
 
@@ -549,18 +556,19 @@ class _Part:
               "replaced": replaced}
 
     steps = tf.data.Dataset.range(step, 2**62).scan(
-        tf.constant(consumed, tf.int64), self.draw)
-    examples = (steps.map(lambda source, position, _: (source, position))
+        tf.constant(consumed, tf.int64), _traced(self.draw))
+    examples = (steps.map(_traced(lambda source, position, _: (source,
+                                                                position)))
                 .unbatch()
-                .map(self.locate)
+                .map(_traced(self.locate))
                 .batch(num_rows, drop_remainder=True)
-                .map(read, num_parallel_calls=tf.data.AUTOTUNE,
+                .map(_traced(read), num_parallel_calls=tf.data.AUTOTUNE,
                      deterministic=True)
                 .unbatch()
-                .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+                .map(_traced(preprocess), num_parallel_calls=tf.data.AUTOTUNE,
                      deterministic=True)
                 .batch(num_rows, drop_remainder=True))
-    return tf.data.Dataset.zip(examples, steps.map(lambda *x: x[-1]))
+    return tf.data.Dataset.zip(examples, steps.map(_traced(lambda *x: x[-1])))
 
   def rows_of(self, step: int, consumed: Sequence[int]) -> tuple:
     """The element `dataset(step, consumed)` starts with, computed row by
@@ -780,13 +788,14 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
   def batches(start):
     row_dataset = tf.data.Dataset.from_tensor_slices(rows)
     return (tf.data.Dataset.range(start, num_batches)
-            .flat_map(lambda b: row_dataset.map(lambda r: (b, r)))
-            .map(locate)
+            .flat_map(_traced(lambda b: row_dataset.map(
+                _traced(lambda r: (b, r)))))
+            .map(_traced(locate))
             .batch(len(rows))
-            .map(read, num_parallel_calls=tf.data.AUTOTUNE,
+            .map(_traced(read), num_parallel_calls=tf.data.AUTOTUNE,
                  deterministic=True)
             .unbatch()
-            .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+            .map(_traced(preprocess), num_parallel_calls=tf.data.AUTOTUNE,
                  deterministic=True)
             .batch(len(rows)).prefetch(2))
 
