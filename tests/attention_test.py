@@ -32,6 +32,7 @@ SHAPES = pytest.mark.parametrize("shape", [(2, 7, 3, 8), (2, 33, 4, 16)],
                                  ids=["short_keys", "long_keys"])
 
 
+@pytest.mark.slow
 @SHAPES
 def test_float32_values_and_gradients_equal_autodiff(shape):
   q, k, v, d_out = _inputs(jnp.float32, shape)
@@ -43,6 +44,7 @@ def test_float32_values_and_gradients_equal_autodiff(shape):
   assert float(jnp.abs(ours[1]).max()) > 0.1
 
 
+@pytest.mark.slow
 @SHAPES
 def test_bf16_values_and_gradients_as_close_to_float32_as_jax_xla_path(shape):
   q, k, v, d_out = _inputs(jnp.bfloat16, shape, seed=1)
@@ -67,6 +69,7 @@ def test_bf16_values_and_gradients_as_close_to_float32_as_jax_xla_path(shape):
     assert err_ours < 2 * err_jax + 0.01, (name, err_ours, err_jax)
 
 
+@pytest.mark.slow
 @SHAPES
 @pytest.mark.parametrize("remat", [False, True])
 def test_gradients_under_jit_and_remat(shape, remat):

@@ -61,6 +61,7 @@ def corrupt_lines(stderr: str) -> list[str]:
   return [l for l in stderr.splitlines() if "corrupt" in l]
 
 
+@pytest.mark.slow
 def test_every_flipped_byte_is_detected_or_restores_the_same_values(
     tiny_run, tmp_path):
   """FLIPS_PER_FILE positions of every file of the newest step (its digest

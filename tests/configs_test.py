@@ -167,6 +167,7 @@ def timesformer_parameters(d, depth, mlp, patch, frames, size, classes):
 
 @pytest.mark.parametrize("name", ["cover_l16_jft.py", "cover_l16_i21k.py:k700",
                                   "cover_b16_i21k.py"])
+@pytest.mark.slow
 def test_describe_reports_size_and_flops(name):
   import main  # pylint: disable=import-outside-toplevel
   config = load(name)
@@ -252,6 +253,7 @@ def test_transfer_configs_use_a_fresh_head():
   assert probe.input.to_dict() == mini.input.to_dict()
 
 
+@pytest.mark.slow
 def test_linear_probe_optimizer_moves_only_the_head():
   config = load("linear_probe.py:digits_motion")
   params = {"embedding": {"kernel": jnp.ones((4, 4))},
@@ -428,6 +430,7 @@ def test_mini_configs_arguments_and_stages():
     ("cover_l16_jft.py",  # L/16 at 16x448: (17 d^2 + 2 (s+1) d + 2 n d)
      # n s L = 5.860 T, plus 0.010 T of patch embedding
      "17.61 TFLOPs = 5.870 per view x 3 views")])
+@pytest.mark.slow
 def test_describe_states_flops_as_the_papers_do(name, paper):
   import main  # pylint: disable=import-outside-toplevel
   assert main.describe(load(name))["tflops_as_in_the_papers"] == (

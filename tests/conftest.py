@@ -23,6 +23,28 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.gcs import gcs_emulator  # noqa: F401  pylint: disable=unused-import,wrong-import-position
 
 
+# The longest a test may run; past it, it fails with every thread's stack.
+TEST_TIMEOUT_S = 900
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: takes seconds or more (training runs, subprocesses, "
+      "model compiles); `-m \"not slow\"` runs the rest in about a minute")
+
+
+# Fixtures that build the mini datasets or train a run: their tests are slow.
+SLOW_FIXTURES = frozenset({"digits_dir", "tiny_run"})
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.slow)
+    if item.get_closest_marker("timeout") is None:
+      item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S, method="thread"))
+
+
 def built_once(tmp_path_factory, worker_id: str, name: str, build) -> str:
   """A folder `build(path)` fills once per test session, shared by every
   xdist worker (the first to come builds it while the others wait)."""

@@ -62,6 +62,7 @@ def assert_names_the_frame(message, data_dir, record):
   assert "config.input.on_corrupt='skip'" in message
 
 
+@pytest.mark.slow
 def test_stop_names_the_dataset_split_video_and_frame(broken):
   data_dir, record = broken
   it = train_iterator(data_dir)
@@ -72,6 +73,7 @@ def test_stop_names_the_dataset_split_video_and_frame(broken):
   assert (error.value.record, error.value.frame) == (record, FRAME)
 
 
+@pytest.mark.slow
 def test_evaluation_stops_with_the_name_or_masks_the_record(broken):
   data_dir, record = broken
   with pytest.raises(Exception) as error:
@@ -99,6 +101,7 @@ def test_evaluation_stops_with_the_name_or_masks_the_record(broken):
                        source(data_dir))
 
 
+@pytest.mark.slow
 def test_skip_replaces_the_record_by_the_next_deterministically(
     broken, synthetic_dir):
   data_dir, record = broken
@@ -145,6 +148,7 @@ def test_on_corrupt_is_checked():
   assert inp.make.preprocessing(config).crop_size == 16
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_broken_data_exits_without_hanging(tmp_path,
                                                             synthetic_dir):
   """Reading batches ahead, the pipeline still has reads in flight when the
@@ -183,6 +187,7 @@ def test_a_run_stopped_by_broken_data_exits_without_hanging(tmp_path,
   assert f"frame {FRAME} cannot be read or decoded" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_broken_image_record_is_named_or_replaced(synthetic_dir, tmp_path):
   data_dir = damaged_data.copy_dataset(synthetic_dir, "image", str(tmp_path))
   damaged_data.overwrite_record_file(data_dir, "image", "train")
@@ -209,6 +214,7 @@ def test_a_broken_image_record_is_named_or_replaced(synthetic_dir, tmp_path):
   assert it.corrupt_skipped() == {"images": 2}
 
 
+@pytest.mark.slow
 def test_training_logs_the_replaced_rows_per_dataset(digits_dir, tmp_path,
                                                      monkeypatch):
   """What the iterator counts reaches TensorBoard at every log step."""

@@ -28,6 +28,7 @@ def _decode_or_die(job):
   _decode_to_cache(job)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("killer", ["SIGSEGV", "SIGKILL"])
 def test_a_file_that_kills_its_worker_fails_alone(tmp_path, monkeypatch,
                                                   killer):

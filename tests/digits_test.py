@@ -52,6 +52,7 @@ def stored_examples(builder, split):
           for i, e in enumerate(source)}
 
 
+@pytest.mark.slow
 def test_a_share_only_removes_examples(digits_dir, tmp_path):
   """train10 is train100 minus examples, byte for byte; test is identical."""
   assert [c.name for c in digits.DigitsMotion.BUILDER_CONFIGS] == [

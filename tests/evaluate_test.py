@@ -122,6 +122,7 @@ def numpy_scores(model, params, config, name, reverse=False):
           "loss": loss / examples, "examples": int(examples)}
 
 
+@pytest.mark.slow
 def test_scores_equal_numpy_on_the_same_logits(tiny, synthetic_dir,
                                                digits_image_dir):
   model, params = tiny
@@ -149,6 +150,7 @@ def test_scores_equal_numpy_on_the_same_logits(tiny, synthetic_dir,
   assert results["clips"]["top5"] == 1.0
 
 
+@pytest.mark.slow
 def test_constant_head_scores_the_share_of_its_class(tiny, synthetic_dir):
   model, params = tiny
   config = tiny_config(synthetic_dir)  # test splits: labels i % 3
@@ -170,6 +172,7 @@ def test_constant_head_scores_the_share_of_its_class(tiny, synthetic_dir):
         share * right + (1 - share) * wrong, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_reversed_frames_equal_a_reversed_time_embedding(tiny,
                                                          synthetic_dir):
   model, params = tiny
@@ -204,6 +207,7 @@ class RecordingWriter:
     pass
 
 
+@pytest.mark.slow
 def test_results_go_to_json_and_the_writer_compiled_once(tiny, synthetic_dir,
                                                          tmp_path):
   model, params = tiny
@@ -279,6 +283,7 @@ def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
   jax.distributed.shutdown()
 
 
+@pytest.mark.slow
 def test_two_processes_score_every_example_once(tiny, synthetic_dir,
                                                 tmp_path):
   model, params = tiny

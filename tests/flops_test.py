@@ -26,6 +26,7 @@ def xla_forward_flops(model, batch):
     (dict(variant("B/16"), depth=2, attention_type="space_only"), 8, 224),
     (dict(variant("L/16"), depth=1, representation_size=512), 16, 448),
 ])
+@pytest.mark.slow
 def test_analytic_flops_match_xla_within_3_percent(fields, frames, size):
   model = TimeSformer(heads={"k400": 400, "ssv2": 174}, num_frames=frames,
                       image_size=size, **fields)

@@ -147,6 +147,7 @@ def test_an_index_of_another_preparation_is_refused(tmp_path):
                     data_dir=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_the_pipeline_reads_each_batch_in_one_call(tmp_path, monkeypatch):
   """Python runs once per batch and part (Source.read), not per example."""
   synthetic_data.prepare(str(tmp_path))

@@ -29,6 +29,7 @@ def main_py(tmp_path, *args):
   return proc.stderr
 
 
+@pytest.mark.slow
 def test_default_output_is_only_the_runs_own(tmp_path):
   lines = "\n".join(f"  - {line}"
                     for line in preflight_test.expected(tmp_path / "tfds"))

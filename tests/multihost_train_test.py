@@ -204,6 +204,7 @@ def one_process_run(digits_dir, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_after_ctrl_c_and_kill(
     digits_dir, one_process_run, tmp_path):
   """2 processes x 4 devices, evaluating every 2 steps, checkpointing every
@@ -245,6 +246,7 @@ def test_two_processes_train_as_one_after_ctrl_c_and_kill(
   assert_close_params(train_test.final_params(one_more), want)
 
 
+@pytest.mark.slow
 def test_tensor_axis_across_processes_and_init_from_spread_params(
     digits_dir, one_process_run, tmp_path):
   """mesh data=1, fsdp=1, tensor=8: every tensor group spans both processes,

@@ -8,6 +8,7 @@ mesh: the global batch of a step does not depend on the number of processes.
 import sys
 
 import numpy as np
+import pytest
 
 from cover_jax import input as inp
 from tests import distributed
@@ -43,6 +44,7 @@ def make_iterator(data_dir, shards=None):
                            global_batch=16, granule=8, seed=1, shards=shards)
 
 
+@pytest.mark.slow
 def test_global_batch_from_two_processes(synthetic_dir, tmp_path):
   out = str(tmp_path / "global.npz")
   distributed.run_two_processes(__file__, synthetic_dir, out)

@@ -85,6 +85,7 @@ def named_leaves(tree):
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.mark.slow
 def test_weight_decay_mask_selects_kernels_by_name(params):
   mask = named_leaves(optimizer.kernel_mask(params))
   decayed = {name for name, on in mask.items() if on}
@@ -106,6 +107,7 @@ def test_weight_decay_mask_selects_kernels_by_name(params):
     assert mask[name], name
 
 
+@pytest.mark.slow
 def test_weight_decay_mask_reads_boxed_parameters():
   """train.py initialises the optimizer on flax's boxed parameters."""
   model = create({"video": 5}, **TINY)
@@ -118,6 +120,7 @@ def test_weight_decay_mask_reads_boxed_parameters():
       unboxed_mask.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_weight_decay_moves_only_kernels_without_gradient(params, name):
   config = ml_collections.ConfigDict(dict(optimizer=dict(

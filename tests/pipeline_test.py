@@ -138,6 +138,7 @@ def test_eval_frames_are_rounded_resized_uint8_views(synthetic_dir):
         assert np.abs(view.astype(int) - want).max() <= 1
 
 
+@pytest.mark.slow
 def test_eval_visits_every_example_once_across_processes(synthetic_dir):
   src = source(synthetic_dir, "video", "test")  # 7 examples
   seen = []
@@ -178,6 +179,7 @@ def _take(it, steps):
   return batches, state
 
 
+@pytest.mark.slow
 def test_global_batch_does_not_depend_on_how_processes_split_it(
     synthetic_dir):
   """Each process loads the rows of its batch shards of one global batch:
@@ -238,6 +240,7 @@ def test_accumulation_makes_every_part_a_multiple_of_shards_times_steps(
                       granule=4, shards=[4])
 
 
+@pytest.mark.slow
 def test_mixture_follows_dataset_sizes(synthetic_dir):
   sources = [source(synthetic_dir, "video", name="small"),      # 12
              source(synthetic_dir, "video_large", name="large"),  # 90
@@ -263,6 +266,7 @@ def test_mixture_follows_dataset_sizes(synthetic_dir):
   assert it.state()["consumed"]["small"] == counts[0] > 12 * 10
 
 
+@pytest.mark.slow
 def test_mixture_follows_config_weights(synthetic_dir):
   sources = [source(synthetic_dir, "video", name="small"),
              source(synthetic_dir, "video_large", name="large")]
@@ -275,6 +279,7 @@ def test_mixture_follows_config_weights(synthetic_dir):
   assert "image" not in next(it)
 
 
+@pytest.mark.slow
 def test_restored_iterator_continues_exactly(synthetic_dir):
   sources = [source(synthetic_dir, "video", name="small"),
              source(synthetic_dir, "image")]

@@ -30,6 +30,7 @@ def test_float_frames_are_refused():
     pixels.normalize(np.zeros((1, 2, 2, 3), np.float32), MEAN, STD)
 
 
+@pytest.mark.slow
 def test_the_model_refuses_pixels_and_a_bf16_model_takes_normalised_frames():
   model = create({"a": 3}, width=16, depth=1, num_heads=2, mlp_dim=32,
                  patch_size=8, num_frames=2, image_size=16,

@@ -94,6 +94,7 @@ def check_against_compiler(report, config, devices):
   assert 1.0 < report["flops"]["ratio"] < 2.0
 
 
+@pytest.mark.slow
 def test_cpu_plan_matches_the_compiler():
   config = tiny_config()
   devices = plan.topology_devices("cpu:8")
@@ -108,6 +109,7 @@ def test_cpu_plan_matches_the_compiler():
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason='libtpu is not installed (pip '
                     'install -e ".[tpu]"): no TPU topology to compile for')
+@pytest.mark.slow
 def test_tpu_plan_matches_the_compiler():
   config = tiny_config()
   # v5p: the compiler estimates a step time there (not on v4 or v5e).
@@ -142,6 +144,7 @@ def refuse_accumulation_1(monkeypatch, error):
   monkeypatch.setattr(plan, "lower_step", lower_step)
 
 
+@pytest.mark.slow
 def test_too_large_batch_gets_the_nearest_fit(monkeypatch, tmp_path):
   """Both kinds of "does not fit" in one search: the compiler refuses the
   config's step (out of memory), then a candidate compiles but its memory
@@ -180,6 +183,7 @@ def test_too_large_batch_gets_the_nearest_fit(monkeypatch, tmp_path):
   assert "nearest that fits: --config.optimizer.accumulation_steps=4" in text
 
 
+@pytest.mark.slow
 def test_out_of_memory_without_a_figure_says_so(monkeypatch):
   config = tiny_config()
   devices = plan.topology_devices("cpu:8")
@@ -203,6 +207,7 @@ def test_out_of_memory_without_a_figure_says_so(monkeypatch):
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason='libtpu is not installed (pip '
                     'install -e ".[tpu]"): no TPU topology to compile for')
+@pytest.mark.slow
 def test_tpu_compiler_out_of_memory_is_a_plan_that_does_not_fit():
   # A million tiny clips: the compiler refuses in seconds.
   config = tiny_config(batch_size=2 ** 20)

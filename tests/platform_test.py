@@ -73,6 +73,7 @@ def test_an_explicit_platform_the_host_cannot_run_names_the_fix():
     choose("cuda")
 
 
+@pytest.mark.slow
 def test_main_refuses_a_platform_jax_platforms_contradicts(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   out = subprocess.run(
@@ -99,6 +100,7 @@ atexit.register(_report)
 """
 
 
+@pytest.mark.slow
 def test_two_processes_without_jax_platforms_run_on_the_cpu(tmp_path):
   site = tmp_path / "site"
   site.mkdir()
@@ -155,6 +157,7 @@ def _start_one_process(tmp_path, then: str) -> subprocess.Popen:
   raise AssertionError(f"no 'ready' (status {proc.returncode})")
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_process_in_start_up(tmp_path):
   # jax.distributed's preemption notifier swallows SIGTERM: without the
   # guard, this process would sleep on.
@@ -169,6 +172,7 @@ def test_sigterm_ends_a_process_in_start_up(tmp_path):
     proc.kill()
 
 
+@pytest.mark.slow
 def test_training_gets_sigterm_back_for_its_sync_point(tmp_path):
   proc = _start_one_process(tmp_path, """
       from jax.experimental import multihost_utils

@@ -68,6 +68,7 @@ def tiny_flags(workdir, data_dir):
       f"--config.model.{k}={v}" for k, v in train_test.TINY.items()]
 
 
+@pytest.mark.slow
 def test_predict_command_on_a_runs_workdir(tiny_run, digits_dir, inputs,
                                            tmp_path):
   out = tmp_path / "predictions.jsonl"
@@ -107,6 +108,7 @@ def test_predict_command_on_a_runs_workdir(tiny_run, digits_dir, inputs,
   assert "4 of 5 inputs done; 1 failed" in proc.stdout
 
 
+@pytest.mark.slow
 def test_predictions_are_the_view_averaged_softmax(tiny_run, digits_dir,
                                                    inputs):
   """Independent of the batching: each input's probabilities are the mean
@@ -138,6 +140,7 @@ def test_predictions_are_the_view_averaged_softmax(tiny_run, digits_dir,
         np.testing.assert_allclose(p, want[names.index(name)], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_features_are_the_models_clip_embeddings(tiny_run, digits_dir,
                                                  inputs, tmp_path):
   config = train_test.tiny_config(digits_dir)
@@ -201,6 +204,7 @@ def pyth_config(pyth, data_dir):
   return config
 
 
+@pytest.mark.slow
 def test_predict_from_a_pyth_with_class_names_equals_pytorch(tmp_path,
                                                              digits_dir,
                                                              inputs):
@@ -279,6 +283,7 @@ print(json.dumps(assets))
 """
 
 
+@pytest.mark.slow
 def test_export_reloads_in_a_fresh_process_with_predicts_numbers(
     tiny_run, digits_dir, tmp_path):
   config = train_test.tiny_config(digits_dir)
@@ -465,6 +470,7 @@ def test_a_damaged_video_keeps_the_frames_before_the_error(tmp_path, spy,
     assert decoded.note == reference.truncated
 
 
+@pytest.mark.slow
 def test_predict_scores_a_long_video_from_its_sampled_frames(
     tiny_run, digits_dir, tmp_path, spy):
   """predict.run on a 200-frame video: the scores of the views of every

@@ -74,6 +74,7 @@ def test_folder_end_to_end(tmp_path, capsys):
   assert code == 0 and "was already prepared" in out
 
 
+@pytest.mark.slow
 def test_mini_dataset_needs_no_manual_files(tmp_path, capsys):
   code, out, _ = run(["digits_image", f"--data_dir={tmp_path}"], capsys)
   assert code == 0

@@ -61,6 +61,7 @@ def to64(tree):
 
 @pytest.mark.parametrize("layout", ["original", "linen", "big_vision",
                                     "big_vision_scanned"])
+@pytest.mark.slow
 def test_vit_one_frame_equals_the_vit(tmp_path, vit, images, layout):
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, layout))
   model, params = pretrained.load_vit_npz(
@@ -75,6 +76,7 @@ def test_vit_one_frame_equals_the_vit(tmp_path, vit, images, layout):
   assert rel_err(ours, expected) <= 1e-5
 
 
+@pytest.mark.slow
 def test_vit_pre_logits_and_scanned_model(tmp_path, images):
   vit = reference_vit.random_vit(np.random.default_rng(2),
                                  representation_size=24)
@@ -89,6 +91,7 @@ def test_vit_pre_logits_and_scanned_model(tmp_path, images):
       np.float64))) <= 1e-5
 
 
+@pytest.mark.slow
 def test_vit_temporal_layers_start_as_timesformer(tmp_path, vit):
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "linen"))
   _, params = pretrained.load_vit_npz(path, num_frames=4, image_size=16,
@@ -105,6 +108,7 @@ def test_vit_temporal_layers_start_as_timesformer(tmp_path, vit):
   assert params["time_embedding"].shape == (4, 32)
 
 
+@pytest.mark.slow
 def test_vit_video_input_is_timesformers_function_of_the_vit(tmp_path, vit):
   """Videos through the model loaded from a ViT: TimeSformer's function
   (an independent numpy one), in which frames meet in the class token, so
@@ -153,6 +157,7 @@ def test_vit_heads_initialised_from_checkpoint_only_when_sizes_match(
   assert fresh.shape == (32, 7) and 0 < np.abs(fresh).std() < 0.1
 
 
+@pytest.mark.slow
 def test_init_from_vit_new_heads_follow_the_runs_seed(tmp_path, vit):
   """config.seed reaches the heads the .npz lacks: init_params_from takes
   them from the run's own initialisation (fresh_params)."""
@@ -242,6 +247,7 @@ def torch_logits(sd, video, num_heads=4):
 @pytest.mark.parametrize("divided,prefix", [(True, "model."),
                                             (True, "module.model."),
                                             (False, "model.")])
+@pytest.mark.slow
 def test_pyth_logits_equal_reference(tmp_path, divided, prefix):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(0),
                                                divided=divided)
@@ -256,6 +262,7 @@ def test_pyth_logits_equal_reference(tmp_path, divided, prefix):
   assert rel_err(ours, torch_logits(sd, video)) <= 1e-5
 
 
+@pytest.mark.slow
 @needs_torch
 @pytest.mark.parametrize("frames,size", [(8, 12), (2, 20), (1, 8)])
 def test_pyth_other_input_sizes_follow_the_official_resizing(tmp_path, frames,
@@ -268,6 +275,7 @@ def test_pyth_other_input_sizes_follow_the_official_resizing(tmp_path, frames,
   assert rel_err(ours, torch_logits(sd, video)) <= 1e-5
 
 
+@pytest.mark.slow
 @needs_torch
 def test_pyth_overrides_resize_embeddings_at_load(tmp_path):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(2))
@@ -280,6 +288,7 @@ def test_pyth_overrides_resize_embeddings_at_load(tmp_path):
   assert rel_err(ours, torch_logits(sd, video)) <= 1e-5
 
 
+@pytest.mark.slow
 @needs_torch
 def test_pyth_new_heads(tmp_path):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(3))
@@ -318,6 +327,7 @@ def test_pyth_without_torch_explains_the_extra(tmp_path, monkeypatch):
     pretrained.load_timesformer_pyth(str(tmp_path / "any.pyth"))
 
 
+@pytest.mark.slow
 @needs_torch
 def test_bf16_model_from_checkpoint_close_to_fp32(tmp_path):
   sd = reference_timesformer.random_state_dict(torch.Generator().manual_seed(5))
@@ -334,6 +344,7 @@ def test_bf16_model_from_checkpoint_close_to_fp32(tmp_path):
   assert rel_err(half, full) > 1e-4  # bf16 rounding shows: it was used
 
 
+@pytest.mark.slow
 def test_vit_override_adding_a_layer_the_checkpoint_lacks(tmp_path, vit):
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "original"))
   with pytest.raises(CheckpointError, match="missing key 'pre_logits/kernel'"):

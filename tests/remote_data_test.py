@@ -272,6 +272,7 @@ def two_video_config(data_dir):
   return config
 
 
+@pytest.mark.slow
 def test_videos_to_bucket_then_training_equals_the_local_copy(
     gs_env, tmp_path, caplog):
   """A video folder and a Kinetics dataset of real video files, prepared

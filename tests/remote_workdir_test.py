@@ -99,6 +99,7 @@ def test_missing_resume_and_init_paths_name_the_path_and_fix(tmp_path):
     checkpointing.init_params_from(missing, model=None, fresh_params={})
 
 
+@pytest.mark.slow
 def test_relative_local_workdir_and_resume_from_still_work(digits_dir,
                                                           tmp_path,
                                                           monkeypatch):
@@ -167,6 +168,7 @@ def test_event_file_shows_each_step_once_after_a_restart(tmp_path):
 # gs:// against the emulator.
 # ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
     digits_dir, tmp_path, gcs_emulator):
   """`main.py --workdir=gs://bucket/run` (both stages): config.json,

@@ -70,6 +70,7 @@ def test_checkpoints_beyond_keep_are_deleted(tiny_run):
   assert train_test.saved_steps(tiny_run) == [3, 4, 5]
 
 
+@pytest.mark.slow
 def test_restore_order_workdir_resume_from_init_from_scratch(
     tiny_run, vit_npz, digits_dir, tmp_path, monkeypatch):
   """With requires_init: each of the first three is enough; without any,
@@ -126,6 +127,7 @@ def test_restore_order_workdir_resume_from_init_from_scratch(
                                     "kernel"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["workdir", "checkpoints", "step"])
 def test_resume_from_a_workdir_its_checkpoints_or_one_step(
     tiny_run, digits_dir, tmp_path, monkeypatch, form):

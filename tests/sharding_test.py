@@ -18,6 +18,7 @@ def test_eight_fake_devices():
 
 @pytest.mark.parametrize("data,fsdp,tensor", [(2, 2, 2), (1, 8, 1), (2, 1, 4),
                                               (-1, 1, 1)])
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True])
 def test_sharded_forward_equals_single_device(data, fsdp, tensor, scan):
   model = TimeSformer(heads={"a": 6, "b": 3}, scan_layers=scan, **SMALL)

@@ -10,6 +10,7 @@ import subprocess
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import args
 from cover_jax import checkpointing
@@ -20,6 +21,7 @@ from tests import train_test
 HEADS = {"digits_image": 10, "digits_motion": 8}
 
 
+@pytest.mark.slow
 def test_image_model_inflates_to_a_timesformer_computing_the_same():
   """A space_only model's parameters, inflated: the divided model gives the
   image model's logits on images and on videos of one repeated frame, and
@@ -98,6 +100,7 @@ def _resumed_at(output: str) -> list[int]:
       r"resumed from this workdir's checkpoint at step (\d+)", output)]
 
 
+@pytest.mark.slow
 def test_killed_in_either_stage_resumes_to_bit_identical_parameters(
     digits_dir, tmp_path):
   # Every step logged, a synchronous save every 2 steps: a kill after the

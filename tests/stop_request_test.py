@@ -62,6 +62,7 @@ def assert_all_verify(workdir):
     assert checkpoint_digest.verify(step_dir)  # raises on any difference
 
 
+@pytest.mark.slow
 def test_sigint_during_a_save_stops_after_it_and_resumes_exactly(
     digits_dir, tiny_run, tmp_path, monkeypatch):
   """Ctrl-C while step 2 is being saved: the save completes, the run stops
@@ -92,6 +93,7 @@ def test_sigint_during_a_save_stops_after_it_and_resumes_exactly(
                                 train_test.final_params(tiny_run))
 
 
+@pytest.mark.slow
 def test_sigterm_during_an_evaluation_saves_that_step_and_evaluates_it_on_resume(
     digits_dir, tmp_path, monkeypatch):
   """eval_every_steps=2, checkpoints every 3: SIGTERM as step 2's
@@ -122,6 +124,7 @@ def test_sigterm_during_an_evaluation_saves_that_step_and_evaluates_it_on_resume
   assert steps == [2, 4]
 
 
+@pytest.mark.slow
 def test_signals_in_stage_one_and_between_the_stages_are_honoured(
     digits_dir, tmp_path, monkeypatch):
   """SIGTERM during stage 1's final evaluation stops the run before stage 2
@@ -159,6 +162,7 @@ def test_signals_in_stage_one_and_between_the_stages_are_honoured(
   assert checkpoint_steps(workdir)[-1] == config.num_train_steps
 
 
+@pytest.mark.slow
 def test_a_failed_asynchronous_save_stops_the_run_at_the_next_step(
     digits_dir, tmp_path, monkeypatch):
   """The background part of step 4's save fails (its digest cannot be
@@ -209,6 +213,7 @@ def _wait_for_line(proc, prefix):
   raise AssertionError(f"no line {prefix!r}: {proc.communicate()[1][-3000:]}")
 
 
+@pytest.mark.slow
 def test_main_ctrl_c_once_saves_with_status_130_twice_stops_at_once(
     digits_dir, tmp_path):
   workdir = str(tmp_path)
@@ -248,6 +253,7 @@ def test_main_ctrl_c_once_saves_with_status_130_twice_stops_at_once(
   assert_all_verify(workdir)
 
 
+@pytest.mark.slow
 def test_main_full_disk_is_one_line_naming_the_file_and_the_os_error(
     digits_dir, tmp_path):
   """The file-size limit of the running process lowered below a checkpoint's

@@ -37,6 +37,7 @@ def test_plan_is_the_papers_tables_for_every_seed(jobs):
     assert probe.epochs == BUDGET.probe
 
 
+@pytest.mark.slow
 def test_study_configs_fix_epochs_schedule_seed_and_mixture(jobs,
                                                             digits_dir):
   configs = {name: study.job_config(jobs[name, 1], "/runs", digits_dir)
@@ -126,6 +127,7 @@ def test_summary_is_mean_and_spread_over_seeds_and_plots_are_written(
     assert pixels[..., :3].std() > 0.05  # something is drawn
 
 
+@pytest.mark.slow
 def test_controls_train_as_many_steps_as_co_training(digits_dir, tmp_path):
   jobs = {j.name: j for j in study.plan([0], BUDGET, controls=True)}
   assert set(study.CONTROLS) <= set(jobs)

@@ -52,6 +52,7 @@ def rel_err(a, b):
   return np.abs(a - b).max() / np.abs(b).max()
 
 
+@pytest.mark.slow
 def test_output_is_one_logits_array_per_head(model, params, video):
   out = apply(model, params, video)
   assert set(out) == set(HEADS)
@@ -59,6 +60,7 @@ def test_output_is_one_logits_array_per_head(model, params, video):
     assert out[name].shape == (2, classes) and out[name].dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_images_are_one_frame_videos_through_the_same_parameters(
     model, params, video):
   out = apply(model, params, video[:, :1])
@@ -91,6 +93,7 @@ def test_parameter_count_of_b16_matches_timesformer():
   assert count == official
 
 
+@pytest.mark.slow
 def test_scan_equals_loop_values_and_gradients(model, params, video):
   scanned = model.clone(scan_layers=True)
   sparams = scan_params(params)
@@ -113,6 +116,7 @@ def test_scan_equals_loop_values_and_gradients(model, params, video):
 
 @pytest.mark.parametrize("policy", ["nothing_saveable",
                                     "dots_with_no_batch_dims_saveable"])
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True])
 def test_remat_equals_no_remat(model, params, video, policy, scan):
   plain = model.clone(scan_layers=scan)
@@ -130,6 +134,7 @@ def test_remat_equals_no_remat(model, params, video, policy, scan):
       a, b, rtol=1e-5, atol=4e-7 * scale), g1, g2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["everything_saveable", "nothing_saveable"])
 def test_remat_checkpoints_only_what_it_recomputes(model, params, video,
                                                     policy):
@@ -141,6 +146,7 @@ def test_remat_checkpoints_only_what_it_recomputes(model, params, video,
   assert ("optimization_barrier" in hlo) == (policy == "nothing_saveable")
 
 
+@pytest.mark.slow
 def test_bf16_compute_close_to_fp32(model, params, video):
   half = model.clone(dtype=jnp.bfloat16)
   out16 = apply(half, params, video)
@@ -159,6 +165,7 @@ def test_bf16_compute_close_to_fp32(model, params, video):
   assert {x.dtype for x in jax.tree.leaves(p16)} == {jnp.dtype(jnp.float32)}
 
 
+@pytest.mark.slow
 def test_heads_compute_in_float32_under_bf16(model, params, video):
   """The bf16 feature times the fp32 kernel, in fp32: the logits equal an
   independent float64 matmul to fp32 rounding (a bf16 matmul is ~1e-2 off)."""
@@ -177,6 +184,7 @@ def test_heads_compute_in_float32_under_bf16(model, params, video):
     np.testing.assert_allclose(out[name], expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_every_parameter_receives_a_gradient(model, params, video):
   def loss(p):
     return sum(v.sum() for v in apply(model, p, video).values())
@@ -186,6 +194,7 @@ def test_every_parameter_receives_a_gradient(model, params, video):
     assert np.abs(np.asarray(g)).max() > 0, jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow
 def test_new_model_starts_as_its_image_model(model, video):
   """temporal_fc starts at zero, so frames only interact through the class
   token: shuffling the frames changes nothing at initialisation."""
@@ -203,6 +212,7 @@ def test_frame_order_matters_once_temporal_layers_are_trained(
   assert np.abs(out - reversed_).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_dropout_and_stochastic_depth_are_random_only_in_training(
     model, params, video):
   noisy = model.clone(dropout_rate=0.1, stochastic_depth_rate=0.5)
@@ -241,6 +251,7 @@ def test_dropout_and_stochastic_depth_are_random_only_in_training(
         assert not np.array_equal(per_block[i], per_block[j]), (path, i, j)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True])
 def test_stochastic_depth_drops_whole_branches_per_example(scan):
   """A branch dropped with probability 1 leaves its block an identity."""
@@ -284,6 +295,7 @@ def test_stochastic_depth_mask_is_per_example():
   assert 16 < kept.sum() < 48  # both, in about equal numbers
 
 
+@pytest.mark.slow
 def test_stochastic_depth_at_half_rate_drops_some_examples_keeps_others():
   """Identical examples through a block at rate 0.5: those whose three
   branches all drew "drop" equal the model without that block, the others
@@ -295,6 +307,7 @@ def test_stochastic_depth_at_half_rate_drops_some_examples_keeps_others():
   assert len(np.unique(np.round(np.asarray(out), 5), axis=0)) > 2
 
 
+@pytest.mark.slow
 def test_space_only_is_a_per_frame_vit_averaged_over_frames(video):
   model = TimeSformer(heads=HEADS, attention_type="space_only", **SMALL)
   params = perturbed(init_params(model, jax.random.PRNGKey(0)))
@@ -305,6 +318,7 @@ def test_space_only_is_a_per_frame_vit_averaged_over_frames(video):
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_other_resolution_and_frame_count_resample_embeddings(
     model, params):
   """A model sized for 24 px / 6 frames whose embeddings were resampled by
@@ -334,6 +348,7 @@ def _lerp2(grid, r, c):
   return _lerp1(np.stack([_lerp1(grid[:, j], r) for j in range(grid.shape[1])]), c)
 
 
+@pytest.mark.slow
 def test_pre_logits_layer():
   model = TimeSformer(heads=HEADS, representation_size=24, **SMALL)
   params = init_params(model, jax.random.PRNGKey(0))

@@ -80,6 +80,7 @@ def assert_same_params(a, b):
     np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
   config = tiny_config(digits_dir, num_train_steps=2)
   results = train.train_and_evaluate(config, str(tmp_path))
@@ -157,6 +158,7 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
   assert_same_params(final_params(str(tmp_path)), params)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_zero_then_resumes(digits_dir, tmp_path):
   """SIGTERM mid-co-training: a checkpoint, status 0; the same command then
   resumes from that step and trains to the end. (SIGKILL at two moments:
@@ -186,6 +188,7 @@ def test_sigterm_saves_and_exits_zero_then_resumes(digits_dir, tmp_path):
       out.stdout)
 
 
+@pytest.mark.slow
 def test_evaluation_during_training_sees_the_current_parameters(
     digits_dir, tmp_path, monkeypatch):
   """eval_every_steps=2 of 4 steps, eval_reverse: steps 2 and 4 evaluated,
@@ -229,6 +232,7 @@ def test_restore_onto_fewer_devices(digits_dir, tiny_run):
   assert data["step"] == 5 and data["process_count"] == 1
 
 
+@pytest.mark.slow
 def test_loss_weights_each_dataset_by_its_own_examples():
   rng = np.random.default_rng(0)
   heads = [train.Head("a", "video", 1.0), train.Head("b", "video", 0.5),
@@ -295,6 +299,7 @@ def saved_steps(workdir):
                 if d.isdigit())
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_step_and_dataset(digits_dir, tmp_path):
   """No checkpoint at or after the bad step: with logs only at the end,
   each save must itself check the steps since the last log."""
@@ -308,6 +313,7 @@ def test_non_finite_loss_stops_with_step_and_dataset(digits_dir, tmp_path):
   assert saved_steps(workdir) == list(range(1, bad))
 
 
+@pytest.mark.slow
 def test_input_wait_fraction_is_the_time_spent_waiting_for_batches(
     digits_dir, tmp_path, monkeypatch, capsys):
   """An iterator slowed by 0.5 s per batch in the second of three log
@@ -363,6 +369,7 @@ def test_input_wait_fraction_is_the_time_spent_waiting_for_batches(
   assert f"input wait {logged[4]:.0%}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_non_finite_steps_are_skipped_and_counted(digits_dir, tmp_path):
   """nonfinite="skip": the run finishes; a step is counted skipped in
   TensorBoard (logged every step) exactly when it left the parameters as
@@ -416,6 +423,7 @@ def test_learning_rate_at_epoch_boundaries():
     train.optimizer.learning_rate_schedule((1, 2, 3), (1,), 10)
 
 
+@pytest.mark.slow
 def test_linear_probe_moves_only_the_heads(digits_dir, tmp_path):
   config = tiny_config(digits_dir, num_train_steps=2,
                        **{"optimizer.trainable": "heads"})
@@ -433,6 +441,7 @@ def test_linear_probe_moves_only_the_heads(digits_dir, tmp_path):
           name, leaf)
 
 
+@pytest.mark.slow
 def test_transfer_from_our_checkpoint_keeps_backbone_adds_fresh_head(
     digits_dir, tiny_run, tmp_path):
   source_run = tiny_run  # tests/conftest.py: a co-training run
@@ -465,6 +474,7 @@ def test_transfer_from_our_checkpoint_keeps_backbone_adds_fresh_head(
     checkpointing.merge_heads(mismatched, fresh, "init_from x")
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_whole_batch():
   heads = {"a": 3, "b": 5, "c": 4}
   model = train.create(heads, num_frames=4, image_size=16, **TINY)
@@ -496,6 +506,7 @@ def test_gradient_accumulation_equals_the_whole_batch():
       np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulation_steps", [1, 2])
 def test_step_loss_and_update_match_an_independent_computation(
     accumulation_steps):

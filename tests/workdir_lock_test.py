@@ -189,6 +189,7 @@ def test_lost_lock_stops_the_run_at_its_next_check(tmp_path):
       "host"] == "elsewhere"
 
 
+@pytest.mark.slow
 def test_lock_held_until_exit_is_released_by_an_exiting_process(tmp_path):
   workdir = str(tmp_path / "run")
   script = ("import sys; from cover_jax import workdir_lock\n"
@@ -202,6 +203,7 @@ def test_lock_held_until_exit_is_released_by_an_exiting_process(tmp_path):
   assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))
 
 
+@pytest.mark.slow
 def test_main_stops_at_once_on_a_held_workdir(tmp_path):
   """The second launch of a command: one line naming the holder, nothing
   written, no dataset built."""
