@@ -1,13 +1,14 @@
-"""Test setup: 8 fake CPU devices, set before JAX is imported anywhere."""
+"""Test setup: 8 fake CPU devices and fast compiles, set before JAX is imported."""
 
 import fcntl
 import os
 import shutil
 import tempfile
 
+from tests import distributed  # imports no JAX
+
 os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""),
-     "--xla_force_host_platform_device_count=8"]).strip()
+    [os.environ.get("XLA_FLAGS", ""), distributed.xla_flags(8)]).strip()
 # Tests must never touch an accelerator that happens to be present.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for every process of the suite (pytest's

@@ -118,7 +118,7 @@ def launch(tmp_path, name, data_dir, mesh, *, kill_at=None,
                          overrides=overrides.pop("config", {}), **overrides))
   port = distributed.free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=distributed.ROOT,
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+             XLA_FLAGS=distributed.xla_flags(4))
   procs = [subprocess.Popen(
       [sys.executable, __file__, str(port), str(i), spec], env=env,
       cwd=distributed.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

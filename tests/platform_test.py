@@ -107,7 +107,7 @@ def test_two_processes_without_jax_platforms_run_on_the_cpu(tmp_path):
   (site / "sitecustomize.py").write_text(_REPORT_LIBTPU)
   env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
   env.update(PYTHONPATH=f"{site}:{ROOT}",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS=distributed.xla_flags(2))
   port = distributed.free_port()
   procs = [subprocess.Popen(
       # K400 is not prepared in no_data: describe reports that, at once.

@@ -550,7 +550,7 @@ def test_step_loss_and_update_match_an_independent_computation(
             + 1.0 * mean_ce(video["b"], video_labels, np.array([1]))
             + 0.5 * mean_ce(image["c"], image_labels, np.array([0, 1])))
 
-  expected_loss, grads = jax.value_and_grad(reference_loss)(params)
+  expected_loss, grads = jax.jit(jax.value_and_grad(reference_loss))(params)
   step = jax.jit(train.make_train_step(
       model, tx, lambda s: lr, heads, mean=MEAN, std=STD,
       accumulation_steps=accumulation_steps))
