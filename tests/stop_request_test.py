@@ -6,6 +6,7 @@ tests/multihost_train_test.py.)"""
 
 import errno
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -214,27 +215,39 @@ def _wait_for_line(proc, prefix):
 
 
 @pytest.mark.slow
-def test_main_ctrl_c_once_saves_with_status_130_twice_stops_at_once(
+def test_main_sigterm_then_ctrl_c_once_then_twice_then_to_the_end(
     digits_dir, tmp_path):
+  """main.py in stage 2: SIGTERM saves and exits 0; the same command resumes
+  there, and Ctrl-C saves and exits 130; again, Ctrl-C twice stops at once
+  (status 130) keeping what was saved; again, it trains to the end."""
   workdir = str(tmp_path)
-  cmd = train_test.command(workdir, digits_dir, num_train_steps=300,
+  steps = 40  # far more than the steps a signal takes to be acted on
+  cmd = train_test.command(workdir, digits_dir, num_train_steps=steps,
                            **{"checkpoint.every_steps": 1000,
-                              "input.eval_views": 1})
-  proc = _start(cmd)
-  _wait_for_line(proc, "Stage 2 of 2")
-  _wait_for_line(proc, "step ")
-  proc.send_signal(signal.SIGINT)
-  out, err = proc.communicate(timeout=300)
-  assert proc.returncode == 130, err[-3000:]
-  assert "Traceback" not in err, err[-3000:]
-  last = out.strip().splitlines()[-1]
-  assert last.startswith("Stopped at step ") and last.endswith(
-      "(SIGINT): checkpoint saved; run the same command to continue."), out
-  saved = int(last.split()[3])
-  assert checkpoint_steps(workdir) == [saved]
-  assert_all_verify(workdir)
-  # Again, and Ctrl-C twice: the process ends at once (status 130, no
-  # checkpoint of this session); the checkpoint saved before is intact.
+                              "input.eval_views": 1,
+                              "pretrain.input.eval_views": 1})
+  saved, stops = 0, []
+  for signal_name, status in (("SIGTERM", 0), ("SIGINT", 130)):
+    proc = _start(cmd)
+    _wait_for_line(proc, "Stage 2 of 2" if not saved else
+                   f"Start: resumed from this workdir's checkpoint at step "
+                   f"{saved}")
+    _wait_for_line(proc, "step ")
+    proc.send_signal(getattr(signal, signal_name))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == status, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("Stopped at step ") and last.endswith(
+        f"({signal_name}): checkpoint saved; run the same command to "
+        f"continue."), out
+    assert saved < int(last.split()[3]) < steps
+    saved = int(last.split()[3])
+    stops.append(saved)
+    assert checkpoint_steps(workdir) == stops  # keep=3
+    assert_all_verify(workdir)
+  # Ctrl-C twice: the process ends at once (status 130, no checkpoint of
+  # this session); the checkpoint saved before is intact.
   proc = _start(cmd)
   _wait_for_line(proc, f"Start: resumed from this workdir's checkpoint at "
                        f"step {saved}")
@@ -251,6 +264,14 @@ def test_main_ctrl_c_once_saves_with_status_130_twice_stops_at_once(
   assert "Traceback" not in err, err[-3000:]
   assert saved in checkpoint_steps(workdir)
   assert_all_verify(workdir)
+  # And to the end, from the newest checkpoint.
+  out = train_test.run(cmd)
+  assert out.returncode == 0, out.stderr[-3000:]
+  resumed = [int(x) for x in re.findall(
+      r"resumed from this workdir's checkpoint at step (\d+)", out.stdout)]
+  assert resumed[-1] >= saved, out.stdout
+  assert f"step {steps}/{steps}" in out.stdout
+  assert f"Evaluation at step {steps}" in out.stdout
 
 
 @pytest.mark.slow

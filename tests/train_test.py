@@ -1,10 +1,10 @@
-"""The training loop: smoke run, exact resume after SIGKILL, SIGTERM, restore
-onto another device count, loss weighting, non-finite losses, config errors."""
+"""The training loop: smoke run, restore onto another device count, loss
+weighting, non-finite losses, config errors. (Signals:
+tests/stop_request_test.py; SIGKILL: tests/stages_test.py.)"""
 
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -156,36 +156,6 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
   again = train.train_and_evaluate(config, str(tmp_path))
   assert again == results
   assert_same_params(final_params(str(tmp_path)), params)
-
-
-@pytest.mark.slow
-def test_sigterm_saves_and_exits_zero_then_resumes(digits_dir, tmp_path):
-  """SIGTERM mid-co-training: a checkpoint, status 0; the same command then
-  resumes from that step and trains to the end. (SIGKILL at two moments:
-  tests/stages_test.py.)"""
-  workdir = str(tmp_path)
-  cmd = command(workdir, digits_dir, num_train_steps=400,
-                **{"checkpoint.every_steps": 1000})
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-  # Wait for co-training to be under way (a line of stage 2), then preempt.
-  for line in proc.stdout:
-    if line.startswith("step ") and "digits_motion" in line:
-      break
-  proc.send_signal(signal.SIGTERM)
-  rest = proc.communicate(timeout=300)[0]
-  assert proc.returncode == 0, rest[-3000:]
-  assert "(SIGTERM): checkpoint saved" in rest
-  saved = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
-              if d.isdigit())
-  assert 2 <= saved < 400
-  out = run(cmd)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert f"resumed from this workdir's checkpoint at step {saved}" in (
-      out.stdout)
-  assert "step 400/400" in out.stdout and "Evaluation at step 400" in (
-      out.stdout)
 
 
 @pytest.mark.slow
