@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices and fast compiles, set before JAX is imported."""
+"""Test setup: 8 fake CPU devices and fast compiles, set before JAX is
+imported anywhere."""
 
 import fcntl
 import os
@@ -31,7 +32,7 @@ TEST_TIMEOUT_S = 900
 def pytest_configure(config):
   config.addinivalue_line(
       "markers", "slow: takes seconds or more (training runs, subprocesses, "
-      "model compiles); `-m \"not slow\"` runs the rest in about a minute")
+      "model compiles); `-m \"not slow\"` runs the rest in under 2 minutes")
 
 
 # Fixtures that build the mini datasets or train a run: their tests are slow.

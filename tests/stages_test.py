@@ -3,7 +3,6 @@ as TimeSformer initialises from a ViT; killed in either stage, it resumes
 bit for bit."""
 
 import os
-import re
 import signal
 import subprocess
 
@@ -95,11 +94,6 @@ def _run_until(cmd, is_marker):
   return "".join(seen)
 
 
-def _resumed_at(output: str) -> list[int]:
-  return [int(s) for s in re.findall(
-      r"resumed from this workdir's checkpoint at step (\d+)", output)]
-
-
 @pytest.mark.slow
 def test_killed_in_either_stage_resumes_to_bit_identical_parameters(
     digits_dir, tmp_path):
@@ -124,12 +118,12 @@ def test_killed_in_either_stage_resumes_to_bit_identical_parameters(
   first = _run_until(cmd, in_stage("digits_image"))
   assert "Stage 2" not in first
   second = _run_until(cmd, in_stage("digits_motion"))  # stage 2's line
-  [stage1_resume] = _resumed_at(second)
+  [stage1_resume] = train_test.resumed_at(second)
   assert 2 <= stage1_resume < 10, second
   out = train_test.run(cmd)
   assert out.returncode == 0, out.stderr[-3000:]
   # Stage 1 had finished: it resumes at its end and only re-evaluates.
-  [stage1_end, stage2_resume] = _resumed_at(out.stdout)
+  [stage1_end, stage2_resume] = train_test.resumed_at(out.stdout)
   assert stage1_end == 10
   assert 2 <= stage2_resume < 10, out.stdout
   assert "step 10/10" in out.stdout  # it trained on after the restart

@@ -6,7 +6,6 @@ tests/multihost_train_test.py.)"""
 
 import errno
 import os
-import re
 import resource
 import signal
 import subprocess
@@ -267,9 +266,7 @@ def test_main_sigterm_then_ctrl_c_once_then_twice_then_to_the_end(
   # And to the end, from the newest checkpoint.
   out = train_test.run(cmd)
   assert out.returncode == 0, out.stderr[-3000:]
-  resumed = [int(x) for x in re.findall(
-      r"resumed from this workdir's checkpoint at step (\d+)", out.stdout)]
-  assert resumed[-1] >= saved, out.stdout
+  assert train_test.resumed_at(out.stdout)[-1] == saved, out.stdout
   assert f"step {steps}/{steps}" in out.stdout
   assert f"Evaluation at step {steps}" in out.stdout
 

@@ -68,6 +68,12 @@ def run(cmd, **kwargs):
                         **kwargs)
 
 
+def resumed_at(output: str) -> list[int]:
+  """The steps main.py's output says it resumed from, in order."""
+  return [int(s) for s in re.findall(
+      r"resumed from this workdir's checkpoint at step (\d+)", output)]
+
+
 def final_params(workdir):
   return checkpointing.read_params(os.path.join(workdir, "checkpoints"))
 
