@@ -5,14 +5,19 @@ lines from C++ when it is imported, and TFDS logs absl WARNINGs (the
 `TensorInfo.dtype` deprecation, version folders) that are about TFDS, not
 the run. Orbax logs a failed background save as errors with tracebacks, from
 each of its threads, while the run reports it itself in one line (the file
-and the OS's error: checkpointing.SaveFailed). `quiet` hides them; main.py calls it unless --verbosity is given,
-so `--verbosity=0` shows everything again.
+and the OS's error: checkpointing.SaveFailed); the writes of that save still
+in flight then complete into the asyncio loop orbax has closed, and
+tensorstore reports each as an unraisable `Event loop is closed`. `quiet`
+hides them; main.py calls it unless --verbosity is given, so `--verbosity=0`
+shows everything again.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import traceback
 import warnings
 
 # Modules whose warnings and absl WARNING logs are about themselves.
@@ -40,6 +45,26 @@ class _DropNoisyWarnings(logging.Filter):
     return not any(name in parts for name in _NOISY)
 
 
+def _late_write_after_a_failed_save(unraisable) -> bool:
+  """A tensorstore write finishing into the event loop orbax closed when
+  its save failed: nobody is waiting for it."""
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and
+          str(error) == "Event loop is closed"):
+    return False
+  frames = traceback.extract_tb(unraisable.exc_traceback)
+  return bool(frames) and frames[0].name == "call_soon_threadsafe"
+
+
+def _drop_late_writes(previous):
+  """sys.unraisablehook without those reports; `previous` shows the rest."""
+  def hook(unraisable):
+    if not _late_write_after_a_failed_save(unraisable):
+      previous(unraisable)
+  hook.drops_late_writes = True
+  return hook
+
+
 def quiet() -> None:
   """Hides the noise; call before TensorFlow is imported.
 
@@ -57,3 +82,5 @@ def quiet() -> None:
   for logger in (logging.getLogger("absl"), logging.getLogger("tensorflow")):
     if not any(isinstance(f, _DropNoisyWarnings) for f in logger.filters):
       logger.addFilter(_DropNoisyWarnings())
+  if not getattr(sys.unraisablehook, "drops_late_writes", False):
+    sys.unraisablehook = _drop_late_writes(sys.unraisablehook)

@@ -63,3 +63,46 @@ def test_tfds_warnings_are_dropped_errors_and_ours_kept():
   assert not drop.filter(record(tfds_file, logging.WARNING))
   assert drop.filter(record(tfds_file, logging.ERROR))
   assert drop.filter(record("/work/main/cover_jax/train.py", logging.WARNING))
+
+
+# A save's writes still in flight when the asyncio loop awaiting them is
+# closed (as orbax closes it when one of them fails), then an unrelated
+# unraisable error.
+_LATE_WRITES = """
+import asyncio, sys, time
+import numpy as np
+import tensorstore as ts
+if sys.argv[1] == "quiet":
+  from cover_jax import log_noise
+  log_noise.quiet()
+
+async def start_writes():
+  array = await ts.open({"driver": "zarr", "kvstore": "file://" + sys.argv[2]},
+                        create=True, shape=[2000, 2000], dtype=ts.float32)
+  async def write(i):
+    await array[i * 500:(i + 1) * 500].write(np.ones((500, 2000), np.float32))
+  for i in range(4):
+    asyncio.ensure_future(write(i))
+  await asyncio.sleep(0)
+
+loop = asyncio.new_event_loop()
+loop.run_until_complete(start_writes())
+loop.close()
+time.sleep(2)
+
+class Broken:
+  def __del__(self):
+    raise ValueError("a real problem")
+Broken()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quiet", [False, True])
+def test_writes_finishing_after_a_failed_save_are_not_reported(tmp_path, quiet):
+  stderr = subprocess.run(
+      [sys.executable, "-c", _LATE_WRITES, "quiet" if quiet else "loud",
+       str(tmp_path / "array")], cwd=ROOT, capture_output=True, text=True,
+      timeout=120, check=True).stderr
+  assert ("RuntimeError: Event loop is closed" in stderr) != quiet, stderr
+  assert "ValueError: a real problem" in stderr
