@@ -1,7 +1,8 @@
 """Training across processes is training on one: 2 jax.distributed processes
-x 4 CPU devices end where 1 process x 8 devices ends, resume across a kill
-(on 2 processes or on 1), start from a checkpoint whose parameters are spread
-over both processes, and feed processes sharing a batch shard the same rows.
+x 4 CPU devices end where 1 process x 8 devices ends, stopped by Ctrl-C,
+killed, and resumed onto a mesh whose tensor groups span both processes (and
+on 1 process); init_from places a checkpoint's parameters across processes;
+processes sharing a batch shard load the same rows.
 
 The workers (this file run as a script) call the real loop,
 `train.train_and_evaluate`, on the tiny mini config of train_test.
@@ -22,6 +23,7 @@ import pytest
 
 from cover_jax import checkpointing
 from cover_jax import input as inp
+from cover_jax import optimizer
 from cover_jax import sharding
 from cover_jax import stop_request
 from cover_jax import train
@@ -30,13 +32,18 @@ from tests import train_test
 
 # Attention heads and MLP divisible by 8: the tensor axis can span 8 devices.
 WIDE_HEADS = dict(num_heads=8)
+# 8 rows of each of the 3 datasets: no rounding of the split to a mesh's
+# batch shards, so runs on different meshes see the same batches.
+BATCH_SIZE = 24
+HEADS = ["digits_image", "digits_appearance", "digits_motion"]
 RESUME_MARK = "Start: resumed from this workdir's checkpoint at step "
 
 
 def config_for(data_dir, mesh, **overrides):
   overrides = {**{f"model.{k}": v for k, v in WIDE_HEADS.items()},
                **overrides}
-  config = train_test.tiny_config(data_dir, **overrides)
+  config = train_test.tiny_config(data_dir, batch_size=BATCH_SIZE,
+                                  **overrides)
   config.mesh.update(dict(zip(("data", "fsdp", "tensor"), mesh)))
   config.checkpoint.async_save = False
   config.log_every_steps = 1
@@ -76,6 +83,9 @@ def worker(port: int, process_id: int, spec_json: str) -> None:
     sys.exit(stopped.exit_status)
   if spec.get("round_trip_fsdp"):
     _round_trip_over_fsdp(config, spec["workdir"])
+  if spec.get("check_init_from"):
+    _init_from_across_processes(config, spec["check_init_from"],
+                                spec["workdir"] + "_init")
   jax.distributed.shutdown()
 
 
@@ -104,6 +114,34 @@ def _round_trip_over_fsdp(config, workdir: str) -> None:
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
   print("fsdp round trip: equal", flush=True)
+
+
+def state_layout(config):
+  """(model, train.state_layout on config's mesh)."""
+  model = train.model_from_config(config)
+  tx, _ = optimizer.make(config, steps_per_epoch=10)
+  return model, train.state_layout(model, tx,
+                                   sharding.make_mesh(**config.mesh))
+
+
+def _init_from_across_processes(config, init: str, empty_workdir: str) -> None:
+  """train.restore_or_init with init_from, on this run's mesh (its tensor
+  groups spanning both processes): the checkpoint's parameters, exactly."""
+  config = config.copy_and_resolve_references()
+  config.init_from = init
+  model, (init_fn, abstract, shardings) = state_layout(config)
+  mngr = checkpointing.manager(os.path.join(empty_workdir, "checkpoints"),
+                               keep=1)
+  state, data_state, note = train.restore_or_init(
+      config, mngr, model, init_fn, abstract, shardings, [])
+  kernel = state["params"]["encoderblock_0"]["mlp"]["Dense_0"]["kernel"]
+  assert not kernel.is_fully_addressable and data_state is None
+  got = sharding.to_host(state["params"])
+  want = checkpointing.read_params(init)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got),
+                          jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  print(f"init_from across processes: equal ({note})", flush=True)
 
 
 def launch(tmp_path, name, data_dir, mesh, *, kill_at=None,
@@ -205,20 +243,22 @@ def one_process_run(digits_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_processes_train_as_one_after_ctrl_c_and_kill(
+def test_two_processes_train_as_one_after_ctrl_c_kill_and_a_new_mesh(
     digits_dir, one_process_run, tmp_path):
-  """2 processes x 4 devices, evaluating every 2 steps, checkpointing every
-  3: Ctrl-C to process 0 as step 2's evaluation starts stops both at one
-  safe point, step 2 saved; the same command, killed mid-training after
-  step 4 is logged (its checkpoint may or may not be complete); the same
-  command again to the end: the parameters of one process never stopped."""
-  mesh = (2, 2, 2)
+  """2 processes x 4 devices, mesh data=2, fsdp=2, tensor=2, evaluating every
+  2 steps, checkpointing every 3: Ctrl-C to process 0 as step 2's
+  evaluation starts stops both at one safe point, step 2 saved; the same
+  command, killed mid-training after step 4 is logged (its checkpoint may or
+  may not be complete); then to the end on mesh data=1, fsdp=1, tensor=8
+  (every tensor group spans both processes, both hold the one batch shard):
+  the parameters of one process that never stopped, on 8 devices; the
+  2-process checkpoint of step 2 restores on one process as its own."""
   want = train_test.final_params(one_process_run)
   config = {"eval_every_steps": 2, "checkpoint.every_steps": 3}
-  logs = launch(tmp_path, "two", digits_dir, mesh, statuses=(130, 0),
-                signal_at_evaluation="SIGINT", config=config)
-  assert "shards [[0, 1], [2, 3]]" in logs[0]  # data spans the processes
-  for process, log in enumerate(logs):
+  first = launch(tmp_path, "two", digits_dir, (2, 2, 2), statuses=(130, 0),
+                 signal_at_evaluation="SIGINT", config=config)
+  assert "shards [[0, 1], [2, 3]]" in first[0]  # data spans the processes
+  for process, log in enumerate(first):
     cause = ("SIGINT" if process == 0 else
              "a signal to another process of the run")
     # Both at one safe point: an evaluation batch, or the next step's start.
@@ -227,54 +267,41 @@ def test_two_processes_train_as_one_after_ctrl_c_and_kill(
                      re.M), log[-3000:]
   workdir = str(tmp_path / "two")
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
-  launch(tmp_path, "two", digits_dir, mesh, kill_at="step 4/6", config=config)
+  killed = launch(tmp_path, "two", digits_dir, (2, 2, 2), kill_at="step 4/6",
+                  config=config)
   assert os.path.exists(os.path.join(workdir, "eval", "step_2.json"))
-  second = launch(tmp_path, "two", digits_dir, mesh, config=config)[0]
-  resumed = [l for l in second.splitlines() if l.startswith(RESUME_MARK)]
-  assert resumed and int(resumed[0][len(RESUME_MARK):]) in (2, 3), second
+  last, other = launch(tmp_path, "two", digits_dir, (1, 1, 8), config=config,
+                       round_trip_fsdp=True, check_init_from=os.path.join(
+                           one_process_run, "checkpoints", "2"))
+  assert "shards [[0], [0]]" in last
+  assert "tensor groups span processes: True" in last
+  resumed = [l for l in last.splitlines() if l.startswith(RESUME_MARK)]
+  assert resumed and int(resumed[0][len(RESUME_MARK):]) in (2, 3), last
   assert_close_params(train_test.final_params(workdir), want)
+  assert "fsdp round trip: equal" in last
+  assert re.search(r"^init_from across processes: equal \(initialised from "
+                   r"cover-jax checkpoint", last, re.M), last[-3000:]
   # The data position is global: the same integers as one process saved.
   got = saved_data_state(workdir, 6)
   ref = saved_data_state(one_process_run, 6)
   assert got["process_count"] == 2 and ref["process_count"] == 1
   assert (got["step"], got["consumed"]) == (ref["step"], ref["consumed"])
-  # The 2-process checkpoint of step 2 resumed on 1 process ends the same.
-  one_more = str(tmp_path / "resumed_on_one")
-  train.train_and_evaluate(config_for(
-      digits_dir, mesh, resume_from=os.path.join(workdir, "checkpoints", "2")),
-                           one_more)
-  assert_close_params(train_test.final_params(one_more), want)
-
-
-@pytest.mark.slow
-def test_tensor_axis_across_processes_and_init_from_spread_params(
-    digits_dir, one_process_run, tmp_path):
-  """mesh data=1, fsdp=1, tensor=8: every tensor group spans both processes,
-  both hold the one batch shard (so load the same rows), and init_from
-  places a checkpoint's parameters across them."""
-  mesh = (1, 1, 8)
-  init = os.path.join(one_process_run, "checkpoints", "2")
-  overrides = {"init_from": init}
-  reference = str(tmp_path / "one_process")
-  train.train_and_evaluate(config_for(digits_dir, mesh, **overrides),
-                           reference)
-  out, other = launch(tmp_path, "two", digits_dir, mesh, config=overrides,
-                      round_trip_fsdp=True)
-  assert "shards [[0], [0]]" in out
-  assert "tensor groups span processes: True" in out
-  assert "initialised from cover-jax checkpoint" in out
-  assert "fsdp round trip: equal" in out
-  got = train_test.final_params(str(tmp_path / "two"))
-  assert_close_params(got, train_test.final_params(reference))
   # Only process 0 writes TensorBoard events (their names hold the pid) and
   # prints; process 1 only logs.
-  events = glob.glob(str(tmp_path / "two" / "events.out.tfevents.*"))
-  assert len(events) == 1 and f".{pid_of(out, 0)}." in events[0], events
+  events = sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")))
+  writers = {pid_of(logs[0], 0) for logs in (first, killed, (last,))}
+  assert sorted(int(re.search(r"\.(\d+)\.\d+\.v2$", e)[1])
+                for e in events) == sorted(writers), (events, writers)
   assert "Evaluation at step" not in other and pid_of(other, 1)
-  # Trained from the init checkpoint, not from scratch.
-  start = checkpointing.read_params(init)
-  assert not np.allclose(got["heads"]["digits_motion"]["kernel"],
-                         start["heads"]["digits_motion"]["kernel"])
+  # The 2-process checkpoint of step 2 restores on 1 process as the state
+  # (parameters, momentum, step) and data position one process saved.
+  _, (_, abstract, _) = state_layout(config_for(digits_dir, (2, 2, 2)))
+  two, one = (checkpointing.restore(checkpointing.manager(
+      os.path.join(w, "checkpoints")), abstract, 2)
+              for w in (workdir, one_process_run))
+  assert_close_params(sharding.to_host(two[0]), sharding.to_host(one[0]))
+  assert (checkpointing.resumed_data_state(two[1], HEADS) ==
+          checkpointing.resumed_data_state(one[1], HEADS))
 
 
 if __name__ == "__main__":
