@@ -45,6 +45,9 @@ def pytest_collection_modifyitems(items):
       item.add_marker(pytest.mark.slow)
     if item.get_closest_marker("timeout") is None:
       item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S, method="thread"))
+  # Slow tests first, each file's in its order: xdist's workers then end
+  # on short tests instead of one of them finishing a long one alone.
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def built_once(tmp_path_factory, worker_id: str, name: str, build) -> str:
@@ -83,17 +86,19 @@ def synthetic_dir(tmp_path_factory, worker_id):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(digits_dir, tmp_path_factory):
+def tiny_run(digits_dir, tmp_path_factory, worker_id):
   """Workdir of a 5-step run of tests.train_test.tiny_config (evaluation
-  stubbed out), checkpointed every step with keep=3: steps 3, 4, 5."""
+  stubbed out), checkpointed every step with keep=3: steps 3, 4, 5. Shared
+  by every worker: read it, or copy it before writing (shutil.copytree)."""
   from cover_jax import evaluate, train  # pylint: disable=import-outside-toplevel
   from tests import train_test  # pylint: disable=import-outside-toplevel
-  workdir = str(tmp_path_factory.mktemp("tiny_run"))
   config = train_test.tiny_config(
       digits_dir, num_train_steps=5,
       **{"checkpoint.every_steps": 1, "checkpoint.keep": 3,
          "checkpoint.async_save": False})
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
-    train.train_and_evaluate(config, workdir)
-  return workdir
+
+  def build(workdir):
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
+      train.train_and_evaluate(config, workdir)
+  return built_once(tmp_path_factory, worker_id, "tiny_run", build)

@@ -4,6 +4,7 @@ it ran as config.json. (Command-line overrides: configs_test.)"""
 
 import json
 import os
+import shutil
 
 import jax
 import pytest
@@ -58,6 +59,7 @@ def run_main(monkeypatch, digits_dir):
 
 def test_eval_mode_evaluates_the_last_checkpoint_without_training(
     run_main, tiny_run, tmp_path):
+  tiny_run = shutil.copytree(tiny_run, tmp_path / "run")  # written: config
   before = sorted(os.listdir(os.path.join(tiny_run, "checkpoints")))
   config = run_main(tiny_run, "eval", eval_reverse=True, batch_size=24,
                     resume_from=f"{tiny_run}/checkpoints/3")
