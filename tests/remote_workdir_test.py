@@ -107,12 +107,15 @@ def test_relative_local_workdir_and_resume_from_still_work(digits_dir,
   from cover_jax import evaluate, train  # pylint: disable=import-outside-toplevel
   from tests.train_test import tiny_config  # pylint: disable=import-outside-toplevel
   monkeypatch.chdir(tmp_path)
-  train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=2), "a")
+  one_view = {"input.eval_views": 1}  # evaluation is not what is tested
+  train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=2,
+                                       **one_view), "a")
   assert evaluate.read_json(str(tmp_path / "a"))["step"] == 2
   assert checkpointing.checkpoint_step_dir("a") == (
       storage.resolve(tmp_path / "a" / "checkpoints"), 2)
   out = train.train_and_evaluate(
-      tiny_config(digits_dir, num_train_steps=4, resume_from="a"), "b")
+      tiny_config(digits_dir, num_train_steps=4, resume_from="a",
+                  **one_view), "b")
   assert out and evaluate.read_json(str(tmp_path / "b"))["step"] == 4
   assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["4"]
 
@@ -168,6 +171,9 @@ def test_event_file_shows_each_step_once_after_a_restart(tmp_path):
 # gs:// against the emulator.
 # ----------------------------------------------------------------------------
 
+STEPS = 16
+
+
 @pytest.mark.slow
 def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
     digits_dir, tmp_path, gcs_emulator):
@@ -182,13 +188,16 @@ def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
   env = dict(os.environ, PYTHONPATH=ROOT, EPATH_USE_TF="false",
              STORAGE_EMULATOR_HOST=gcs_emulator,
              TENSORSTORE_GCS_HTTP_URL=gcs_emulator)
-  cmd = command(workdir, digits_dir, num_train_steps=40)
+  # 8 of 16 steps before the kill (a few checkpoints saved, as many steps to
+  # go); one evaluation view: evaluation is not what is tested.
+  cmd = command(workdir, digits_dir, num_train_steps=STEPS,
+                **{"input.eval_views": 1, "pretrain.input.eval_views": 1})
   proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   seen = []
   for line in proc.stdout:  # co-training under way, a few checkpoints saved
     seen.append(line)
-    if re.match(r"step (\d+)/40", line) and int(line.split()[1].split(
+    if re.match(rf"step (\d+)/{STEPS}", line) and int(line.split()[1].split(
         "/")[0]) >= 8:
       break
   proc.send_signal(signal.SIGKILL)
@@ -203,14 +212,14 @@ def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert (f"resumed from this workdir's checkpoint at step {saved[-1]}"
           in out.stdout), out.stdout[-3000:]
-  assert "step 40/40" in out.stdout
+  assert f"step {STEPS}/{STEPS}" in out.stdout
 
   names = bucket_objects(gcs_emulator, "run/")
-  assert finished_steps(names, "run/checkpoints")[-1] == 40
+  assert finished_steps(names, "run/checkpoints")[-1] == STEPS
   config = json.loads(read_object(gcs_emulator, "run/config.json"))
-  assert config["num_train_steps"] == 40
+  assert config["num_train_steps"] == STEPS
   assert json.loads(read_object(gcs_emulator, "run/eval/latest.json"))[
-      "step"] == 40
+      "step"] == STEPS
   assert json.loads(read_object(
       gcs_emulator, "run/pretrain/eval/latest.json"))["step"] == 4
   # TensorBoard events, from the bucket, read by TensorBoard's own loader.
@@ -218,7 +227,7 @@ def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
       "run", "run/pretrain"}
   # Co-training: the killed session flushed its events at each checkpoint,
   # so its file holds every step to the one resumed from; the resumed
-  # session's marks the restart after it and logs on to 40.
+  # session's marks the restart after it and logs on to the end.
   killed, resumed = download_events(gcs_emulator, "run", tmp_path / "tb")
   assert f".{proc.pid}." in killed.name
   before, after = raw_events(killed), raw_events(resumed)
@@ -227,13 +236,13 @@ def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
   (start,) = [e.step for e in after if e.HasField("session_log")]
   assert start == saved[-1] + 1
   assert logged_steps(after, "train/loss") == list(
-      range(saved[-1] + 2, 41, 2))
+      range(saved[-1] + 2, STEPS + 1, 2))
   view = tensorboard_view(tmp_path / "tb")
-  assert [s for s, _ in view["train/loss"]] == list(range(2, 41, 2))
+  assert [s for s, _ in view["train/loss"]] == list(range(2, STEPS + 1, 2))
   final = json.loads(read_object(gcs_emulator, "run/eval/latest.json"))
   for name, metrics in final["results"].items():
     ((step, top1),) = view[f"eval/{name}/top1"]
-    assert step == 40 and top1 == pytest.approx(metrics["top1"], rel=1e-6)
+    assert step == STEPS and top1 == pytest.approx(metrics["top1"], rel=1e-6)
   # Pretraining: finished before the kill; the rerun restores its last
   # step and reads its evaluation back from the bucket (not evaluated
   # again): its second file holds only the restart marker.
