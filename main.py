@@ -119,22 +119,22 @@ def describe(config) -> dict:
 
 def describe_data(config) -> dict:
   """The config's datasets (built on first use if they are the mini ones),
-  checked against the preprocessing, and the split of the batch."""
+  checked against the preprocessing, and the split of the batch that
+  training uses on this host's mesh."""
   from cover_jax import input as inp  # pylint: disable=import-outside-toplevel
+  from cover_jax import sharding  # pylint: disable=import-outside-toplevel
 
   sources = inp.make.sources(config, "train_split")
   inp.check_sources(sources, inp.make.preprocessing(config),
                     inp.make.flips(config))
-  weights = {part: sum(s.num_examples for s in sources if s.kind == part)
-             for part in inp.PARTS}
+  granule = sharding.batch_shards(sharding.make_mesh(**config.mesh))
   return dict(
       datasets={s.name: dict(dataset=s.dataset, kind=s.kind,
                              train_examples=s.num_examples,
                              classes=s.num_classes, short_side=s.short_side)
                 for s in sources},
-      batch=inp.split_batch(config.batch_size, weights["video"],
-                            weights["image"],
-                            video_share=config.input.get("video_share")))
+      batch=inp.make.batch_split(config, sources, granule),
+      batch_shards=granule)
 
 
 def main(argv):

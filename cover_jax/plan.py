@@ -15,7 +15,7 @@ answer "does not fit", with the compiler's figures. Without libtpu, the same
 plan for fake CPU devices reports memory and FLOPs only.
 
 No data is read. The split of the batch into video and image parts follows
-the data pipeline's rule (input.split_batch) with each dataset weighted by
+the data pipeline's rule (input.mixture_split) with each dataset weighted by
 its sample_weight, else its published training size (PUBLISHED_TRAIN_SIZES),
 else 1 (then the plan says so); config.input.video_share overrides as in
 training. Epoch length uses the same sizes.
@@ -177,11 +177,11 @@ def mixture(config: ConfigDict) -> dict:
 def batch_split(config: ConfigDict, granule: int) -> dict[str, int]:
   """Examples per part of the global batch, as the pipeline splits it."""
   mix = mixture(config)
-  part = {p: sum(w for n, w in mix["weights"].items()
-                 if mix["kinds"][n] == p) for p in inp.PARTS}
-  return inp.split_batch(config.batch_size, part["video"], part["image"],
-                         granule=granule,
-                         video_share=config.input.get("video_share"))
+  return inp.mixture_split(
+      [mix["kinds"][n] for n in mix["weights"]], list(mix["weights"].values()),
+      config.batch_size, granule=granule,
+      micro_batches=inp.make.accumulation_steps(config),
+      video_share=config.input.get("video_share"))
 
 
 def abstract_batch(config: ConfigDict, split: dict[str, int], mesh) -> dict:

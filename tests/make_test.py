@@ -85,8 +85,28 @@ def test_main_describes_the_data_and_placeholders_override(digits_dir):
   import main  # pylint: disable=import-outside-toplevel
   config = mini_config(digits_dir)
   report = main.describe_data(config)
-  assert report["batch"] == {"video": 21, "image": 11}  # 2/3 of 32
+  # 2/3 of 32 rounded to the 8 batch shards of this host's mesh: training's.
+  assert report["batch"] == {"video": 24, "image": 8}
+  assert report["batch_shards"] == 8
   assert report["datasets"]["digits_motion"]["classes"] == 8
   assert report["datasets"]["digits_image"]["kind"] == "image"
   config.input.video_share = 0.25  # a typed placeholder: settable
   assert main.describe_data(config)["batch"] == {"video": 8, "image": 24}
+
+
+def test_describe_reports_the_split_training_uses(digits_dir):
+  """sample_weight, the mesh's batch shards and gradient accumulation all
+  shape the split; describe reports the iterator's own."""
+  import main  # pylint: disable=import-outside-toplevel
+  from cover_jax import sharding  # pylint: disable=import-outside-toplevel
+  config = mini_config(digits_dir)
+  config.batch_size = 48
+  config.datasets.digits_image.sample_weight = 5000.0  # images: 5000 of 10752
+  config.mesh.update(data=2, fsdp=2, tensor=2)  # 4 batch shards
+  config.optimizer.accumulation_steps = 2
+  mesh = sharding.make_mesh(**config.mesh)
+  want = inp.make.for_train(config, mesh=mesh).global_batch_sizes
+  # 48 x 5752 / 10752 = 25.7 videos, in multiples of 4 x 2: 24.
+  assert want == {"video": 24, "image": 24}
+  report = main.describe_data(config)
+  assert report["batch"] == want and report["batch_shards"] == 4

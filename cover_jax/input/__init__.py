@@ -2,8 +2,8 @@
 
 from cover_jax.input.pipeline import (PARTS, Preprocessing, TrainIterator,
                                       check_sources, eval_batches,
-                                      eval_num_batches, preprocess_eval,
-                                      split_batch, to_global)
+                                      eval_num_batches, mixture_split,
+                                      preprocess_eval, split_batch, to_global)
 from cover_jax.input.source import (CorruptData, InputError, Source,
                                     open_source)
 from cover_jax.input import make

@@ -18,7 +18,8 @@ from ml_collections import ConfigDict
 
 from cover_jax.input.pipeline import (NumpyStream, Preprocessing,
                                       TrainIterator, check_on_corrupt,
-                                      eval_batches)
+                                      eval_batches, mixture_split,
+                                      sampling_weights)
 from cover_jax.input.source import Source, open_source
 
 
@@ -57,6 +58,24 @@ def flips(config: ConfigDict) -> list[bool]:
   return [bool(spec.get("flip", True)) for spec in config.datasets.values()]
 
 
+def accumulation_steps(config: ConfigDict) -> int:
+  """The step's gradient accumulation (config.optimizer.accumulation_steps)."""
+  return config.get("optimizer", {}).get("accumulation_steps", 1)
+
+
+def batch_split(config: ConfigDict, train_sources: list[Source],
+                granule: int) -> dict[str, int]:
+  """Examples per part of the config's training batch over `granule` batch
+  shards: those for_train's iterator loads (--mode=describe reports it)."""
+  return mixture_split(
+      [s.kind for s in train_sources],
+      sampling_weights(train_sources, [
+          s.get("sample_weight") for s in config.datasets.values()]),
+      config.batch_size, granule=granule,
+      micro_batches=accumulation_steps(config),
+      video_share=config.input.get("video_share"))
+
+
 def for_train(config: ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
               granule: int = 1, state: dict | None = None) -> TrainIterator:
   """This process's training iterator over the config's mixture.
@@ -74,7 +93,7 @@ def for_train(config: ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
       global_batch=config.batch_size, seed=config.input.get("seed", 0),
       weights=[s.get("sample_weight") for s in specs], granule=granule,
       shards=shards,
-      micro_batches=config.get("optimizer", {}).get("accumulation_steps", 1),
+      micro_batches=accumulation_steps(config),
       video_share=config.input.get("video_share"), state=state,
       on_corrupt=on_corrupt(config))
 

@@ -163,6 +163,38 @@ def split_batch(global_batch: int, video_weight: float, image_weight: float,
   return {"video": video * granule, "image": (units - video) * granule}
 
 
+def sampling_weights(sources: Sequence[Source],
+                     weights: Sequence[float | None] | None = None
+                     ) -> list[float]:
+  """Per source its sampling weight: the one given, else its number of
+  training examples."""
+  return [float(s.num_examples) if w is None else float(w) for s, w in
+          zip(sources, weights or [None] * len(sources))]
+
+
+def mixture_split(kinds: Sequence[str], weights: Sequence[float],
+                  global_batch: int, *, granule: int = 1,
+                  micro_batches: int = 1, video_share: float | None = None
+                  ) -> dict[str, int]:
+  """The training batch's examples per part: the one rule that training,
+  --mode=describe and --mode=plan use.
+
+  A part weighs the summed sampling weights of its datasets (or
+  video_share); each part is a multiple of granule x micro_batches, so that
+  every micro-batch has rows on every batch shard.
+  """
+  if global_batch % (granule * micro_batches):
+    raise ValueError(
+        f"Batch size {global_batch} is not divisible by the {granule} batch "
+        f"shards of the mesh x {micro_batches} accumulation steps; choose a "
+        f"multiple of {granule * micro_batches}.")
+  part_weight = {part: sum(w for k, w in zip(kinds, weights) if k == part)
+                 for part in PARTS}
+  return split_batch(global_batch, part_weight["video"],
+                     part_weight["image"], granule=granule * micro_batches,
+                     video_share=video_share)
+
+
 def _example_seeds(seed):
   """(time, crop, flip) seeds of one training example."""
   return tf.unstack(tf.random.experimental.stateless_split(seed, 3))
@@ -634,18 +666,10 @@ class TrainIterator:
     check_on_corrupt(on_corrupt)
     self.names = [s.name for s in sources]
     self.shards = _check_shards(granule, shards)
-    weights = [float(s.num_examples) if w is None else float(w) for s, w in
-               zip(sources, weights or [None] * len(sources))]
-    part_weight = {part: sum(w for s, w in zip(sources, weights)
-                             if s.kind == part) for part in PARTS}
-    if global_batch % (granule * micro_batches):
-      raise ValueError(
-          f"Batch size {global_batch} is not divisible by the {granule} batch "
-          f"shards of the mesh x {micro_batches} accumulation steps; choose a "
-          f"multiple of {granule * micro_batches}.")
-    self.global_batch_sizes = split_batch(
-        global_batch, part_weight["video"], part_weight["image"],
-        granule=granule * micro_batches, video_share=video_share)
+    weights = sampling_weights(sources, weights)
+    self.global_batch_sizes = mixture_split(
+        [s.kind for s in sources], weights, global_batch, granule=granule,
+        micro_batches=micro_batches, video_share=video_share)
     self._step = 0
     self._consumed = {name: 0 for name in self.names}
     self._skipped = {name: 0 for name in self.names}
