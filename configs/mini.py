@@ -8,6 +8,7 @@ made from scikit-learn's digits (data/digits.py) with no download.
 import ml_collections
 
 from configs import datasets
+from configs import settings
 
 IMAGES = "digits_image"  # the ImageNet role
 VIDEOS = ("digits_appearance", "digits_motion")  # the Kinetics and SSv2 roles
@@ -52,9 +53,11 @@ def input_config() -> ml_collections.ConfigDict:
 
 
 def model(**fields) -> ml_collections.ConfigDict:
-  """A 4-block TimeSformer, width 64, 8-px patches (16 per 32x32 frame)."""
+  """A 4-block TimeSformer, width 64, 8-px patches (16 per 32x32 frame), in
+  float32; every other field of the paper configs' models
+  (settings.model_fields) settable too."""
   spec = dict(variant_name=None, width=64, depth=4, num_heads=4, mlp_dim=128,
               patch_size=8, num_frames=8, image_size=32,
-              attention_type="divided_space_time")
+              attention_type="divided_space_time", **settings.model_fields())
   spec.update(fields)
   return ml_collections.ConfigDict(spec)

@@ -93,38 +93,51 @@ def remat_policy(variant_name: str, setting: str) -> Optional[str]:
   return None
 
 
+def model_fields(**fields) -> dict:
+  """The fields of every config.model beside its size, at the model's own
+  defaults (cover_jax.models.TimeSformer), so that the command line can set
+  each of them on every config (a locked config takes no new field):
+
+    dtype "float32" (or "bfloat16": compute in bf16, parameters in float32);
+    gelu_approximate False (True: the tanh GELU the ViT .npz checkpoints
+      used);
+    representation_size None: no pre-logits layer, as ViT fine-tuning does.
+      If the init checkpoint has one ("pre_logits" in the .npz), set it to
+      its width, e.g. --config.model.representation_size=1024;
+    stochastic_depth_rate 0, dropout_rate 0;
+    remat_policy None keeps activations for the backward pass, a
+      jax.checkpoint_policies name recomputes them. The command line cannot
+      set a text field back to None: "everything_saveable" turns remat off;
+    scan_layers False, attention_implementation "xla" ("cudnn" on GPUs
+      with bf16).
+  """
+  spec = dict(dtype="float32", gelu_approximate=False,
+              representation_size=placeholder(int),
+              stochastic_depth_rate=0.0, dropout_rate=0.0,
+              remat_policy=placeholder(str), scan_layers=False,
+              attention_implementation="xla")
+  spec.update(fields)
+  return spec
+
+
 def model(variant_name: str, setting: str, **fields
           ) -> ml_collections.ConfigDict:
   """`config.model`: a TimeSformer variant at an input setting.
 
   Width, depth, heads and MLP come from `variant_name` (cover_jax.models.
   VARIANTS; paper 4.1 for L/16: 24 blocks, 16 heads, 1024 wide; appendix B
-  for B/16: 12 blocks, 12 heads, 768 wide). Other fields are here so that the
-  command line can set them (a locked config takes no new field):
-
-    dtype "bfloat16": compute in bf16, parameters in float32 (the paper does
-      not say; bf16 is what TPUs and H100s run at full speed);
-    gelu_approximate True: the tanh GELU the ViT .npz checkpoints used;
-    representation_size None: no pre-logits layer, as ViT fine-tuning does.
-      If the init checkpoint has one ("pre_logits" in the .npz), set it to
-      its width, e.g. --config.model.representation_size=1024;
-    stochastic_depth_rate 0: the paper names no regulariser ("only random
-      cropping and random horizontal flipping", 4.1);
-    remat_policy: `remat_policy(variant_name, setting)`; None keeps
-      activations for the backward pass, a jax.checkpoint_policies name
-      recomputes them. The command line cannot set a text field back to
-      None: "everything_saveable" turns remat off;
-    scan_layers False, attention_implementation "xla" ("cudnn" on GPUs
-      with bf16).
+  for B/16: 12 blocks, 12 heads, 768 wide); the other fields are
+  `model_fields`, with bf16 compute (the paper does not say; bf16 is what
+  TPUs and H100s run at full speed), the ViT checkpoints' tanh GELU, no
+  regulariser ("only random cropping and random horizontal flipping", 4.1)
+  and `remat_policy(variant_name, setting)`.
   """
   s = input_setting(setting)
   remat = remat_policy(variant_name, setting)
-  spec = dict(
-      variant_name=variant_name, num_frames=s.num_frames,
-      image_size=s.crop_size, dtype="bfloat16", gelu_approximate=True,
-      representation_size=placeholder(int), stochastic_depth_rate=0.0,
-      dropout_rate=0.0,
-      remat_policy=placeholder(str) if remat is None else remat,
-      scan_layers=False, attention_implementation="xla")
+  spec = dict(variant_name=variant_name, num_frames=s.num_frames,
+              image_size=s.crop_size,
+              **model_fields(dtype="bfloat16", gelu_approximate=True,
+                             **({} if remat is None else
+                                {"remat_policy": remat})))
   spec.update(fields)
   return ml_collections.ConfigDict(spec)

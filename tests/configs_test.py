@@ -220,6 +220,31 @@ def test_command_line_overrides_placeholders():
   assert config.heads.kinetics600 == 600
 
 
+def test_the_mini_configs_take_every_model_field_of_the_paper_configs():
+  """One schema: what the command line sets on a paper config's model it
+  sets on cover_mini's and vit_mini's, and the model builds with it."""
+  from cover_jax import train  # pylint: disable=import-outside-toplevel
+  paper = set().union(*(load(name).model for name in PAPER_CONFIGS +
+                        ["timesformer_b16_k400.py"]))
+  for mini in ("cover_mini.py", "vit_mini.py"):
+    assert paper <= set(load(mini).model), (mini, paper - set(load(mini).model))
+  argv = ["main.py", f"--config={os.path.join(CONFIGS, 'cover_mini.py')}",
+          "--config.model.remat_policy=nothing_saveable",
+          "--config.model.scan_layers=True", "--config.model.dtype=bfloat16",
+          "--config.model.representation_size=32"]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  model = train.model_from_config(flag_values.config)
+  assert (model.remat_policy, model.scan_layers, model.representation_size,
+          model.dtype) == ("nothing_saveable", True, 32, jnp.bfloat16)
+  # Unset, the mini model is the model's defaults (float32, exact GELU).
+  default = train.model_from_config(load("cover_mini.py"))
+  assert (default.dtype, default.gelu_approximate, default.remat_policy,
+          default.scan_layers) == (jnp.float32, False, None, False)
+
+
 def test_placeholders_are_typed_and_the_config_locked():
   config = load("cover_l16_jft.py")
   config.init_from = "/x.npz"
