@@ -8,13 +8,15 @@ number of processes. Orbax writes each step to a temporary
 directory and renames it when complete, so a run killed mid-save never
 leaves a checkpoint that looks complete but is not.
 
-Where a run starts (`restore_or_init`), first that applies:
+Where a run's weights come from (`start_point`: training, evaluation,
+predict, export and the command line's preflight all follow it), the first
+that applies:
   1. the latest checkpoint in `workdir/checkpoints` (the run was restarted);
   2. `config.resume_from`, a checkpoint of another run (state and data);
   3. `config.init_from`, weights only: a ViT `.npz`, a TimeSformer `.pyth`
      (imported by `cover_jax.models.pretrained`) or a checkpoint of ours;
      heads are matched by name, new heads start fresh;
-  4. scratch.
+  4. scratch (config.seed), refused where `config.requires_init` is set.
 
 Every step carries a digest of its files (`checkpoint_digest`), written once
 orbax has committed it, and every restore (train, eval, predict, export:
@@ -37,6 +39,7 @@ Paths may be local or URIs (gs://bucket/run): they are read through
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from typing import Any
@@ -457,29 +460,59 @@ def has_checkpoint(path) -> bool:
     return False
 
 
-def inference_params(config, workdir: str, model) -> tuple[dict, str, int]:
-  """(params as numpy, where they came from, step) to apply `model` with.
+@dataclasses.dataclass(frozen=True)
+class StartPoint:
+  """Where a run's weights come from: `kind` "workdir" (its own
+  checkpoints, at `path`), "resume_from", "init_from" (the config's `path`)
+  or "scratch"."""
+  kind: str
+  path: str | None = None
 
-  The one restore policy of --mode=eval, predict, features and export: the
-  workdir's last checkpoint, else config.resume_from's, else
-  config.init_from (a ViT .npz, a TimeSformer .pyth or a run of ours; heads
-  it lacks start fresh from config.seed).
-  """
+
+def start_point(config, checkpoints_dir) -> StartPoint:
+  """The one restore order (module docstring), for a run whose own
+  checkpoints are `checkpoints_dir`."""
+  if has_checkpoint(storage.resolve(checkpoints_dir)):
+    return StartPoint("workdir", str(storage.resolve(checkpoints_dir)))
+  for field in ("resume_from", "init_from"):
+    if config.get(field):
+      return StartPoint(field, config.get(field))
+  return StartPoint("scratch")
+
+
+def refuses_scratch(config, start: StartPoint, *, has_stage: bool = False
+                    ) -> str | None:
+  """Why a training run may not start at `start`: from scratch though
+  config.requires_init is set and no pretraining stage (`has_stage`)
+  provides the weights; None if it may."""
+  if start.kind == "scratch" and config.get("requires_init") and not has_stage:
+    return ("This config starts from pretrained weights, but "
+            "config.init_from is not set and there is no checkpoint to "
+            "resume: pass --config.init_from=PATH (a ViT .npz, a TimeSformer "
+            ".pyth or a run of ours), or --config.requires_init=False to "
+            "train from scratch.")
+  return None
+
+
+def inference_params(config, workdir: str, model) -> tuple[dict, str, int]:
+  """(params as numpy, where they came from, step) to apply `model` with:
+  --mode=eval, predict, features and export, in `start_point`'s order
+  (init_from: heads it lacks start fresh from config.seed)."""
   checkpoints_dir = storage.resolve(workdir) / "checkpoints"
-  if has_checkpoint(checkpoints_dir):
+  start = start_point(config, checkpoints_dir)
+  if start.kind == "workdir":
     step = verified_step(checkpoints_dir)  # as train resumes
     return (_params_at(checkpoints_dir / str(step)), f"the checkpoint at "
             f"step {step} in {checkpoints_dir}", step)
-  resume_from = config.get("resume_from")
-  if resume_from and has_checkpoint(resume_from):
-    directory, step = checkpoint_step_dir(resume_from, "config.resume_from")
-    return (read_params(resume_from, "config.resume_from"), f"the "
+  if start.kind == "resume_from":
+    directory, step = checkpoint_step_dir(start.path, "config.resume_from")
+    return (read_params(start.path, "config.resume_from"), f"the "
             f"checkpoint at step {step} in {directory}", step)
-  if config.get("init_from"):
+  if start.kind == "init_from":
     from cover_jax.models import init_params  # pylint: disable=import-outside-toplevel
     fresh = jax.device_get(init_params(model,
                                        jax.random.PRNGKey(config.seed)))
-    params, origin = init_params_from(config.init_from, model, fresh)
+    params, origin = init_params_from(start.path, model, fresh)
     return params, origin, 0
   raise ValueError(f"Nothing to apply the model with: no checkpoint in "
                    f"{checkpoints_dir}, and neither config.resume_from nor "

@@ -43,27 +43,19 @@ def missing(config: ConfigDict, workdir: str, mode: str) -> list[str]:
 
 def _missing_weights(config: ConfigDict, workdir: str,
                      has_stage: bool) -> list[str]:
-  """init_from / resume_from that do not exist, when the run needs them."""
-  # A restart: the workdir's own checkpoint comes first.
-  if checkpointing.has_checkpoint(storage.resolve(workdir) / "checkpoints"):
-    return []
-  resume_from = config.get("resume_from")
-  if resume_from:
-    if not storage.exists(storage.resolve(resume_from), "resume_from"):
-      return [f"config.resume_from {resume_from} does not exist: give "
-              f"another run's workdir, checkpoints directory or one step."]
-    return []
-  init_from = config.get("init_from")
-  if init_from and not storage.exists(storage.resolve(init_from),
-                                      "init_from"):
-    return [f"config.init_from {init_from} does not exist: give "
-            f"--config.init_from=PATH (a ViT .npz, a TimeSformer .pyth or a "
-            f"run of ours)."]
-  if config.get("requires_init") and not init_from and not has_stage:
-    return ["config.init_from is not set and this config starts from "
-            "pretrained weights: give --config.init_from=PATH, or "
-            "--config.requires_init=False to train from scratch."]
-  return []
+  """The weights checkpointing.start_point would start from, where they do
+  not exist or the config refuses to start without them."""
+  start = checkpointing.start_point(config,
+                                    storage.resolve(workdir) / "checkpoints")
+  if start.kind in ("resume_from", "init_from") and not storage.exists(
+      storage.resolve(start.path), start.kind):
+    what = ("another run's workdir, checkpoints directory or one step"
+            if start.kind == "resume_from" else
+            "--config.init_from=PATH (a ViT .npz, a TimeSformer .pyth or a "
+            "run of ours)")
+    return [f"config.{start.kind} {start.path} does not exist: give {what}."]
+  refusal = checkpointing.refuses_scratch(config, start, has_stage=has_stage)
+  return [refusal] if refusal else []
 
 
 def exit_if_missing(config: ConfigDict, workdir: str, mode: str) -> None:

@@ -316,14 +316,10 @@ def _train_and_evaluate(config: ConfigDict, workdir: str,
   steps_per_epoch = optimizer.steps_per_epoch(
       sum(s.num_examples for s in sources), config.batch_size)
   num_steps = train_steps(config, steps_per_epoch)
-  if (config.get("requires_init") and not config.get("init_from") and
-      not config.get("resume_from") and not checkpointing.has_checkpoint(
-          storage.resolve(workdir) / "checkpoints")):
-    raise ValueError(
-        "This config starts from pretrained weights, but config.init_from is "
-        "not set and there is no checkpoint to resume: pass "
-        "--config.init_from=PATH (a ViT .npz, a TimeSformer .pyth or a run "
-        "of ours), or --config.requires_init=False to train from scratch.")
+  refusal = checkpointing.refuses_scratch(config, checkpointing.start_point(
+      config, storage.resolve(workdir) / "checkpoints"))
+  if refusal:
+    raise ValueError(refusal)
   if config.nonfinite not in ("stop", "skip"):
     raise ValueError(f"config.nonfinite must be 'stop' or 'skip', not "
                      f"{config.nonfinite!r}.")
@@ -500,31 +496,32 @@ def results_table(results: dict) -> str:
 
 def restore_or_init(config, mngr, model, init, abstract, shardings,
                     names: list[str]) -> tuple[Any, dict | None, str]:
-  """(state, the data state to resume or None, what was used)."""
-  if mngr.latest_step() is not None:
+  """(state, the data state to resume or None, what was used), from
+  checkpointing.start_point for the run whose checkpoints `mngr` holds."""
+  start = checkpointing.start_point(config, mngr.directory)
+  if start.kind == "workdir":
     state, data = checkpointing.restore(mngr, abstract)
     return (state, checkpointing.resumed_data_state(data, names),
             f"resumed from this workdir's checkpoint at step "
             f"{mngr.latest_step()}")
-  if config.get("resume_from"):
+  if start.kind == "resume_from":
     directory, step = checkpointing.checkpoint_step_dir(
-        config.resume_from, "config.resume_from")
+        start.path, "config.resume_from")
     other = checkpointing.manager(directory)  # read only
     state, data = checkpointing.restore(other, abstract, step)
     return (state, checkpointing.resumed_data_state(data, names),
             f"resumed from {directory} at step {step}")
   rng = jax.random.PRNGKey(config.seed)
   state = jax.jit(init, out_shardings=shardings)(rng)
-  if config.get("init_from"):
+  if start.kind == "init_from":
     # The fresh parameters whole on every process (for the new heads), even
     # where fsdp or tensor axes spread them over several processes.
     params, note = checkpointing.init_params_from(
-        config.init_from, model, sharding.to_host(state["params"]))
+        start.path, model, sharding.to_host(state["params"]))
     # Optimizer slots start at zero whatever the weights: keep init's.
     state = {**state, "params": sharding.put(params, shardings["params"])}
     return state, None, note
   return state, None, f"initialised from scratch (seed {config.seed})"
-
 
 
 def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
