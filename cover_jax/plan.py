@@ -227,21 +227,13 @@ def lower_step(config: ConfigDict, devices: Sequence[jax.Device]):
   model.validate()
   steps = optimizer.steps_per_epoch(mix["epoch_examples"] or
                                     config.batch_size, config.batch_size)
-  tx, schedule = optimizer.make(config, steps)
-  _, abstract, shardings = train.state_layout(model, tx, mesh)
   batch = abstract_batch(config, split, mesh)
-  prep = inp.make.preprocessing(config)
-  step = jax.jit(
-      train.make_train_step(
-          model, tx, schedule, heads, mean=prep.mean, std=prep.std,
-          accumulation_steps=config.optimizer.get("accumulation_steps", 1),
-          skip_nonfinite=config.get("nonfinite") == "skip",
-          loss_reduction=config.get("loss_reduction", "weighted_sum")),
-      in_shardings=(shardings, jax.tree.map(lambda x: x.sharding, batch)),
-      out_shardings=(shardings, None), donate_argnums=0)
+  compiled = train.step_from_config(
+      config, model, heads, steps, mesh,
+      batch_shardings=jax.tree.map(lambda x: x.sharding, batch))
   with sharding.use(mesh):
-    lowered = step.lower(abstract, batch)
-  return lowered, abstract, batch, model, split, mesh
+    lowered = compiled.step.lower(compiled.abstract, batch)
+  return lowered, compiled.abstract, batch, model, split, mesh
 
 
 def cost_analysis(compiled) -> dict:

@@ -242,6 +242,44 @@ class NonFiniteLoss(FloatingPointError):
   """The loss or gradient became NaN or inf."""
 
 
+@dataclasses.dataclass(frozen=True)
+class StepFromConfig:
+  """A config's jitted training step and the state it steps."""
+  step: Any  # jitted (state, batch) -> (state, metrics)
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  init: Any  # rng -> state (state_layout's)
+  abstract: Any
+  shardings: Any
+
+
+def step_from_config(config: ConfigDict, model, heads: list[Head],
+                     steps_per_epoch: int, mesh: jax.sharding.Mesh,
+                     batch_shardings: Any = None) -> StepFromConfig:
+  """The config's training step over `mesh`: what training runs and
+  --mode=plan compiles (one function, so that the plan is of the real step).
+
+  batch_shardings None: the batch arrives as inp.to_global placed it.
+  """
+  nonfinite = config.get("nonfinite", "stop")
+  if nonfinite not in ("stop", "skip"):
+    raise ValueError(f"config.nonfinite must be 'stop' or 'skip', not "
+                     f"{nonfinite!r}.")
+  tx, schedule = optimizer.make(config, steps_per_epoch)
+  init, abstract, shardings = state_layout(model, tx, mesh)
+  prep = inp.make.preprocessing(config)
+  step = jax.jit(
+      make_train_step(model, tx, schedule, heads, mean=prep.mean,
+                      std=prep.std,
+                      accumulation_steps=inp.make.accumulation_steps(config),
+                      skip_nonfinite=nonfinite == "skip",
+                      loss_reduction=config.get("loss_reduction",
+                                                "weighted_sum")),
+      in_shardings=(shardings, batch_shardings),
+      out_shardings=(shardings, None), donate_argnums=0)
+  return StepFromConfig(step, tx, schedule, init, abstract, shardings)
+
+
 def summarize(pending: list[tuple[int, dict]], nonfinite: str) -> dict:
   """Averages of a log interval; raises NonFiniteLoss in "stop" mode."""
   host = [(step, jax.device_get(m)) for step, m in pending]
@@ -320,9 +358,6 @@ def _train_and_evaluate(config: ConfigDict, workdir: str,
       config, storage.resolve(workdir) / "checkpoints"))
   if refusal:
     raise ValueError(refusal)
-  if config.nonfinite not in ("stop", "skip"):
-    raise ValueError(f"config.nonfinite must be 'stop' or 'skip', not "
-                     f"{config.nonfinite!r}.")
   if jax.process_index() == 0:  # class names for predict, with no data
     from cover_jax import predict  # pylint: disable=import-outside-toplevel
     predict.write_label_maps(workdir, sources)
@@ -330,8 +365,9 @@ def _train_and_evaluate(config: ConfigDict, workdir: str,
   # -- Init -------------------------------------------------------------------
   model = model_from_config(config)
   model.validate()
-  tx, schedule = optimizer.make(config, steps_per_epoch)
-  init, abstract, shardings = state_layout(model, tx, mesh)
+  compiled = step_from_config(config, model, heads, steps_per_epoch, mesh)
+  init, abstract, shardings = (compiled.init, compiled.abstract,
+                               compiled.shardings)
 
   # -- Restore ----------------------------------------------------------------
   ckpt = config.checkpoint
@@ -346,17 +382,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str,
   train_iter = inp.make.for_train(config, mesh=mesh, state=data_state)
 
   # -- Step -------------------------------------------------------------------
-  prep = inp.make.preprocessing(config)
-  train_step = jax.jit(
-      make_train_step(model, tx, schedule, heads, mean=prep.mean,
-                      std=prep.std,
-                      accumulation_steps=config.optimizer.get(
-                          "accumulation_steps", 1),
-                      skip_nonfinite=config.nonfinite == "skip",
-                      loss_reduction=config.get("loss_reduction",
-                                                "weighted_sum")),
-      in_shardings=(shardings, None),  # the batch: as to_global placed it
-      out_shardings=(shardings, None), donate_argnums=0)
+  train_step = compiled.step
 
   # -- Hooks ------------------------------------------------------------------
   step = int(jax.device_get(state["step"]))

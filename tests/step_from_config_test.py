@@ -1,0 +1,22 @@
+"""The training step from a config (train.step_from_config): one function
+builds it for training and for --mode=plan, so both refuse the same
+configs and plan compiles the step training runs."""
+
+import jax
+import pytest
+
+from cover_jax import plan
+from cover_jax import train
+from tests import make_test
+
+
+def test_training_and_plan_refuse_an_unknown_nonfinite_policy(tmp_path):
+  config = make_test.mini_config(str(tmp_path))
+  config.nonfinite = "ignore"
+  message = "config.nonfinite must be 'stop' or 'skip', not 'ignore'"
+  with pytest.raises(ValueError, match=message):
+    plan.lower_step(config, jax.devices())
+  model = train.model_from_config(config)
+  with pytest.raises(ValueError, match=message):
+    train.step_from_config(config, model, [], 10,
+                           jax.sharding.Mesh(jax.devices(), ("data",)))
