@@ -92,18 +92,6 @@ def _sources(config: ConfigDict, names: Iterable[str] | None,
   return chosen
 
 
-def _check_head(model: nn.Module, source: inp.Source) -> None:
-  classes = model.heads.get(source.name)
-  if classes is None:
-    raise ValueError(f"The model has no head {source.name!r} (heads: "
-                     f"{sorted(model.heads)}); add it to config.heads.")
-  if int(classes) != source.num_classes:
-    raise ValueError(
-        f"Head {source.name!r} has {classes} classes but {source.dataset} "
-        f"split {source.split!r} has {source.num_classes}; set "
-        f"config.heads.{source.name} = {source.num_classes}.")
-
-
 class _Static:
   """A model as a jit static argument: hashed and compared by identity.
 
@@ -182,7 +170,7 @@ def evaluate_source(model: nn.Module, params, config: ConfigDict,
   `params` must already be placed on `mesh` (see `evaluate`); `stop` (a
   stop_request.StopRequest) is checked before every batch.
   """
-  _check_head(model, source)
+  inp.check_head(model.heads, source)
   eval_batch_size(config, mesh)
   totals = _zero_totals(mesh)
   static = _Static(model)

@@ -57,11 +57,7 @@ def check_heads(config: ConfigDict, sources: list[inp.Source]) -> None:
     raise ValueError(f"config.heads {sorted(heads)} must name exactly the "
                      f"datasets of config.datasets {sorted(names)}.")
   for source in sources:
-    if heads[source.name] != source.num_classes:
-      raise ValueError(
-          f"config.heads.{source.name} = {heads[source.name]}, but dataset "
-          f"{source.dataset!r} has {source.num_classes} classes: set "
-          f"config.heads.{source.name}={source.num_classes}.")
+    inp.check_head(heads, source)
 
 
 def train_steps(config: ConfigDict, steps_per_epoch: int) -> int:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 
 import numpy as np
 import pytest
@@ -110,3 +111,18 @@ def test_describe_reports_the_split_training_uses(digits_dir):
   assert want == {"video": 24, "image": 24}
   report = main.describe_data(config)
   assert report["batch"] == want and report["batch_shards"] == 4
+
+def test_a_head_that_does_not_fit_its_dataset_is_named(digits_dir):
+  """inp.check_head: training's and evaluation's one check."""
+  (source,) = [s for s in inp.make.sources(mini_config(digits_dir),
+                                           "eval_split")
+               if s.name == "digits_motion"]
+  inp.check_head({"digits_motion": 8}, source)
+  with pytest.raises(ValueError, match=re.escape(
+      "config.heads.digits_motion = 9, but dataset 'digits_motion' has 8 "
+      "classes: set config.heads.digits_motion=8.")):
+    inp.check_head({"digits_motion": 9}, source)
+  with pytest.raises(ValueError, match=re.escape(
+      "config.heads has no head 'digits_motion' (heads: ['other']): add "
+      "config.heads.digits_motion=8.")):
+    inp.check_head({"other": 3}, source)

@@ -5,5 +5,5 @@ from cover_jax.input.pipeline import (PARTS, Preprocessing, TrainIterator,
                                       eval_num_batches, mixture_split,
                                       preprocess_eval, split_batch, to_global)
 from cover_jax.input.source import (CorruptData, InputError, Source,
-                                    open_source)
+                                    check_head, open_source)
 from cover_jax.input import make

@@ -12,7 +12,7 @@ the broken records).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -149,6 +149,20 @@ class Source:
     indices = np.arange(self.frame_counts()[record])[None]
     frames, labels = self.read([record], indices)
     return frames, int(labels[0])
+
+
+def check_head(heads: Mapping[str, int], source: Source) -> None:
+  """A head for `source` with its label map's number of classes (the one
+  check of training, evaluation and the command line's describe)."""
+  if source.name not in heads:
+    raise ValueError(f"config.heads has no head {source.name!r} (heads: "
+                     f"{sorted(heads)}): add config.heads.{source.name}="
+                     f"{source.num_classes}.")
+  if int(heads[source.name]) != source.num_classes:
+    raise ValueError(
+        f"config.heads.{source.name} = {heads[source.name]}, but dataset "
+        f"{source.dataset!r} has {source.num_classes} classes: set config.heads.{source.name}="
+        f"{source.num_classes}.")
 
 
 def open_source(name: str, split: str, *, dataset: str | None = None,
