@@ -8,8 +8,6 @@ predictions vary), with eval batches that leave a padded last batch.
 
 import functools
 import json
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -21,7 +19,6 @@ from cover_jax import evaluate as ev
 from cover_jax import input as inp
 from cover_jax import sharding
 from cover_jax.models import abstract_variables, create
-from tests import distributed
 from tests import synthetic_data  # pylint: disable=unused-import
 
 HEADS = {"clips": 3, "stills": 3, "digits_image": 10}
@@ -249,8 +246,9 @@ def test_bad_settings_are_refused_with_the_fix(tiny, synthetic_dir):
   with pytest.raises(ValueError, match="needs the step"):
     ev.evaluate(model, params, config, mesh=mesh, writer=RecordingWriter())
   wrong = create({"clips": 4, "stills": 3}, **MODEL)
-  with pytest.raises(ValueError, match=r"Head 'clips' has 4 classes.*"
-                     r"config.heads.clips = 3"):
+  with pytest.raises(ValueError, match=r"config.heads.clips = 4, but "
+                     r"dataset 'synthetic_clips/video' has 3 classes: set "
+                     r"config.heads.clips=3"):
     ev.evaluate_source(wrong, params, config,
                        inp.make.sources(config, "eval_split")[0], mesh=mesh)
 
@@ -265,38 +263,5 @@ def test_an_example_scored_twice_or_missed_is_an_error(synthetic_dir):
     ev._finalize(totals, source)  # pylint: disable=protected-access
 
 
-# Two processes (jax.distributed on 127.0.0.1, 4 devices each).
-
-
-def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
-  """One of two processes: evaluates; process 0 writes the JSON in `out`."""
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2,
-                             process_id=process_id)
-  assert jax.process_count() == 2 and jax.local_device_count() == 4
-  model, params = model_and_params()  # numpy, the same in both processes
-  # 7 clips in one batch of 8: process 0 reads 4, process 1 3 and a pad.
-  results = ev.evaluate(model, params, tiny_config(data_dir), names=["clips"],
-                        mesh=sharding.make_mesh(), step=1, workdir=out)
-  with open(os.path.join(out, f"process_{process_id}.json"), "w") as f:
-    json.dump(results, f)
-  jax.distributed.shutdown()
-
-
-@pytest.mark.slow
-def test_two_processes_score_every_example_once(tiny, synthetic_dir,
-                                                tmp_path):
-  model, params = tiny
-  out = str(tmp_path)
-  distributed.run_two_processes(__file__, synthetic_dir, out)
-  expected = numpy_scores(model, params, tiny_config(synthetic_dir), "clips")
-  for p in range(2):  # every process gets the global results
-    with open(tmp_path / f"process_{p}.json") as f:
-      assert json.load(f)["clips"] == pytest.approx(expected, rel=1e-5)
-  assert ev.read_json(out, 1)["results"]["clips"]["examples"] == 7
-  assert sorted(os.listdir(tmp_path / "eval")) == ["latest.json",
-                                                   "step_1.json"]
-
-
-if __name__ == "__main__":
-  worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+# Two processes scoring every example once: tests/multiprocess_input_test.py
+# (one pair of jax.distributed processes for the input and the evaluation).

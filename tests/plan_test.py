@@ -39,8 +39,8 @@ def tiny_config(batch_size=16):
   return config
 
 
-def independent_compile(config, devices):
-  """The training step compiled here from train.py's pieces, not plan's."""
+def independent_lowering(config, devices):
+  """The training step lowered here from train.py's pieces, not plan's."""
   mesh = sharding.make_mesh(devices=devices)
   model = train.model_from_config(config)
   # Sizes unknown (the mini sets): an epoch of one step, as plan takes it.
@@ -65,11 +65,33 @@ def independent_compile(config, devices):
                                                        batch)),
                  out_shardings=(shardings, None), donate_argnums=0)
   with sharding.use(mesh):
-    return step.lower(abstract, batch).compile(), model, abstract
+    return step.lower(abstract, batch), model, abstract
 
 
-def check_against_compiler(report, config, devices):
-  compiled, model, abstract = independent_compile(config, devices)
+def planned(monkeypatch, config, devices):
+  """plan.plan(config, devices), and the step it lowered (compiled: its
+  compile() returns the executable plan's compile made)."""
+  lowered, real = [], plan.lower_step
+
+  def lower_step(*args, **kwargs):
+    out = real(*args, **kwargs)
+    lowered.append(out[0])
+    return out
+  monkeypatch.setattr(plan, "lower_step", lower_step)
+  report = plan.plan(config, devices)
+  monkeypatch.setattr(plan, "lower_step", real)
+  (step,) = lowered
+  return report, step
+
+
+def check_against_compiler(report, plan_step, config, devices):
+  """The report's numbers against the compiler's analysis of the training
+  step built from train.py's pieces: plan lowered that very program (the
+  same StableHLO, text for text), so its compile is that program's compile
+  (a second compile of it, slow for a TPU, would give the same analysis)."""
+  lowered, model, abstract = independent_lowering(config, devices)
+  assert plan_step.as_text() == lowered.as_text()
+  compiled = plan_step.compile()
   m = compiled.memory_analysis()
   b = report["bytes_per_chip"]
   assert b["temporaries"] == m.temp_size_in_bytes
@@ -95,29 +117,29 @@ def check_against_compiler(report, config, devices):
 
 
 @pytest.mark.slow
-def test_cpu_plan_matches_the_compiler():
+def test_cpu_plan_matches_the_compiler(monkeypatch):
   config = tiny_config()
   devices = plan.topology_devices("cpu:8")
-  report = plan.plan(config, devices)
+  report, step = planned(monkeypatch, config, devices)
   assert report["batch"]["split"] == {"video": 8, "image": 8}
   assert report["chips"] == 8 and report["mesh"]["data"] == 8
   assert report["fits"] is None  # no HBM on CPU: memory only
   assert report["compiler_estimate"]["step_seconds"] is None
   assert "fake CPU devices" in plan.format_plan(report)
-  check_against_compiler(report, config, devices)
+  check_against_compiler(report, step, config, devices)
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason='libtpu is not installed (pip '
                     'install -e ".[tpu]"): no TPU topology to compile for')
 @pytest.mark.slow
-def test_tpu_plan_matches_the_compiler():
+def test_tpu_plan_matches_the_compiler(monkeypatch):
   config = tiny_config()
   # v5p: the compiler estimates a step time there (not on v4 or v5e).
   devices = plan.topology_devices("v5p:2x2x1")
-  report = plan.plan(config, devices)
+  report, step = planned(monkeypatch, config, devices)
   assert report["chip"]["generation"] == "v5p"
   assert report["hbm_bytes"] == 95 * plan.GiB and report["fits"]
-  check_against_compiler(report, config, devices)
+  check_against_compiler(report, step, config, devices)
   est = report["compiler_estimate"]
   assert est["step_seconds"] > 0
   assert est["mfu"] == pytest.approx(report["flops"]["analytic_per_step"] /
