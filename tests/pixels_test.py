@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cover_jax import pixels
-from cover_jax.models import create, init_params
+from cover_jax.models import abstract_variables, create, unboxed
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -35,13 +35,21 @@ def test_the_model_refuses_pixels_and_a_bf16_model_takes_normalised_frames():
   model = create({"a": 3}, width=16, depth=1, num_heads=2, mlp_dim=32,
                  patch_size=8, num_frames=2, image_size=16,
                  dtype=jnp.bfloat16)
-  params = init_params(model, jax.random.PRNGKey(0))
+  # init's tree (abstract evaluation: init's random draws would compile for
+  # seconds), as ones for the LayerNorm scales plus N(0, 0.05) noise.
+  rng = np.random.default_rng(1)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, s: np.asarray((path[-1].key == "scale") + 0.05 *
+                                 rng.standard_normal(s.shape), s.dtype),
+      unboxed(abstract_variables(model))["params"])
   frames = np.random.default_rng(0).integers(0, 256, (2, 2, 16, 16, 3),
                                              np.uint8)
   with pytest.raises(TypeError, match="normalise the pipeline's uint8"):
     model.apply({"params": params}, frames)
-  got = jax.jit(lambda p, f: model.apply(
-      {"params": p}, pixels.normalize(f, MEAN, STD))["a"])(params, frames)
-  want = model.apply({"params": params},
-                     reference(frames).astype(np.float32))["a"]
+  # The model on frames normalised on the device, and on the reference's
+  # frames: one program for both (each program costs a compile).
+  logits = lambda p, x: model.apply({"params": p}, x)["a"]
+  got, want = jax.jit(lambda p, f, x: (
+      logits(p, pixels.normalize(f, MEAN, STD)), logits(p, x)))(
+          params, frames, reference(frames).astype(np.float32))
   np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)

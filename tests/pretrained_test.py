@@ -25,6 +25,18 @@ needs_torch = pytest.mark.skipif(
     "'cover-jax[torch]'")
 
 
+_JITTED = {}
+
+
+def forward(model, params, video, head):
+  """model.apply as one compiled program, one per model for the module (op
+  by op, every primitive of every shape compiles a program of its own)."""
+  key = repr(model)
+  if key not in _JITTED:
+    _JITTED[key] = jax.jit(lambda p, v: model.apply({"params": p}, v))
+  return _JITTED[key](params, np.asarray(video, np.float32))[head]
+
+
 def rel_err(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return np.abs(a - b).max() / np.abs(b).max()
@@ -69,7 +81,7 @@ def test_vit_one_frame_equals_the_vit(tmp_path, vit, images, layout):
   assert (model.width, model.depth, model.num_heads, model.mlp_dim,
           model.patch_size) == (32, 2, 4, 64, 4)
   assert model.gelu_approximate
-  ours = model.apply({"params": params}, images[:, None])["imagenet"]
+  ours = forward(model, params, images[:, None], "imagenet")
   expected = reference_vit.vit_logits(
       to64(vit), images.astype(np.float64),
       cls_pos=not layout.startswith("big_vision"))
@@ -86,7 +98,7 @@ def test_vit_pre_logits_and_scanned_model(tmp_path, images):
       scan_layers=True)
   assert model.representation_size == 24
   assert params["encoderblock"]["mlp"]["Dense_0"]["kernel"].shape == (2, 32, 64)
-  ours = model.apply({"params": params}, images[:, None])["imagenet"]
+  ours = forward(model, params, images[:, None], "imagenet")
   assert rel_err(ours, reference_vit.vit_logits(to64(vit), images.astype(
       np.float64))) <= 1e-5
 
@@ -118,7 +130,7 @@ def test_vit_video_input_is_timesformers_function_of_the_vit(tmp_path, vit):
   model, params = pretrained.load_vit_npz(path, num_frames=4, image_size=16,
                                            heads={"imagenet": 10})
   video = np.random.default_rng(3).standard_normal((2, 4, 16, 16, 3))
-  out = model.apply({"params": params}, video)["imagenet"]
+  out = forward(model, params, video, "imagenet")
   assert out.shape == (2, 10)
   assert rel_err(out, reference_vit.vit_video_logits(to64(vit), video)) <= 1e-5
   per_frame = [reference_vit.vit_logits(to64(vit), video[:, i])
@@ -126,7 +138,7 @@ def test_vit_video_input_is_timesformers_function_of_the_vit(tmp_path, vit):
   for logits in per_frame + [np.mean(per_frame, 0)]:
     assert rel_err(out, logits) > 1e-2
   repeated = np.repeat(video[:, :1], 4, axis=1)
-  assert rel_err(model.apply({"params": params}, repeated)["imagenet"],
+  assert rel_err(forward(model, params, repeated, "imagenet"),
                  per_frame[0]) <= 1e-5
 
 
@@ -158,15 +170,19 @@ def test_vit_heads_initialised_from_checkpoint_only_when_sizes_match(
 
 
 @pytest.mark.slow
-def test_init_from_vit_new_heads_follow_the_runs_seed(tmp_path, vit):
+def test_init_from_vit_new_heads_follow_the_runs_seed(tmp_path):
   """config.seed reaches the heads the .npz lacks: init_params_from takes
   them from the run's own initialisation (fresh_params)."""
+  # One block: init's random draws, per parameter, make its compile dear.
+  vit = reference_vit.random_vit(np.random.default_rng(0), depth=1)
   path = write_npz(tmp_path, reference_vit.vit_npz_arrays(vit, "original"))
   model, _ = pretrained.load_vit_npz(
       path, num_frames=4, image_size=16, heads={"imagenet": 10, "kinetics": 7})
+  # init_params, traced and compiled once for the three seeds.
+  init = jax.jit(lambda key: init_params(model, key))
 
   def heads_with_seed(seed):
-    fresh = jax.device_get(init_params(model, jax.random.PRNGKey(seed)))
+    fresh = jax.device_get(init(jax.random.PRNGKey(seed)))
     params, _ = checkpointing.init_params_from(path, model, fresh)
     np.testing.assert_array_equal(params["heads"]["kinetics"]["kernel"],
                                   fresh["heads"]["kinetics"]["kernel"])
@@ -258,7 +274,7 @@ def test_pyth_logits_equal_reference(tmp_path, divided, prefix):
                                   else "space_only")
   assert model.image_size == 12 and (model.num_frames == 4 or not divided)
   video = np.random.default_rng(0).standard_normal((2, 4, 12, 12, 3))
-  ours = model.apply({"params": params}, video)["timesformer"]
+  ours = forward(model, params, video, "timesformer")
   assert rel_err(ours, torch_logits(sd, video)) <= 1e-5
 
 
@@ -271,7 +287,7 @@ def test_pyth_other_input_sizes_follow_the_official_resizing(tmp_path, frames,
   model, params = pretrained.load_timesformer_pyth(write_pyth(tmp_path, sd),
                                                     num_heads=4)
   video = np.random.default_rng(1).standard_normal((2, frames, size, size, 3))
-  ours = model.apply({"params": params}, video)["timesformer"]
+  ours = forward(model, params, video, "timesformer")
   assert rel_err(ours, torch_logits(sd, video)) <= 1e-5
 
 
@@ -284,7 +300,7 @@ def test_pyth_overrides_resize_embeddings_at_load(tmp_path):
   assert params["time_embedding"].shape == (8, 32)
   assert params["pos_embedding"].shape == (1 + 25, 32)
   video = np.random.default_rng(2).standard_normal((1, 8, 20, 20, 3))
-  ours = model.apply({"params": params}, video)["timesformer"]
+  ours = forward(model, params, video, "timesformer")
   assert rel_err(ours, torch_logits(sd, video)) <= 1e-5
 
 
@@ -336,8 +352,8 @@ def test_bf16_model_from_checkpoint_close_to_fp32(tmp_path):
   bf16, _ = pretrained.load_timesformer_pyth(path, num_heads=4,
                                               dtype=jnp.bfloat16)
   video = np.random.default_rng(5).standard_normal((2, 4, 12, 12, 3))
-  full = model.apply({"params": params}, video)["timesformer"]
-  half = bf16.apply({"params": params}, video)["timesformer"]
+  full = forward(model, params, video, "timesformer")
+  half = forward(bf16, params, video, "timesformer")
   assert half.dtype == jnp.float32
   assert bf16.dtype == jnp.bfloat16
   assert rel_err(half, full) < 0.05

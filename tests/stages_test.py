@@ -29,9 +29,17 @@ def test_image_model_inflates_to_a_timesformer_computing_the_same():
   """A space_only model's parameters, inflated: the divided model gives the
   image model's logits on images and on videos of one repeated frame, and
   its temporal attention is the spatial one, temporal_fc zero."""
+  from cover_jax.models import abstract_variables, unboxed  # pylint: disable=import-outside-toplevel
   vit = create(HEADS, attention_type="space_only", **train_test.TINY,
                num_frames=4, image_size=16)
-  params = jax.tree.map(np.asarray, init_params(vit, jax.random.PRNGKey(1)))
+  # The image model's parameter tree (init's, by abstract evaluation: init's
+  # random draws would compile for seconds): ones for the LayerNorm scales
+  # plus N(0, 0.05) noise from numpy, so that every parameter matters.
+  rng = np.random.default_rng(1)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, s: np.asarray((path[-1].key == "scale") + 0.05 *
+                                 rng.standard_normal(s.shape), s.dtype),
+      unboxed(abstract_variables(vit))["params"])
   assert "time_embedding" not in params
   assert "temporal_fc" not in params["encoderblock_0"]
   inflated = checkpointing.inflate_image_model(params, num_frames=4)
@@ -42,16 +50,20 @@ def test_image_model_inflates_to_a_timesformer_computing_the_same():
     np.testing.assert_array_equal(block["temporal_attention"]["query"][leaf],
                                   block["spatial_attention"]["query"][leaf])
   timesformer = vit.clone(attention_type="divided_space_time")
-  # Inflated parameters have exactly the divided model's tree and shapes.
-  fresh = init_params(timesformer, jax.random.PRNGKey(2))
+  # Inflated parameters have exactly the divided model's tree and shapes
+  # (init's, by abstract evaluation).
+  fresh = unboxed(abstract_variables(timesformer))["params"]
   assert (jax.tree.map(np.shape, fresh) ==
           jax.tree.map(np.shape, inflated))
-  rng = np.random.default_rng(0)
+  # Each model's forward pass compiled once (op by op, every primitive of
+  # every shape compiles a program of its own).
+  vit_apply = jax.jit(lambda p, x: vit.apply({"params": p}, x))
+  ts_apply = jax.jit(lambda p, x: timesformer.apply({"params": p}, x))
   image = jnp.asarray(rng.normal(size=(3, 1, 16, 16, 3)), jnp.float32)
   repeated = jnp.repeat(image, 4, axis=1)
-  want = vit.apply({"params": params}, image)
+  want = vit_apply(params, image)
   for video in (image, repeated):
-    got = timesformer.apply({"params": inflated}, video)
+    got = ts_apply(inflated, video)
     for name in HEADS:
       np.testing.assert_allclose(got[name], want[name], atol=1e-5)
   # And a video model: once temporal_fc and the time embedding have learned
@@ -60,8 +72,8 @@ def test_image_model_inflates_to_a_timesformer_computing_the_same():
   trained = jax.tree.map(lambda x: x + 0.05, inflated)
   trained["time_embedding"] = rng.normal(size=(4, 16)).astype(np.float32)
   assert not np.allclose(
-      timesformer.apply({"params": trained}, moving)["digits_image"],
-      timesformer.apply({"params": trained}, moving[:, ::-1])["digits_image"],
+      ts_apply(trained, moving)["digits_image"],
+      ts_apply(trained, moving[:, ::-1])["digits_image"],
       atol=1e-4)
 
 

@@ -10,10 +10,12 @@ import pytest
 import scipy.special
 
 from cover_jax.models import (TimeSformer, abstract_variables, init_params,
-                              scan_params, unscan_params, variant)
+                              scan_params, unboxed, unscan_params, variant)
 from cover_jax.models import timesformer
 
-SMALL = dict(width=32, depth=3, num_heads=4, mlp_dim=64, patch_size=4,
+# Two blocks: enough for blocks to differ (scan order, per-block masks,
+# stochastic-depth rates 0 and the full rate); each block costs compile time.
+SMALL = dict(width=32, depth=2, num_heads=4, mlp_dim=64, patch_size=4,
              num_frames=4, image_size=16)
 HEADS = {"kinetics": 7, "imagenet": 5}
 
@@ -23,7 +25,8 @@ def perturbed(params, seed=1, scale=0.05):
   numpy's generator: jax.random would compile a program per leaf shape."""
   rng = np.random.default_rng(seed)
   return jax.tree.map(
-      lambda x: jnp.asarray(x + scale * rng.standard_normal(x.shape), x.dtype),
+      lambda x: jnp.asarray(np.asarray(x) + scale * rng.standard_normal(
+          x.shape), x.dtype),  # numpy's sum: jax's compiles one per shape
       params)
 
 
@@ -32,9 +35,14 @@ def model():
   return TimeSformer(heads=HEADS, **SMALL)
 
 
-@pytest.fixture(scope="module")
-def params(model):
-  return perturbed(init_params(model, jax.random.PRNGKey(0)))
+def shapes_like(model):
+  """Ones for LayerNorm scales, zeros elsewhere, in the tree of `model`'s
+  parameters (eval_shape: nothing compiled); `perturbed` then gives
+  parameters distributed as the perturbed initialisation."""
+  shapes = unboxed(abstract_variables(model))["params"]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, s: np.full(s.shape, path[-1].key == "scale", s.dtype),
+      shapes)
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +51,46 @@ def video():
                      jnp.float32)
 
 
-def apply(model, params, video, **kwargs):
+@pytest.fixture(scope="module")
+def params(model):
+  """Distributed as the perturbed initialisation, without compiling init
+  (its random draws make it the dearest program of the file; each xdist
+  worker would compile it for this fixture)."""
+  return perturbed(shapes_like(model))
+
+
+_JITTED = {}
+
+
+def _cached(kind, model, make, **kwargs):
+  """One jitted function per (kind, model, kwargs) for the whole module:
+  every test of a model reuses its traced and compiled programs."""
+  key = (kind, repr(model), tuple(sorted(kwargs.items())))
+  if key not in _JITTED:
+    _JITTED[key] = jax.jit(make())
+  return _JITTED[key]
+
+
+def apply(model, params, video, rngs=None, **kwargs):
   """model.apply as one compiled program (op by op, every call of a forward
-  pass compiles hundreds of small ones)."""
-  return jax.jit(functools.partial(model.apply, **kwargs))(
-      {"params": params}, video)
+  pass compiles hundreds of small ones); rngs are an argument, not a
+  constant, so that seeds share the program."""
+  fn = _cached("apply", model, lambda: lambda p, v, r: model.apply(
+      {"params": p}, v, rngs=r, **kwargs), **kwargs)
+  return fn(params, video, rngs)
+
+
+def _loss(model, p, video):
+  out = model.apply({"params": p}, video)
+  return sum(jnp.sum(jnp.sin(v)) for v in out.values()), out
+
+
+def loss_grads(model, params, video):
+  """((loss, logits), gradients) of a loss of every head's logits, in one
+  compiled program per model."""
+  fn = _cached("loss_grads", model, lambda: jax.value_and_grad(
+      functools.partial(_loss, model), has_aux=True))
+  return fn(params, video)
 
 
 def rel_err(a, b):
@@ -100,35 +143,36 @@ def test_parameter_count_of_b16_matches_timesformer():
 def test_scan_equals_loop_values_and_gradients(model, params, video):
   scanned = model.clone(scan_layers=True)
   sparams = scan_params(params)
-  assert sparams["encoderblock"]["mlp"]["Dense_0"]["kernel"].shape == (3, 32, 64)
-  np.testing.assert_allclose(apply(scanned, sparams, video)["kinetics"],
-                             apply(model, params, video)["kinetics"],
-                             rtol=1e-5, atol=1e-6)
-
-  def loss(m, p):
-    return sum(jnp.sum(jnp.sin(v)) for v in apply(m, p, video).values())
-
-  g_loop = jax.grad(functools.partial(loss, model))(params)
-  g_scan = unscan_params(jax.grad(functools.partial(loss, scanned))(sparams))
+  assert sparams["encoderblock"]["mlp"]["Dense_0"]["kernel"].shape == (2, 32, 64)
+  (_, out_loop), g_loop = loss_grads(model, params, video)
+  (_, out_scan), g_scan = loss_grads(scanned, sparams, video)
+  for name in HEADS:
+    np.testing.assert_allclose(out_scan[name], out_loop[name],
+                               rtol=1e-5, atol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
                                                        atol=1e-6),
-               g_loop, g_scan)
+               g_loop, unscan_params(g_scan))
   roundtrip = unscan_params(sparams)
   jax.tree.map(np.testing.assert_array_equal, roundtrip, params)
 
 
-@pytest.mark.parametrize("policy", ["nothing_saveable",
-                                    "dots_with_no_batch_dims_saveable"])
+# Both policies on loop blocks, and scanned blocks (nn.remat inside nn.scan,
+# without prevent_cse) under one: the policy is passed to nn.remat the same
+# way for both layouts.
+@pytest.mark.parametrize("scan,policy", [
+    (False, "nothing_saveable"), (False, "dots_with_no_batch_dims_saveable"),
+    (True, "nothing_saveable")])
 @pytest.mark.slow
-@pytest.mark.parametrize("scan", [False, True])
 def test_remat_equals_no_remat(model, params, video, policy, scan):
   plain = model.clone(scan_layers=scan)
   remat = model.clone(scan_layers=scan, remat_policy=policy)
   p = scan_params(params) if scan else params
-  loss = lambda m, p: apply(m, p, video)["kinetics"].sum()
-  np.testing.assert_allclose(loss(remat, p), loss(plain, p), rtol=1e-6)
-  g1 = jax.grad(functools.partial(loss, plain))(p)
-  g2 = jax.grad(functools.partial(loss, remat))(p)
+  # The plain model's program is test_scan_equals_loop's (compiled once).
+  (loss1, out1), g1 = loss_grads(plain, p, video)
+  (loss2, out2), g2 = loss_grads(remat, p, video)
+  np.testing.assert_allclose(loss2, loss1, rtol=1e-6)
+  for name in HEADS:
+    np.testing.assert_allclose(out2[name], out1[name], rtol=1e-6)
   # Recomputing reassociates float32 sums: allow a few ulps of the
   # gradients' scale (the key biases' gradients are zero up to that noise:
   # softmax ignores a shift shared by all keys).
@@ -149,22 +193,27 @@ def test_remat_checkpoints_only_what_it_recomputes(model, params, video,
   assert ("optimization_barrier" in hlo) == (policy == "nothing_saveable")
 
 
+def apply_capturing(model, params, video):
+  """(logits, intermediates) of one compiled forward pass."""
+  return apply(model, params, video, capture_intermediates=True,
+               mutable="intermediates")
+
+
 @pytest.mark.slow
 def test_bf16_compute_close_to_fp32(model, params, video):
   half = model.clone(dtype=jnp.bfloat16)
-  out16 = apply(half, params, video)
+  out16, captured = apply_capturing(half, params, video)
   out32 = apply(model, params, video)
   for name in HEADS:
     assert out16[name].dtype == jnp.float32
     assert rel_err(out16[name], out32[name]) < 0.05
     # Not fp32 in disguise: bf16 rounding shows in the logits.
     assert rel_err(out16[name], out32[name]) > 1e-4
-  _, captured = half.apply({"params": params}, video,
-                           capture_intermediates=True, mutable="intermediates")
   blocks = captured["intermediates"]["encoderblock_0"]
   assert blocks["mlp"]["Dense_0"]["__call__"][0].dtype == jnp.bfloat16
-  # Parameters stay fp32 when only the compute dtype changes.
-  p16 = init_params(half, jax.random.PRNGKey(0))
+  # Parameters stay fp32 when only the compute dtype changes (init's dtypes,
+  # from its abstract evaluation).
+  p16 = abstract_variables(half)
   assert {x.dtype for x in jax.tree.leaves(p16)} == {jnp.dtype(jnp.float32)}
 
 
@@ -173,9 +222,7 @@ def test_heads_compute_in_float32_under_bf16(model, params, video):
   """The bf16 feature times the fp32 kernel, in fp32: the logits equal an
   independent float64 matmul to fp32 rounding (a bf16 matmul is ~1e-2 off)."""
   half = model.clone(dtype=jnp.bfloat16)
-  out, captured = half.apply({"params": params}, video,
-                             capture_intermediates=True,
-                             mutable="intermediates")
+  out, captured = apply_capturing(half, params, video)
   feature = captured["intermediates"]["encoder_norm"]["__call__"][0]
   assert feature.dtype == jnp.bfloat16
   feature = np.asarray(feature, np.float64)
@@ -189,10 +236,8 @@ def test_heads_compute_in_float32_under_bf16(model, params, video):
 
 @pytest.mark.slow
 def test_every_parameter_receives_a_gradient(model, params, video):
-  def loss(p):
-    return sum(v.sum() for v in apply(model, p, video).values())
-
-  grads = jax.grad(loss)(params)
+  # The gradients of test_scan_equals_loop's loss (one program for both).
+  _, grads = loss_grads(model, params, video)
   for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
     assert np.abs(np.asarray(g)).max() > 0, jax.tree_util.keystr(path)
 
@@ -240,9 +285,11 @@ def test_dropout_and_stochastic_depth_are_random_only_in_training(
           np.asarray(m)), out == 0, ordered=True)
     return out
 
-  with nn.intercept_methods(record_masks):
-    s_a = apply(scanned, scan_params(params), video, train=True,
-                rngs={"dropout": jax.random.PRNGKey(0)})["kinetics"]
+  with nn.intercept_methods(record_masks):  # traced here: a program of its own
+    s_a = jax.jit(lambda p, v, r: scanned.apply({"params": p}, v, train=True,
+                                                rngs=r))(
+        scan_params(params), video, {"dropout": jax.random.PRNGKey(0)})
+    s_a = s_a["kinetics"]
   assert np.isfinite(s_a).all() and np.abs(s_a - eval_out).max() > 1e-4
   in_blocks = {p: m for p, m in masks.items() if "encoderblock" in p}
   assert len(in_blocks) == 4  # temporal, spatial attention; MLP twice
@@ -256,19 +303,21 @@ def test_dropout_and_stochastic_depth_are_random_only_in_training(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True])
-def test_stochastic_depth_drops_whole_branches_per_example(scan):
+def test_stochastic_depth_drops_whole_branches_per_example(params, scan):
   """A branch dropped with probability 1 leaves its block an identity."""
   # Rates grow linearly from 0: block 0 is always kept, block 1 always dropped.
-  out, without = _second_block_at_rate(1.0, batch=2, scan=scan)
+  out, without = _second_block_at_rate(params, 1.0, batch=2, scan=scan)
   np.testing.assert_allclose(out, np.broadcast_to(without, out.shape),
                              rtol=1e-5, atol=1e-6)
 
 
-def _second_block_at_rate(rate, batch, scan=False):
+def _second_block_at_rate(params, rate, batch, scan=False):
   """(logits of identical videos through 2 equal blocks, the second at
-  stochastic-depth `rate` in training; logits of the 1-block model)."""
+  stochastic-depth `rate` in training; logits of the 1-block model), from
+  the first block of `params`."""
   model = TimeSformer(heads=HEADS, **dict(SMALL, depth=1))
-  params = perturbed(init_params(model, jax.random.PRNGKey(0)))
+  params = {k: v for k, v in params.items()
+            if not k.startswith("encoderblock_") or k == "encoderblock_0"}
   video = jnp.ones((batch, 4, 16, 16, 3))
   two = model.clone(depth=2, stochastic_depth_rate=rate, scan_layers=scan)
   p2 = dict(params, encoderblock_1=params["encoderblock_0"])
@@ -289,8 +338,8 @@ def test_stochastic_depth_mask_is_per_example():
   """Rate 0.5: each example's branch is kept whole (scaled by 1/0.5) or
   dropped whole, independently of the other examples."""
   x = jnp.ones((64, 3, 5, 4))
-  y = np.asarray(_DropPath(0.5).apply({}, x,
-                                      rngs={"dropout": jax.random.PRNGKey(0)}))
+  y = np.asarray(jax.jit(lambda x, r: _DropPath(0.5).apply({}, x, rngs=r))(
+      x, {"dropout": jax.random.PRNGKey(0)}))
   per_example = y.reshape(64, -1)
   kept = (per_example == 2.0).all(axis=1)
   dropped = (per_example == 0.0).all(axis=1)
@@ -299,12 +348,13 @@ def test_stochastic_depth_mask_is_per_example():
 
 
 @pytest.mark.slow
-def test_stochastic_depth_at_half_rate_drops_some_examples_keeps_others():
+def test_stochastic_depth_at_half_rate_drops_some_examples_keeps_others(
+    params):
   """Identical examples through a block at rate 0.5: those whose three
   branches all drew "drop" equal the model without that block, the others
   do not (masks are per example, not per batch)."""
   # Block 0 has rate 0 (always kept); block 1 rate 0.5.
-  out, without = _second_block_at_rate(0.5, batch=32)
+  out, without = _second_block_at_rate(params, 0.5, batch=32)
   skipped = np.isclose(out, without, rtol=1e-5, atol=1e-6).all(axis=1)
   assert 0 < skipped.sum() < len(out)  # ~1/8 of the examples
   assert len(np.unique(np.round(np.asarray(out), 5), axis=0)) > 2
@@ -313,7 +363,7 @@ def test_stochastic_depth_at_half_rate_drops_some_examples_keeps_others():
 @pytest.mark.slow
 def test_space_only_is_a_per_frame_vit_averaged_over_frames(video):
   model = TimeSformer(heads=HEADS, attention_type="space_only", **SMALL)
-  params = perturbed(init_params(model, jax.random.PRNGKey(0)))
+  params = perturbed(shapes_like(model))  # init's tree (abstract_variables)
   assert "time_embedding" not in params
   assert "temporal_attention" not in params["encoderblock_0"]
   out = apply(model, params, video)["kinetics"]
@@ -354,7 +404,8 @@ def _lerp2(grid, r, c):
 @pytest.mark.slow
 def test_pre_logits_layer():
   model = TimeSformer(heads=HEADS, representation_size=24, **SMALL)
-  params = init_params(model, jax.random.PRNGKey(0))
+  # init's shapes, by its abstract evaluation (no compile).
+  params = unboxed(abstract_variables(model))["params"]
   assert params["pre_logits"]["kernel"].shape == (32, 24)
   assert params["heads"]["kinetics"]["kernel"].shape == (24, 7)
 
