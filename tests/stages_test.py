@@ -18,7 +18,7 @@ from configs import args
 from cover_jax import checkpointing
 from cover_jax import evaluate
 from cover_jax import stages
-from cover_jax.models import create, init_params
+from cover_jax.models import create
 from tests import train_test
 
 HEADS = {"digits_image": 10, "digits_motion": 8}
