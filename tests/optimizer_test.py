@@ -4,6 +4,7 @@ claims it, and weight decay on kernels only (by parameter name)."""
 import importlib.util
 import os
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from cover_jax import optimizer
-from cover_jax.models import create, init_params
+from cover_jax.models import create, unboxed
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "configs")
@@ -75,9 +76,23 @@ TINY = dict(width=16, depth=2, num_heads=2, mlp_dim=32, patch_size=4,
 
 
 @pytest.fixture(scope="module")
-def params():
+def boxed():
+  """The parameters as flax's init boxes them (train.py initialises the
+  optimizer on these), shapes only: nothing is compiled."""
   model = create({"video": 5, "image": 3}, **TINY)
-  return init_params(model, jax.random.PRNGKey(0))
+  return jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 2, 8, 8, 3))))["params"]
+
+
+@pytest.fixture(scope="module")
+def params(boxed):
+  """Unboxed parameters of those shapes, every leaf non-zero (init zeroes
+  biases and the time embedding), so that decay would show on any of them."""
+  rng = np.random.default_rng(0)
+  return jax.tree.map(
+      lambda x: (rng.uniform(0.5, 1.5, x.shape) *
+                 rng.choice([-1.0, 1.0], x.shape)).astype(x.dtype),
+      unboxed(boxed))
 
 
 def named_leaves(tree):
@@ -85,7 +100,6 @@ def named_leaves(tree):
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-@pytest.mark.slow
 def test_weight_decay_mask_selects_kernels_by_name(params):
   mask = named_leaves(optimizer.kernel_mask(params))
   decayed = {name for name, on in mask.items() if on}
@@ -107,32 +121,30 @@ def test_weight_decay_mask_selects_kernels_by_name(params):
     assert mask[name], name
 
 
-@pytest.mark.slow
-def test_weight_decay_mask_reads_boxed_parameters():
-  """train.py initialises the optimizer on flax's boxed parameters."""
-  model = create({"video": 5}, **TINY)
-  boxed = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 2, 8, 8, 3))))["params"]
-  unboxed_mask = named_leaves(optimizer.kernel_mask(
-      init_params(model, jax.random.PRNGKey(0))))
+def test_weight_decay_mask_reads_boxed_parameters(boxed, params):
+  """train.py initialises the optimizer on flax's boxed parameters: the
+  mask of those is that of the unboxed ones."""
+  assert any(isinstance(x, nn.Partitioned) for x in jax.tree.leaves(
+      boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)))
+  unboxed_mask = named_leaves(optimizer.kernel_mask(params))
   boxed_mask = optimizer.kernel_mask(boxed)
   assert [bool(x) for x in jax.tree.leaves(boxed_mask)] == list(
       unboxed_mask.values())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_weight_decay_moves_only_kernels_without_gradient(params, name):
   config = ml_collections.ConfigDict(dict(optimizer=dict(
       name=name, learning_rates=(0.1,), boundaries_epochs=(),
       weight_decay=0.5)))
   tx, _ = optimizer.make(config, steps_per_epoch=10)
-  # Every leaf non-zero (init zeroes biases and the time embedding), so that
-  # decay would show on any of them.
-  params = jax.tree.map(lambda p: p + 0.5, params)
-  zero_grads = jax.tree.map(jnp.zeros_like, params)
-  updates, _ = tx.update(zero_grads, tx.init(params), params)
-  after = named_leaves(jax.tree.map(lambda p, u: p + u, params, updates))
+
+  @jax.jit  # one compile, not op-by-op dispatch
+  def one_step(params):
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    return jax.tree.map(lambda p, u: p + u, params, updates)
+  after = named_leaves(jax.device_get(one_step(params)))
   before = named_leaves(params)
   for leaf in ("cls", "pos_embedding", "time_embedding", "embedding/bias",
                "encoderblock_0/temporal_attention/key/bias",

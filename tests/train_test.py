@@ -164,24 +164,33 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
   assert_same_params(final_params(str(tmp_path)), params)
 
 
-@pytest.mark.slow
-def test_evaluation_during_training_sees_the_current_parameters(
-    digits_dir, tmp_path, monkeypatch):
-  """eval_every_steps=2 of 4 steps, eval_reverse: steps 2 and 4 evaluated,
-  each with and without reversed frames, once, on the parameters of that
-  step (as checkpointed then)."""
+def record_evaluations(monkeypatch) -> list:
+  """evaluate.evaluate replaced by a stand-in (fast) that records (step,
+  reverse, params on the host) of each call."""
   from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
   calls = []
 
   def record(model, params, config, *, step, reverse=False, **kwargs):
-    del model, config, kwargs  # stands in: fast
+    del model, config, kwargs
     calls.append((step, reverse, jax.device_get(params)))
     return {"digits_motion" + ("/reversed" if reverse else ""): {
         "top1": 0.0, "top5": 0.0, "loss": 0.0, "examples": 1}}
 
   monkeypatch.setattr(evaluate, "evaluate", record)
+  return calls
+
+
+@pytest.mark.slow
+def test_linear_probe_moves_only_heads_evaluated_on_current_params(
+    digits_dir, tmp_path, monkeypatch):
+  """One run of 4 steps, optimizer.trainable="heads", eval_every_steps=2,
+  eval_reverse. Linear probe: the backbone is the seed's init, every head
+  (video and image) trained. Evaluation during training: steps 2 and 4
+  evaluated, each with and without reversed frames, once, on the parameters
+  of that step (as checkpointed then; they differ between the two)."""
+  calls = record_evaluations(monkeypatch)
   config = tiny_config(digits_dir, num_train_steps=4, eval_every_steps=2,
-                       eval_reverse=True)
+                       eval_reverse=True, **{"optimizer.trainable": "heads"})
   results = train.train_and_evaluate(config, str(tmp_path))
   assert [(s, r) for s, r, _ in calls] == [(2, False), (2, True), (4, False),
                                            (4, True)]
@@ -189,6 +198,21 @@ def test_evaluation_during_training_sees_the_current_parameters(
   for step, _, params in calls:
     assert_same_params(params, checkpointing.read_params(
         os.path.join(tmp_path, "checkpoints", str(step))))
+  assert not np.array_equal(calls[0][2]["heads"]["digits_motion"]["kernel"],
+                            calls[2][2]["heads"]["digits_motion"]["kernel"])
+  after = final_params(str(tmp_path))
+  model = train.model_from_config(config)
+  # Same init (same seed and split): backbone untouched, heads trained.
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+  before = jax.device_get(train.init_params(model, init_rng))
+  assert_same_params({k: v for k, v in after.items() if k != "heads"},
+                     {k: v for k, v in before.items() if k != "heads"})
+  assert set(after["heads"]) == {"digits_image", "digits_appearance",
+                                 "digits_motion"}
+  for name, head in after["heads"].items():
+    for leaf in ("kernel", "bias"):
+      assert not np.array_equal(head[leaf], before["heads"][name][leaf]), (
+          name, leaf)
 
 
 def test_restore_onto_fewer_devices(digits_dir, tiny_run):
@@ -217,12 +241,16 @@ def test_loss_weights_each_dataset_by_its_own_examples():
             "c": rng.normal(size=(6, 2))}
   labels = np.array([0, 4, 2, 1, 3, 0])
   ids = np.array([0, 1, 0, 1, 1, 0])
-  sums = train.dataset_sums({k: jnp.asarray(v) for k, v in logits.items()},
-                            jnp.asarray(labels), jnp.asarray(ids), heads,
-                            "video")
-  assert set(sums) == {"a", "b"}
   counts = {"a": 3.0, "b": 3.0}
-  loss = train.weighted_loss(sums, counts, heads[:2])
+
+  @jax.jit  # one compile, not op-by-op dispatch
+  def sums_and_loss(logits, labels, ids):
+    sums = train.dataset_sums(logits, labels, ids, heads, "video")
+    return sums, train.weighted_loss(sums, counts, heads[:2])
+  sums, loss = sums_and_loss(
+      {k: jnp.asarray(v) for k, v in logits.items()}, jnp.asarray(labels),
+      jnp.asarray(ids))
+  assert set(sums) == {"a", "b"}
 
   def ce(z, y):
     z = z - z.max()
@@ -276,26 +304,59 @@ def saved_steps(workdir):
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_with_step_and_dataset(digits_dir, tmp_path):
-  """No checkpoint at or after the bad step: with logs only at the end,
-  each save must itself check the steps since the last log."""
-  config = nonfinite_config(digits_dir, log_every_steps=100)
+def test_non_finite_loss_stops_with_step_and_dataset(digits_dir, tmp_path,
+                                                     monkeypatch):
+  """Step 3's digits_motion rows labelled 99, beyond its 8 classes: a NaN
+  cross-entropy on that dataset only, from the tiny config's own step (no
+  step of its own to compile, unlike a diverging learning rate). The run
+  stops naming step 3 and digits_motion, and keeps no checkpoint at or
+  after it: with logs only at the end, each save must itself check the
+  steps since the last log."""
+  config = tiny_config(digits_dir, num_train_steps=4, log_every_steps=100,
+                       **{"checkpoint.every_steps": 1, "checkpoint.keep": 10,
+                          "checkpoint.async_save": False})
+  motion = [s.name for s in train.inp.make.sources(
+      config, "train_split")].index("digits_motion")  # its "dataset" id
+  corrupted = []
+
+  class BadLabels:
+    def __init__(self, it):
+      self.it, self.batches = it, 0
+
+    def __next__(self):
+      batch = next(self.it)
+      self.batches += 1
+      if self.batches == 3:
+        video = batch["video"]
+        rows = np.asarray(video["dataset"]) == motion
+        corrupted.append(int(rows.sum()))
+        batch = {**batch, "video": {**video, "label": np.where(
+            rows, 99, video["label"]).astype(video["label"].dtype)}}
+      return batch
+
+    def __getattr__(self, name):  # state(), close(), corrupt_skipped()
+      return getattr(self.it, name)
+
+  for_train = train.inp.make.for_train
+  monkeypatch.setattr(train.inp.make, "for_train",
+                      lambda *args, **kwargs: BadLabels(for_train(*args,
+                                                                  **kwargs)))
   workdir = str(tmp_path / "stop")
-  with pytest.raises(train.NonFiniteLoss, match=r"Non-finite loss at step "
-                     r"\d+ \(dataset: .*config.nonfinite='skip'") as error:
+  with pytest.raises(train.NonFiniteLoss, match=r"Non-finite loss at step 3 "
+                     r"\(dataset: digits_motion; .*config.nonfinite='skip'"):
     train.train_and_evaluate(config, workdir)
-  bad = int(re.search(r"at step (\d+)", str(error.value)).group(1))
-  assert 2 <= bad <= 4  # step 1 starts from finite init parameters
-  assert saved_steps(workdir) == list(range(1, bad))
+  assert len(corrupted) == 1 and corrupted[0] > 0
+  assert saved_steps(workdir) == [1, 2]
 
 
 @pytest.mark.slow
 def test_input_wait_fraction_is_the_time_spent_waiting_for_batches(
     digits_dir, tmp_path, monkeypatch, capsys):
   """An iterator slowed by 0.5 s per batch in the second of three log
-  intervals (steps 3-4): each interval's train/input_wait_fraction equals the
-  time spent in next() and to_global, timed here, over the wall time between
-  the log points, and the slowed interval's is near 1."""
+  intervals (steps 3-4), the third lengthened by 0.3 s outside input: each
+  interval's train/input_wait_fraction equals the time spent in next() and
+  to_global, timed here, over the wall time between the log points, and the
+  slowed interval's is near 1."""
   from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
   delay = 0.5
@@ -329,6 +390,8 @@ def test_input_wait_fraction_is_the_time_spent_waiting_for_batches(
   monkeypatch.setattr(train.inp, "to_global", timed(train.inp.to_global))
 
   def summarized(*args):
+    if len(logs) == 2:  # the last interval: 0.3 s more of no input wait,
+      time.sleep(0.3)  # so that a few ms of scheduling noise stay < 0.02
     out = summarize(*args)
     logs.append(time.perf_counter())
     return out
@@ -346,16 +409,22 @@ def test_input_wait_fraction_is_the_time_spent_waiting_for_batches(
 
 
 @pytest.mark.slow
-def test_non_finite_steps_are_skipped_and_counted(digits_dir, tmp_path):
-  """nonfinite="skip": the run finishes; a step is counted skipped in
-  TensorBoard (logged every step) exactly when it left the parameters as
-  they were, and step 1 (finite) is not."""
+def test_non_finite_steps_are_skipped_and_counted(digits_dir, tmp_path,
+                                                  monkeypatch):
+  """nonfinite="skip": the run finishes and is evaluated once, at its end,
+  on its last (finite) parameters (evaluation itself: the smoke test); a
+  step is counted skipped in TensorBoard (logged every step) exactly when it
+  left the parameters as they were, and step 1 (finite) is not."""
+  calls = record_evaluations(monkeypatch)
   config = nonfinite_config(digits_dir, nonfinite="skip", eval_every_steps=0,
                             log_every_steps=1)
   workdir = str(tmp_path)
   results = train.train_and_evaluate(config, workdir)
-  assert {m["examples"] for m in results.values()} == {359}
+  assert [(s, r) for s, r, _ in calls] == [(4, False)]
+  assert set(results) == {"digits_motion"}
   assert saved_steps(workdir) == [1, 2, 3, 4]
+  assert_same_params(calls[0][2], checkpointing.read_params(
+      os.path.join(workdir, "checkpoints", "4")))
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   params = [jax.device_get(train.init_params(train.model_from_config(config),
                                              init_rng))]
@@ -400,26 +469,12 @@ def test_learning_rate_at_epoch_boundaries():
 
 
 @pytest.mark.slow
-def test_linear_probe_moves_only_the_heads(digits_dir, tmp_path):
-  config = tiny_config(digits_dir, num_train_steps=2,
-                       **{"optimizer.trainable": "heads"})
-  train.train_and_evaluate(config, str(tmp_path))
-  after = final_params(str(tmp_path))
-  model = train.model_from_config(config)
-  # Same init (same seed and split): backbone untouched, heads trained.
-  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-  before = jax.device_get(train.init_params(model, init_rng))
-  assert_same_params({k: v for k, v in after.items() if k != "heads"},
-                     {k: v for k, v in before.items() if k != "heads"})
-  for name, head in after["heads"].items():
-    for leaf in ("kernel", "bias"):
-      assert not np.array_equal(head[leaf], before["heads"][name][leaf]), (
-          name, leaf)
-
-
-@pytest.mark.slow
 def test_transfer_from_our_checkpoint_keeps_backbone_adds_fresh_head(
-    digits_dir, tiny_run, tmp_path):
+    digits_dir, tiny_run, tmp_path, monkeypatch):
+  """linear_probe.py:digits_motion from tiny_run: the run's start (what
+  checkpointing.init_params_from gave it, recorded) is tiny_run's backbone
+  and the run's own fresh probe head; after 2 steps only that head moved;
+  the probe head is evaluated on digits_motion's whole test set."""
   source_run = tiny_run  # tests/conftest.py: a co-training run
   trained = final_params(source_run)
   from configs import args  # pylint: disable=import-outside-toplevel
@@ -430,17 +485,31 @@ def test_transfer_from_our_checkpoint_keeps_backbone_adds_fresh_head(
   config.update(dict(batch_size=16, eval_batch_size=128, eval_reverse=False,
                      num_train_steps=2, log_every_steps=2))
   config.init_from = source_run
-  model = train.model_from_config(config)
-  fresh = jax.device_get(train.init_params(model, jax.random.PRNGKey(0)))
-  params, note = checkpointing.init_params_from(source_run, model, fresh)
+  seen = []
+  real = checkpointing.init_params_from
+
+  def recorded(path, model, fresh, *args, **kwargs):
+    fresh = jax.device_get(fresh)
+    out = real(path, model, fresh, *args, **kwargs)
+    seen.append((path, fresh, jax.device_get(out[0]), out[1]))
+    return out
+  monkeypatch.setattr(checkpointing, "init_params_from", recorded)
+  results = train.train_and_evaluate(config, str(tmp_path / "probe"))
+  [(path, fresh, params, note)] = seen
+  assert path == source_run
   assert "new heads, initialised fresh: digits_motion_probe" in note
   assert_same_params({k: v for k, v in params.items() if k != "heads"},
                      {k: v for k, v in trained.items() if k != "heads"})
+  assert list(params["heads"]) == ["digits_motion_probe"]
   np.testing.assert_array_equal(
       params["heads"]["digits_motion_probe"]["kernel"],
       fresh["heads"]["digits_motion_probe"]["kernel"])
-  results = train.train_and_evaluate(config, str(tmp_path / "probe"))
   assert results["digits_motion_probe"]["examples"] == 359
+  probed = final_params(str(tmp_path / "probe"))
+  assert_same_params({k: v for k, v in probed.items() if k != "heads"},
+                     {k: v for k, v in trained.items() if k != "heads"})
+  assert not np.array_equal(probed["heads"]["digits_motion_probe"]["kernel"],
+                            fresh["heads"]["digits_motion_probe"]["kernel"])
   # A same-named head of another size is refused, naming the fix.
   config.heads = {"digits_motion_probe": 8}
   mismatched = dict(trained, heads={"digits_motion_probe": {
@@ -451,67 +520,40 @@ def test_transfer_from_our_checkpoint_keeps_backbone_adds_fresh_head(
 
 
 @pytest.mark.slow
-def test_gradient_accumulation_equals_the_whole_batch():
-  heads = {"a": 3, "b": 5, "c": 4}
-  model = train.create(heads, num_frames=4, image_size=16, **TINY)
-  order = [train.Head("a", "video", 1.0), train.Head("b", "video", 0.5),
-           train.Head("c", "image", 0.5)]
-  tx = optax.sgd(0.1, momentum=0.9)
-  rng = np.random.default_rng(0)
-  batch = {
-      "video": {"frames": rng.integers(0, 256, (8, 4, 16, 16, 3), np.uint8),
-                "label": rng.integers(0, 3, 8),
-                "dataset": np.array([0, 1, 0, 1, 1, 0, 0, 1])},
-      "image": {"frames": rng.integers(0, 256, (4, 1, 16, 16, 3), np.uint8),
-                "label": rng.integers(0, 4, 4),
-                "dataset": np.full(4, 2)}}
-  batch = jax.tree.map(jnp.asarray, batch)
-  params = train.init_params(model, jax.random.PRNGKey(0))
-  state = {"step": jnp.zeros((), jnp.int32), "params": params,
-           "opt_state": tx.init(params), "rng": jax.random.PRNGKey(1)}
-  results = []
-  for steps in (1, 2, 4):
-    step = jax.jit(train.make_train_step(model, tx, lambda s: 0.1, order,
-                                         mean=MEAN, std=STD,
-                                         accumulation_steps=steps))
-    new_state, metrics = step(state, batch)
-    results.append((new_state["params"], float(metrics["loss"])))
-  for params_k, loss_k in results[1:]:
-    assert loss_k == pytest.approx(results[0][1], rel=1e-5)
-    for x, y in zip(jax.tree.leaves(params_k), jax.tree.leaves(results[0][0])):
-      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("accumulation_steps", [1, 2])
-def test_step_loss_and_update_match_an_independent_computation(
-    accumulation_steps):
-  """The jitted step on a raw batch (3 a + 1 b videos, 2 c images) of uint8
-  pixels: its loss and SGD update against w_d-weighted per-dataset mean
-  cross-entropies computed here from the model's logits on frames
-  normalised here ((x / 255 - mean) / std, in float64), and jax.grad of
-  that. The step counts each dataset's examples itself; the second
-  micro-batch holds no b, so per-micro-batch counts would be caught as
-  well."""
+def test_step_loss_and_update_match_an_independent_computation():
+  """The jitted step on a raw batch (6 a + 2 b videos, 4 c images) of
+  uint8 pixels, with 1 and 4 micro-batches: its loss and SGD update against
+  w_d-weighted per-dataset mean cross-entropies computed here from the
+  model's logits on frames normalised here ((x / 255 - mean) / std, in
+  float64), and jax.grad of that; and gradient accumulation equals the
+  whole batch (the same loss and parameters as with 1). The step counts
+  each dataset's examples itself: b is in rows 0 and 4 only, so of the 4
+  micro-batches (micro-batch m holds rows m, m + 4) the first holds no a,
+  the others no b, and each one image: per-micro-batch counts would be
+  caught as well."""
   classes = {"a": 3, "b": 5, "c": 4}
   model = train.create(classes, num_frames=4, image_size=16, **TINY)
-  heads = [train.Head("a", "video", 1.0), train.Head("b", "video", 1.0),
+  heads = [train.Head("a", "video", 1.0), train.Head("b", "video", 0.5),
            train.Head("c", "image", 0.5)]
   lr = 1.0  # a large step: old - new recovers lr * grad to float precision
   tx = optax.sgd(lr)  # no momentum: the update is -lr * grad
   rng = np.random.default_rng(0)
-  video_ids = np.array([0, 1, 0, 0])
-  video_labels = np.array([2, 4, 0, 1])  # b's 4 is beyond a's classes
-  image_labels = np.array([3, 1])
+  video_ids = np.array([1, 0, 0, 0, 1, 0, 0, 0])
+  video_labels = np.array([4, 2, 0, 1, 3, 1, 2, 0])  # b's 4, 3: beyond a's
+  image_labels = np.array([3, 1, 0, 2])
   batch = {
-      "video": {"frames": rng.integers(0, 256, (4, 4, 16, 16, 3), np.uint8),
+      "video": {"frames": rng.integers(0, 256, (8, 4, 16, 16, 3), np.uint8),
                 "label": video_labels, "dataset": video_ids},
-      "image": {"frames": rng.integers(0, 256, (2, 1, 16, 16, 3), np.uint8),
-                "label": image_labels, "dataset": np.full(2, 2)}}
+      "image": {"frames": rng.integers(0, 256, (4, 1, 16, 16, 3), np.uint8),
+                "label": image_labels, "dataset": np.full(4, 2)}}
   normalised = {part: ((batch[part]["frames"] / 255.0 - np.array(MEAN)) /
                        np.array(STD)).astype(np.float32) for part in batch}
   batch = jax.tree.map(jnp.asarray, batch)
-  params = train.init_params(model, jax.random.PRNGKey(0))
+  # Random parameters of the model's shapes (no init to compile), none zero:
+  # unlike init's zero temporal_fc, every leaf has a gradient to check.
+  params = jax.tree.map(
+      lambda x: jnp.asarray(rng.normal(0.0, 0.2, x.shape).astype(x.dtype)),
+      jax.eval_shape(lambda: train.init_params(model, jax.random.PRNGKey(0))))
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
            "opt_state": tx.init(params), "rng": jax.random.PRNGKey(1)}
 
@@ -522,27 +564,37 @@ def test_step_loss_and_update_match_an_independent_computation(
   def reference_loss(p):
     video = model.apply({"params": p}, normalised["video"], train=False)
     image = model.apply({"params": p}, normalised["image"], train=False)
-    return (1.0 * mean_ce(video["a"], video_labels, np.array([0, 2, 3]))
-            + 1.0 * mean_ce(video["b"], video_labels, np.array([1]))
-            + 0.5 * mean_ce(image["c"], image_labels, np.array([0, 1])))
+    return (1.0 * mean_ce(video["a"], video_labels, np.flatnonzero(
+        video_ids == 0))
+            + 0.5 * mean_ce(video["b"], video_labels, np.array([0, 4]))
+            + 0.5 * mean_ce(image["c"], image_labels, np.arange(4)))
 
   expected_loss, grads = jax.jit(jax.value_and_grad(reference_loss))(params)
-  step = jax.jit(train.make_train_step(
-      model, tx, lambda s: lr, heads, mean=MEAN, std=STD,
-      accumulation_steps=accumulation_steps))
-  new_state, metrics = step(state, batch)
-  assert float(metrics["loss"]) == pytest.approx(float(expected_loss),
-                                                 rel=1e-5)
-  assert {k: float(v["count"]) for k, v in metrics["datasets"].items()} == {
-      "a": 3.0, "b": 1.0, "c": 2.0}
   flat_old = jax.tree_util.tree_leaves_with_path(params)
-  flat_new = jax.tree.leaves(new_state["params"])
   flat_grads = jax.tree.leaves(grads)
-  assert len(flat_old) == len(flat_new) == len(flat_grads)
-  for (path, old), new, grad in zip(flat_old, flat_new, flat_grads):
-    np.testing.assert_allclose(np.asarray(old) - np.asarray(new),
-                               lr * np.asarray(grad), rtol=1e-3, atol=2e-6,
-                               err_msg=jax.tree_util.keystr(path))
+  whole = None  # (params, loss) with 1 micro-batch
+  for accumulation_steps in (1, 4):
+    step = jax.jit(train.make_train_step(
+        model, tx, lambda s: lr, heads, mean=MEAN, std=STD,
+        accumulation_steps=accumulation_steps))
+    new_state, metrics = step(state, batch)
+    loss = float(metrics["loss"])
+    assert loss == pytest.approx(float(expected_loss), rel=1e-5)
+    assert {k: float(v["count"]) for k, v in metrics["datasets"].items()} == {
+        "a": 6.0, "b": 2.0, "c": 4.0}, accumulation_steps
+    flat_new = jax.tree.leaves(new_state["params"])
+    assert len(flat_old) == len(flat_new) == len(flat_grads)
+    for (path, old), new, grad in zip(flat_old, flat_new, flat_grads):
+      np.testing.assert_allclose(
+          np.asarray(old) - np.asarray(new), lr * np.asarray(grad),
+          rtol=1e-3, atol=2e-6,
+          err_msg=f"{accumulation_steps} {jax.tree_util.keystr(path)}")
+    if whole is None:
+      whole = flat_new, loss
+      continue
+    assert loss == pytest.approx(whole[1], rel=1e-5)
+    for x, y in zip(flat_new, whole[0]):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
   # Every head learns from its own examples.
   for name in classes:
     assert np.abs(grads["heads"][name]["kernel"]).max() > 1e-3
