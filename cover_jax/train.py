@@ -242,8 +242,6 @@ class NonFiniteLoss(FloatingPointError):
 class StepFromConfig:
   """A config's jitted training step and the state it steps."""
   step: Any  # jitted (state, batch) -> (state, metrics)
-  tx: optax.GradientTransformation
-  schedule: optax.Schedule
   init: Any  # rng -> state (state_layout's)
   abstract: Any
   shardings: Any
@@ -273,7 +271,7 @@ def step_from_config(config: ConfigDict, model, heads: list[Head],
                                                 "weighted_sum")),
       in_shardings=(shardings, batch_shardings),
       out_shardings=(shardings, None), donate_argnums=0)
-  return StepFromConfig(step, tx, schedule, init, abstract, shardings)
+  return StepFromConfig(step, init, abstract, shardings)
 
 
 def summarize(pending: list[tuple[int, dict]], nonfinite: str) -> dict:
@@ -350,8 +348,9 @@ def _train_and_evaluate(config: ConfigDict, workdir: str,
   steps_per_epoch = optimizer.steps_per_epoch(
       sum(s.num_examples for s in sources), config.batch_size)
   num_steps = train_steps(config, steps_per_epoch)
-  refusal = checkpointing.refuses_scratch(config, checkpointing.start_point(
-      config, storage.resolve(workdir) / "checkpoints"))
+  start = checkpointing.start_point(config,
+                                    storage.resolve(workdir) / "checkpoints")
+  refusal = checkpointing.refuses_scratch(config, start)
   if refusal:
     raise ValueError(refusal)
   if jax.process_index() == 0:  # class names for predict, with no data
@@ -371,7 +370,8 @@ def _train_and_evaluate(config: ConfigDict, workdir: str,
                                keep=ckpt.keep,
                                async_save=ckpt.get("async_save", True))
   state, data_state, origin = restore_or_init(
-      config, mngr, model, init, abstract, shardings, [h.name for h in heads])
+      config, mngr, model, init, abstract, shardings, [h.name for h in heads],
+      start)
   logging.info("Start: %s", origin)
   if jax.process_index() == 0:
     print(f"Start: {origin}", flush=True)
@@ -517,10 +517,13 @@ def results_table(results: dict) -> str:
 # ----------------------------------------------------------------------------
 
 def restore_or_init(config, mngr, model, init, abstract, shardings,
-                    names: list[str]) -> tuple[Any, dict | None, str]:
-  """(state, the data state to resume or None, what was used), from
-  checkpointing.start_point for the run whose checkpoints `mngr` holds."""
-  start = checkpointing.start_point(config, mngr.directory)
+                    names: list[str],
+                    start: checkpointing.StartPoint | None = None
+                    ) -> tuple[Any, dict | None, str]:
+  """(state, the data state to resume or None, what was used), from `start`
+  (default: checkpointing.start_point for the run whose checkpoints `mngr`
+  holds)."""
+  start = start or checkpointing.start_point(config, mngr.directory)
   if start.kind == "workdir":
     state, data = checkpointing.restore(mngr, abstract)
     return (state, checkpointing.resumed_data_state(data, names),

@@ -63,14 +63,19 @@ def accumulation_steps(config: ConfigDict) -> int:
   return config.get("optimizer", {}).get("accumulation_steps", 1)
 
 
+def _sample_weights(config: ConfigDict) -> list[float | None]:
+  """Per dataset, in `sources` order, config's sample_weight (None: its
+  size)."""
+  return [spec.get("sample_weight") for spec in config.datasets.values()]
+
+
 def batch_split(config: ConfigDict, train_sources: list[Source],
                 granule: int) -> dict[str, int]:
   """Examples per part of the config's training batch over `granule` batch
   shards: those for_train's iterator loads (--mode=describe reports it)."""
   return mixture_split(
       [s.kind for s in train_sources],
-      sampling_weights(train_sources, [
-          s.get("sample_weight") for s in config.datasets.values()]),
+      sampling_weights(train_sources, _sample_weights(config)),
       config.batch_size, granule=granule,
       micro_batches=accumulation_steps(config),
       video_share=config.input.get("video_share"))
@@ -85,13 +90,12 @@ def for_train(config: ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
   without, into `granule` shards, all loaded here. Each part is also a
   multiple of config.optimizer.accumulation_steps per shard.
   """
-  specs = list(config.datasets.values())
   granule, shards = _shards(mesh, granule)
   return TrainIterator(
       sources(config, "train_split"), preprocessing(config),
       flips=flips(config),
       global_batch=config.batch_size, seed=config.input.get("seed", 0),
-      weights=[s.get("sample_weight") for s in specs], granule=granule,
+      weights=_sample_weights(config), granule=granule,
       shards=shards,
       micro_batches=accumulation_steps(config),
       video_share=config.input.get("video_share"), state=state,

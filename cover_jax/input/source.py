@@ -153,7 +153,7 @@ class Source:
 
 def check_head(heads: Mapping[str, int], source: Source) -> None:
   """A head for `source` with its label map's number of classes (the one
-  check of training, evaluation and the command line's describe)."""
+  check of training and evaluation)."""
   if source.name not in heads:
     raise ValueError(f"config.heads has no head {source.name!r} (heads: "
                      f"{sorted(heads)}): add config.heads.{source.name}="
@@ -161,8 +161,8 @@ def check_head(heads: Mapping[str, int], source: Source) -> None:
   if int(heads[source.name]) != source.num_classes:
     raise ValueError(
         f"config.heads.{source.name} = {heads[source.name]}, but dataset "
-        f"{source.dataset!r} has {source.num_classes} classes: set config.heads.{source.name}="
-        f"{source.num_classes}.")
+        f"{source.dataset!r} has {source.num_classes} classes: set "
+        f"config.heads.{source.name}={source.num_classes}.")
 
 
 def open_source(name: str, split: str, *, dataset: str | None = None,
