@@ -12,11 +12,11 @@ model, its cost and the data mixture without training; `plan` compiles the
 training step ahead of time for --topology (a TPU slice, e.g. v5p:4x4x4,
 from any host with `pip install -e ".[tpu]"`; or cpu:N fake devices) and
 reports memory per chip, FLOPs and the compiler's step-time estimate, in
-WORKDIR/plan.json (cover_jax/plan.py); --plan_search also tries remat, scan,
+WORKDIR/plan.json (cover_jax/tools/plan.py); --plan_search also tries remat, scan,
 mesh shapes and accumulation; `predict` classifies video and image files
 (--inputs, --inputs_from), `features` writes their clip embeddings,
 `export` writes a TF SavedModel and a jax.export artifact
-(cover_jax/apply.py). Run the same command on every host of a pod slice
+(cover_jax/inference/commands.py). Run the same command on every host of a pod slice
 or cluster: jax.distributed finds the others (TPU, SLURM, Open MPI), or pass
 --coordinator_address, --num_processes and --process_id.
 """
@@ -28,10 +28,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cover_jax import command_line
-from cover_jax import host
-from cover_jax import log_noise
-from cover_jax import startup
+from cover_jax.cli import command_line
+from cover_jax.cli import log_noise
+from cover_jax.runtime import allocator
+from cover_jax.runtime import startup
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -54,7 +54,7 @@ flags.DEFINE_string("inputs_from", None, "--mode=predict/features: a file of "
 flags.DEFINE_integer("max_image_pixels", None, "--mode=predict/features: "
                      "the most pixels an image may decode to (JPEGs at a "
                      "reduced scale); larger ones are refused. Default "
-                     "cover_jax/predict.py's MAX_IMAGE_PIXELS, 50 million.")
+                     "cover_jax/inference/predict.py's MAX_IMAGE_PIXELS, 50 million.")
 flags.DEFINE_integer("decode_threads", None, "--mode=predict/features: "
                      "files decoded at once (default 4, whatever the "
                      "cores).")
@@ -85,7 +85,7 @@ flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
 flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Modes that apply a trained model (cover_jax/apply.py).
+# Modes that apply a trained model (cover_jax/inference/commands.py).
 APPLY_MODES = ("predict", "features", "export")
 
 def describe(config) -> dict:
@@ -94,7 +94,7 @@ def describe(config) -> dict:
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   from cover_jax.models import abstract_variables, flops  # pylint: disable=import-outside-toplevel
-  from cover_jax.train import model_from_config  # pylint: disable=import-outside-toplevel
+  from cover_jax.training.train import model_from_config  # pylint: disable=import-outside-toplevel
 
   model = model_from_config(config)
   model.validate()
@@ -156,11 +156,11 @@ def run():
     logging.set_verbosity(logging.WARNING)
     log_noise.quiet()  # before TensorFlow is imported
   if FLAGS.config.get("retain_freed_host_memory"):  # before JAX starts
-    host.retain_freed_host_memory()
+    allocator.retain_freed_host_memory()
   if FLAGS.mode == "plan" and FLAGS.platform not in (None, "auto", "cpu"):
     raise SystemExit(f"main.py: error: --platform={FLAGS.platform}: "
                      f"--mode=plan compiles on the CPU; drop --platform.")
-  if FLAGS.mode != "plan":  # before any backend starts (cover_jax/startup.py)
+  if FLAGS.mode != "plan":  # before any backend starts (cover_jax/runtime/startup.py)
     try:
       startup.set_platform(FLAGS.platform)
     except startup.PlatformError as e:
@@ -169,7 +169,7 @@ def run():
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], "GPU")
   if FLAGS.mode == "plan":  # one process compiling ahead of time
-    from cover_jax import plan  # pylint: disable=import-outside-toplevel
+    from cover_jax.tools import plan  # pylint: disable=import-outside-toplevel
     plan.prepare_host(FLAGS.topology)
   else:
     startup.start_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
@@ -182,9 +182,9 @@ def run():
   workdir = storage.resolve(FLAGS.workdir)
   config_path = workdir / "config.json"
   if FLAGS.mode in APPLY_MODES:  # a trained run's workdir: read, not written
-    from cover_jax import apply  # pylint: disable=import-outside-toplevel
+    from cover_jax.inference import commands  # pylint: disable=import-outside-toplevel
     try:
-      status = apply.main(config, str(workdir), mode=FLAGS.mode,
+      status = commands.main(config, str(workdir), mode=FLAGS.mode,
                           inputs=FLAGS.inputs, inputs_from=FLAGS.inputs_from,
                           output=FLAGS.output, top_k=FLAGS.top_k,
                           heads=FLAGS.heads, class_names=FLAGS.class_names,
@@ -195,10 +195,10 @@ def run():
       raise SystemExit(f"main.py: error: {e}") from None
     raise SystemExit(status)
   if FLAGS.mode in ("train", "eval"):  # all that is missing, before opening
-    from cover_jax import preflight  # pylint: disable=import-outside-toplevel
+    from cover_jax.cli import preflight  # pylint: disable=import-outside-toplevel
     preflight.exit_if_missing(config, str(workdir), FLAGS.mode)
   if FLAGS.mode == "train":  # one run per workdir: before anything is written
-    from cover_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+    from cover_jax.training import workdir_lock  # pylint: disable=import-outside-toplevel
     try:
       workdir_lock.hold_until_exit(str(workdir), config.checkpoint.get(
           "lock_lease_seconds"))
@@ -228,7 +228,8 @@ def run():
         plan.to_json(result), indent=2), "--workdir")
     print(f"Plan saved to {workdir / 'plan.json'}")
     return
-  from cover_jax import checkpointing, event_writer, stages, stop_request, train  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import checkpointing, event_writer, stages, train  # pylint: disable=import-outside-toplevel
+  from cover_jax.runtime import stop_request  # pylint: disable=import-outside-toplevel
   from cover_jax import input as inp  # pylint: disable=import-outside-toplevel
   if FLAGS.mode == "train":
     try:

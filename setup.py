@@ -24,7 +24,7 @@ setuptools.setup(
                                                "data", "data.*", "configs"]),
     install_requires=requirements(),
     extras_require={
-        # --mode=plan for TPU topologies (cover_jax/plan.py): libtpu compiles
+        # --mode=plan for TPU topologies (cover_jax/tools/plan.py): libtpu compiles
         # for TPUs on any host; no TPU needed.
         "tpu": ["jax[tpu]==0.10.2"],
         # Training on NVIDIA GPUs (CUDA 12 wheels; jax at our version).

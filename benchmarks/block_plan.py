@@ -25,7 +25,7 @@ import functools
 import json
 import time
 
-from cover_jax import plan
+from cover_jax.tools import plan
 
 plan.prepare_host("v5p:2x2x1")
 

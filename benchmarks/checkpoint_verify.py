@@ -1,4 +1,4 @@
-"""What do checkpoint digests cost (cover_jax/checkpoint_digest.py)?
+"""What do checkpoint digests cost (cover_jax/training/checkpoint_digest.py)?
 
 Saves and restores two states with our manager (digest written once orbax
 commits; verified before each restore) and with a plain orbax
@@ -39,15 +39,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cover_jax import checkpoint_digest
-from cover_jax import checkpointing
+from cover_jax.training import checkpoint_digest
+from cover_jax.training import checkpointing
 # pylint: enable=wrong-import-position
 
 
 def mini_state():
   """The mini config's training state (train.py's layout), on the host."""
   from configs import cover_mini  # pylint: disable=import-outside-toplevel
-  from cover_jax import optimizer, sharding, train  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import optimizer, train  # pylint: disable=import-outside-toplevel
+  from cover_jax import sharding  # pylint: disable=import-outside-toplevel
   config = cover_mini.get_config()
   mesh = sharding.make_mesh(**config.mesh)
   model = train.model_from_config(config)

@@ -62,7 +62,7 @@ os.environ.update(EPATH_USE_TF="false",
 import numpy as np  # pylint: disable=wrong-import-position
 from PIL import Image  # pylint: disable=wrong-import-position
 
-from cover_jax import host  # pylint: disable=wrong-import-position
+from cover_jax.runtime import allocator  # pylint: disable=wrong-import-position
 from data import frame_store  # pylint: disable=wrong-import-position
 
 BUCKET = "bucket"
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
   local = frame_store.FrameStore(store_dir, "train")
   size = sum(os.path.getsize(os.path.join(store_dir, "frames", f))
              for f in os.listdir(os.path.join(store_dir, "frames")))
-  print(f"machine: {host.cpu_model()}, {os.cpu_count()} cores")
+  print(f"machine: {allocator.cpu_model()}, {os.cpu_count()} cores")
   with np.load(frame_store.index_path(store_dir, "train")) as index:
     mean_jpeg = index["size"].mean()
   print(f"store: {len(local)} videos, {local.count.sum()} frames, "

@@ -1,4 +1,4 @@
-"""Does `cover_jax.host.retain_freed_host_memory()` cost input throughput?
+"""Does `cover_jax.runtime.allocator.retain_freed_host_memory()` cost input throughput?
 
 The setting (M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1) makes XLA's
 CPU step faster (benchmarks/train_step.py) but applies to the whole process:
@@ -47,8 +47,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cover_jax import host  # pylint: disable=wrong-import-position
-from cover_jax.tensorboard import read_scalars  # pylint: disable=wrong-import-position
+from cover_jax.runtime import allocator  # pylint: disable=wrong-import-position
+from cover_jax.training.event_writer import read_scalars  # pylint: disable=wrong-import-position
 
 SETTINGS = ("retained", "default")  # retain_freed_host_memory() or not
 # Threads of XLA's CPU runtime (its Eigen pool is "tf_XLAEigen"). tf.data's
@@ -185,18 +185,18 @@ def iterator_alone(make, seconds: float) -> float:
 
 
 def child(args) -> dict:
-  applied = args.child == "retained" and host.retain_freed_host_memory()
+  applied = args.child == "retained" and allocator.retain_freed_host_memory()
   if args.child == "retained" and not applied:
     raise SystemExit("retain_freed_host_memory() did not apply (no glibc?)")
   from absl import logging  # pylint: disable=import-outside-toplevel
-  from cover_jax import log_noise  # pylint: disable=import-outside-toplevel
+  from cover_jax.cli import log_noise  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)
   log_noise.quiet()
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], "GPU")
   from configs import cover_mini  # pylint: disable=import-outside-toplevel
-  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
-  from cover_jax import train  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import train  # pylint: disable=import-outside-toplevel
 
   config = cover_mini.get_config()
   config.data_dir = args.data_dir
@@ -342,7 +342,7 @@ def build_datasets(data_dir: str):
 
 
 def machine() -> str:
-  return f"{host.cpu_model()}, {os.cpu_count()} cores"
+  return f"{allocator.cpu_model()}, {os.cpu_count()} cores"
 
 
 def main():

@@ -76,11 +76,11 @@ from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cover_jax import host
 from cover_jax.input import ops
 from cover_jax.input.pipeline import NumpyStream, Preprocessing, TrainIterator
 from cover_jax.input.source import Source, open_source
 from cover_jax.models import create, flops
+from cover_jax.runtime import allocator
 from data import features as data_features
 from data import registry
 
@@ -596,7 +596,7 @@ def print_cpu_training(rows: list[dict]):
 
 
 def machine() -> str:
-  model = host.cpu_model()
+  model = allocator.cpu_model()
   memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
   return (f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB; "
           f"tensorflow {tf.__version__}")
@@ -650,7 +650,7 @@ def main():
                            "round of 1 s, no control pipelines")
   parser.add_argument("--json", default=None, help="also write figures here")
   parser.add_argument("--retain_freed_host_memory", action="store_true",
-                      help="apply cover_jax.host.retain_freed_host_memory() "
+                      help="apply cover_jax.runtime.allocator.retain_freed_host_memory() "
                            "first (no mmap for large blocks)")
   parser.add_argument("--write_old_layout", help=argparse.SUPPRESS)
   parser.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -660,7 +660,7 @@ def main():
                                        data_dir=args.data_dir),
                            args.write_old_layout)
     return
-  if args.retain_freed_host_memory and not host.retain_freed_host_memory():
+  if args.retain_freed_host_memory and not allocator.retain_freed_host_memory():
     raise SystemExit("retain_freed_host_memory: no glibc mallopt here.")
   if args.quick:
     args.num_videos, args.video_seconds, args.batch = 4, 4.0, 4

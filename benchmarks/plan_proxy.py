@@ -5,7 +5,7 @@ a 2-core host). The step time grows linearly in the depth, so two plans at
 depths 2 and 4 of the same slice and batch give the time per block (the
 slope, gradient all-reduce included) and the rest (the intercept) in 2-4
 minutes each; the full step is intercept + 24 x slope. Same function as
-`--mode=plan` (cover_jax.plan.plan), the config's everything but the depth;
+`--mode=plan` (cover_jax.tools.plan.plan), the config's everything but the depth;
 prints one JSON line per plan. The compiler's estimates, not measurements.
 
     python benchmarks/plan_proxy.py --config=configs/cover_l16_jft.py \
@@ -20,7 +20,7 @@ import argparse
 import json
 
 from configs import args as config_args
-from cover_jax import plan
+from cover_jax.tools import plan
 
 
 def main():

@@ -86,7 +86,7 @@ def child(case: str, args) -> dict:
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
   from cover_jax import input as inp
-  from cover_jax import predict
+  from cover_jax.inference import predict
   from data import decode as decoding
   prep = inp.Preprocessing(num_frames=args.num_frames,
                            crop_size=args.short_side)

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cover_jax import host
 from cover_jax.models import TimeSformer, flops, init_params, variant
+from cover_jax.runtime import allocator
 
 # name -> (model fields, batch)
 PRESETS = {
@@ -136,12 +136,13 @@ def main():
   parser.add_argument("--matmul_size", type=int, default=4096)
   parser.add_argument("--json", default=None, help="also write figures here")
   parser.add_argument("--default_allocator", action="store_true",
-                      help="leave glibc's allocator as it is (see cover_jax/host.py)")
+                      help="leave glibc's allocator as it is "
+                           "(see cover_jax/runtime/allocator.py)")
   args = parser.parse_args()
   # Before anything starts JAX's runtime threads.
-  allocator = "glibc default"
-  if not args.default_allocator and host.retain_freed_host_memory():
-    allocator = "freed memory retained (cover_jax.host)"
+  memory_setting = "glibc default"
+  if not args.default_allocator and allocator.retain_freed_host_memory():
+    memory_setting = "freed memory retained (cover_jax.runtime.allocator)"
   args.preset = args.preset or ("gpu" if jax.default_backend() == "gpu"
                                 else "cpu")
   dtype = jnp.dtype(args.dtype or ("bfloat16" if args.preset == "gpu"
@@ -160,7 +161,7 @@ def main():
                        "it to PEAK_FLOPS in benchmarks/train_step.py.")
     reference = lambda: PEAK_FLOPS[kind]
     reference_name = f"{kind} dense bf16 peak"
-  print(f"machine: {machine}; allocator: {allocator}")
+  print(f"machine: {machine}; allocator: {memory_setting}")
   print(f"reference: {reference_name}")
 
   results = []
@@ -177,7 +178,7 @@ def main():
           f"{r['page_faults_per_step']:.0f} page faults/step")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(dict(machine=machine, allocator=allocator,
+      json.dump(dict(machine=machine, allocator=memory_setting,
                      reference=reference_name, results=results), f, indent=2)
 
 

@@ -11,7 +11,7 @@ placeholder = ml_collections.config_dict.placeholder
 
 
 def optimizer(**fields) -> ml_collections.ConfigDict:
-  """`config.optimizer` (cover_jax/optimizer.py), paper 4.1 by default.
+  """`config.optimizer` (cover_jax/training/optimizer.py), paper 4.1 by default.
 
   SGD, momentum 0.9; learning rate 5e-3, "drops to 5e-4 and 5e-5 at epochs 11
   and 15": epoch 11 starts after 10 epochs, so the boundaries, in epochs
@@ -40,7 +40,7 @@ def config() -> ml_collections.ConfigDict:
   c.num_epochs = 20
   c.num_train_steps = placeholder(int)  # set: overrides num_epochs
   c.optimizer = optimizer()
-  # The loss (cover_jax/train.py weighted_loss): "weighted_sum", the paper's
+  # The loss (cover_jax/training/train.py weighted_loss): "weighted_sum", the paper's
   # sum over datasets of w_d x the mean cross-entropy of d's examples in the
   # batch (3.3, eqs. 2 and 4); "weighted_average" divides it by the sum of
   # the weights of the datasets in the batch (appendix A's wording).
@@ -48,13 +48,13 @@ def config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # lock_lease_seconds: a killed run's lock on the workdir is taken over
   # this long after its last renewal when its host cannot tell that it is
-  # gone (another host; cover_jax/workdir_lock.py).
+  # gone (another host; cover_jax/training/workdir_lock.py).
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=1000, keep=3, async_save=True, lock_lease_seconds=180.0))
   c.resume_from = placeholder(str)  # a checkpoint of ours: state + data
   c.init_from = placeholder(str)  # ViT .npz, TimeSformer .pyth, ours
   # A pretraining stage's config, trained first in WORKDIR/pretrain on this
-  # config's model, whose result is then init_from (cover_jax/stages.py).
+  # config's model, whose result is then init_from (cover_jax/training/stages.py).
   c.pretrain = None
   # True: the experiment starts from pretrained weights; training refuses to
   # start from scratch without init_from (or a checkpoint to resume).
@@ -63,7 +63,7 @@ def config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 0  # 0: at the end only
   c.eval_reverse = False  # also evaluate with frames reversed (Table 2)
   c.nonfinite = "stop"  # or "skip": skip the update
-  # True: glibc keeps freed memory for reuse (cover_jax/host.py): a faster
+  # True: glibc keeps freed memory for reuse (cover_jax/runtime/allocator.py): a faster
   # XLA:CPU step but a slower input pipeline beside it; the mini config
   # trained slower with it on two free cores (benchmarks/RESULTS.md).
   c.retain_freed_host_memory = False

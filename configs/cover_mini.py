@@ -2,7 +2,7 @@
 
     python main.py --config=configs/cover_mini.py --workdir=/tmp/cover
 
-runs two stages in WORKDIR/pretrain and WORKDIR (cover_jax/stages.py):
+runs two stages in WORKDIR/pretrain and WORKDIR (cover_jax/training/stages.py):
   1. vit_mini.py: a ViT pretrained on digits_image (the ImageNet ViT role);
   2. co-training a TimeSformer initialised from it, as TimeSformer
      initialises from a ViT, on the three mini datasets made from
@@ -51,7 +51,7 @@ def get_config(arg=None):
   ablations.apply(config, arg["ablations"], images=[mini.IMAGES])
   config.input = mini.input_config()
   config.model = mini.model()
-  # Stage 1 (cover_jax/stages.py): vit_mini.py's recipe on this model with
+  # Stage 1 (cover_jax/training/stages.py): vit_mini.py's recipe on this model with
   # the temporal layers removed; init_from its result.
   config.pretrain = vit_mini.get_config()
   del config.pretrain.model  # the run's own

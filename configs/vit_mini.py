@@ -6,7 +6,7 @@ the mini TimeSformer with its temporal layers removed (attention_type
 attention layers are all removed"), trained on images alone. cover_mini.py
 runs it first and initialises from its result as TimeSformer initialises
 from a ViT: temporal attention copied from spatial, temporal_fc and the time
-embedding at zero (cover_jax.checkpointing.inflate_image_model).
+embedding at zero (cover_jax.training.checkpointing.inflate_image_model).
 
     python main.py --config=configs/vit_mini.py --workdir=/tmp/vit_mini
 

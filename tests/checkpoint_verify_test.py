@@ -17,8 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cover_jax import checkpoint_digest
-from cover_jax import checkpointing
+from cover_jax.training import checkpoint_digest
+from cover_jax.training import checkpointing
 from tests import restore_test
 from tests import train_test
 

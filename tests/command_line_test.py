@@ -1,4 +1,4 @@
-"""Command-line mistakes (cover_jax/command_line.py): `python main.py` stops
+"""Command-line mistakes (cover_jax/cli/command_line.py): `python main.py` stops
 with one line on stderr, status 1, before TensorFlow or JAX start and before
 the workdir is created. (Each run exits at flag parsing: well under 1 s.)"""
 

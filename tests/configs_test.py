@@ -18,8 +18,8 @@ from ml_collections import config_flags
 from configs import ablations
 from configs import args
 from configs import datasets
-from cover_jax import optimizer
 from cover_jax.models import create, flops
+from cover_jax.training import optimizer
 
 CONFIGS = args.CONFIG_DIR
 
@@ -223,7 +223,7 @@ def test_command_line_overrides_placeholders():
 def test_the_mini_configs_take_every_model_field_of_the_paper_configs():
   """One schema: what the command line sets on a paper config's model it
   sets on cover_mini's and vit_mini's, and the model builds with it."""
-  from cover_jax import train  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import train  # pylint: disable=import-outside-toplevel
   paper = set().union(*(load(name).model for name in PAPER_CONFIGS +
                         ["timesformer_b16_k400.py"]))
   for mini in ("cover_mini.py", "vit_mini.py"):

@@ -90,7 +90,7 @@ def tiny_run(digits_dir, tmp_path_factory, worker_id):
   """Workdir of a 5-step run of tests.train_test.tiny_config (evaluation
   stubbed out), checkpointed every step with keep=3: steps 3, 4, 5. Shared
   by every worker: read it, or copy it before writing (shutil.copytree)."""
-  from cover_jax import evaluate, train  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate, train  # pylint: disable=import-outside-toplevel
   from tests import train_test  # pylint: disable=import-outside-toplevel
   config = train_test.tiny_config(
       digits_dir, num_train_steps=5,

@@ -90,7 +90,7 @@ def test_evaluation_stops_with_the_name_or_masks_the_record(broken):
   assert broken_rows.tolist() == [int(r == record) for r in range(BATCH)] + [
       0] * 4
   # Scored and skipped together cover the split once; the results say so.
-  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate  # pylint: disable=import-outside-toplevel
   totals = {"top1": 3, "top5": 5, "loss": 7.0, "skipped": 1,
             "examples": BATCH - 1}
   assert evaluate._finalize(totals, source(data_dir)) == {  # pylint: disable=protected-access
@@ -218,8 +218,8 @@ def test_a_broken_image_record_is_named_or_replaced(synthetic_dir, tmp_path):
 def test_training_logs_the_replaced_rows_per_dataset(digits_dir, tmp_path,
                                                      monkeypatch):
   """What the iterator counts reaches TensorBoard at every log step."""
-  from cover_jax import evaluate, train  # pylint: disable=import-outside-toplevel
-  from cover_jax.tensorboard import read_scalars  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate, train  # pylint: disable=import-outside-toplevel
+  from cover_jax.training.event_writer import read_scalars  # pylint: disable=import-outside-toplevel
   from tests import train_test  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
   counts = iter([{"digits_image": 0, "digits_motion": 1},

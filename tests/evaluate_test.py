@@ -15,10 +15,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cover_jax import evaluate as ev
 from cover_jax import input as inp
 from cover_jax import sharding
 from cover_jax.models import abstract_variables, create
+from cover_jax.training import evaluate as ev
 from tests import synthetic_data  # pylint: disable=unused-import
 
 HEADS = {"clips": 3, "stills": 3, "digits_image": 10}

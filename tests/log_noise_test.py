@@ -1,4 +1,4 @@
-"""Start-up noise (cover_jax/log_noise.py): main.py's default output holds
+"""Start-up noise (cover_jax/cli/log_noise.py): main.py's default output holds
 only its own lines; --verbosity=0 brings TensorFlow's back. (Two runs of
 main.py that stop at preflight, after TensorFlow started: ~8 s each.)"""
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cover_jax import log_noise
+from cover_jax.cli import log_noise
 from tests import preflight_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ def test_tfds_warnings_are_dropped_errors_and_ours_kept():
   tfds_file = "/venv/site-packages/tensorflow_datasets/core/features/a.py"
   assert not drop.filter(record(tfds_file, logging.WARNING))
   assert drop.filter(record(tfds_file, logging.ERROR))
-  assert drop.filter(record("/work/main/cover_jax/train.py", logging.WARNING))
+  assert drop.filter(record("/work/main/cover_jax/training/train.py", logging.WARNING))
 
 
 # A save's writes still in flight when the asyncio loop awaiting them is
@@ -73,7 +73,7 @@ import asyncio, sys, time
 import numpy as np
 import tensorstore as ts
 if sys.argv[1] == "quiet":
-  from cover_jax import log_noise
+  from cover_jax.cli import log_noise
   log_noise.quiet()
 
 async def start_writes():

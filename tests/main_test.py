@@ -9,8 +9,8 @@ import shutil
 import jax
 import pytest
 
-from cover_jax import checkpointing
-from cover_jax import evaluate
+from cover_jax.training import checkpointing
+from cover_jax.training import evaluate
 from tests import train_test
 
 ROOT = train_test.ROOT
@@ -43,7 +43,7 @@ def run_main(monkeypatch, digits_dir):
         "top1": 0.5, "top5": 1.0, "loss": 1.0, "examples": 359}}
 
   monkeypatch.setattr(evaluate, "evaluate", record)
-  monkeypatch.setattr(main.host, "retain_freed_host_memory", lambda: False)
+  monkeypatch.setattr(main.allocator, "retain_freed_host_memory", lambda: False)
 
   def run(workdir, mode, **overrides):
     """main.main with --config=configs/cover_mini.py, train_test.TINY and
@@ -93,12 +93,12 @@ def test_eval_mode_evaluates_the_last_checkpoint_without_training(
 
 def test_host_allocator_setting_only_where_the_config_asks(
     run_main, tmp_path, monkeypatch):
-  """config.retain_freed_host_memory (default False) applies cover_jax.host's
+  """config.retain_freed_host_memory (default False) applies cover_jax.runtime.allocator's
   setting, which slows the input pipeline beside the step; else glibc's
   allocator is left as it is."""
   import main  # pylint: disable=import-outside-toplevel
   applied = []
-  monkeypatch.setattr(main.host, "retain_freed_host_memory",
+  monkeypatch.setattr(main.allocator, "retain_freed_host_memory",
                       lambda: applied.append(True) or True)
   run_main(tmp_path / "a", "describe")
   assert not applied

@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cover_jax import checkpointing
 from cover_jax import input as inp
-from cover_jax import optimizer
 from cover_jax import sharding
-from cover_jax import stop_request
-from cover_jax import train
+from cover_jax.runtime import stop_request
+from cover_jax.training import checkpointing
+from cover_jax.training import optimizer
+from cover_jax.training import train
 from tests import distributed
 from tests import train_test
 

@@ -45,7 +45,7 @@ def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
   # Evaluation: the model's parameters are numpy, the same in both
   # processes; 7 clips in one batch of 8: process 0 reads 4, process 1 3 and
   # a pad.
-  from cover_jax import evaluate as ev  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate as ev  # pylint: disable=import-outside-toplevel
   model, params = evaluate_test.model_and_params()
   results = ev.evaluate(model, params, evaluate_test.tiny_config(data_dir),
                         names=["clips"], mesh=sharding.make_mesh(), step=1,
@@ -83,7 +83,7 @@ def test_global_batch_and_evaluation_from_two_processes(synthetic_dir,
                             expected["video"]["frames"][half:])
   # Evaluation: every process gets the global results, those of numpy on
   # one device, every example scored once.
-  from cover_jax import evaluate as ev  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate as ev  # pylint: disable=import-outside-toplevel
   model, params = evaluate_test.model_and_params()
   scores = evaluate_test.numpy_scores(
       model, params, evaluate_test.tiny_config(synthetic_dir), "clips")

@@ -11,8 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cover_jax import optimizer
 from cover_jax.models import create, unboxed
+from cover_jax.training import optimizer
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "configs")

@@ -1,4 +1,4 @@
-"""--mode=plan (cover_jax/plan.py) on a tiny config: numbers against the
+"""--mode=plan (cover_jax/tools/plan.py) on a tiny config: numbers against the
 compiler's own analysis and the analytic FLOPs, on fake CPU devices and, with
 libtpu installed, on a v5p:2x2x1 topology; a too-large batch gets the nearest
 settings that fit, also when the compiler itself runs out of memory."""
@@ -11,8 +11,10 @@ from ml_collections import ConfigDict
 import pytest
 
 from configs import base, cover_mini
-from cover_jax import optimizer, plan, sharding, train
+from cover_jax import sharding
 from cover_jax.models import flops
+from cover_jax.tools import plan
+from cover_jax.training import optimizer, train
 
 HAS_LIBTPU = plan.libtpu_installed()
 # pylint: disable=protected-access

@@ -1,4 +1,4 @@
-"""Start-up (cover_jax/startup.py): the platform a run picks, and SIGTERM
+"""Start-up (cover_jax/runtime/startup.py): the platform a run picks, and SIGTERM
 before training handles it.
 
 conftest.py sets JAX_PLATFORMS=cpu, which hides what a host without TPUs
@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from cover_jax import startup
+from cover_jax.runtime import startup
 from tests import distributed
 
 ROOT = distributed.ROOT
@@ -140,7 +140,7 @@ def _start_one_process(tmp_path, then: str) -> subprocess.Popen:
   one), runs `then`, and prints "ready" before waiting."""
   code = textwrap.dedent(f"""
       import time
-      from cover_jax import startup
+      from cover_jax.runtime import startup
       assert startup.start_distributed("127.0.0.1:{distributed.free_port()}",
                                        num_processes=1, process_id=0)
       """) + textwrap.dedent(then)

@@ -1,5 +1,5 @@
 """Using a trained model: --mode=predict, features and export (cover_jax/
-predict.py, apply.py, export.py) on real mp4, webm and png files and a
+predict.py, commands.py, export.py) on real mp4, webm and png files and a
 corrupt one, from a run's workdir and from an official-format .pyth."""
 
 import json
@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from cover_jax import apply
-from cover_jax import predict
+from cover_jax.inference import commands
+from cover_jax.inference import predict
 from cover_jax.input import make
 from tests import make_test
 from tests import media_files
@@ -115,7 +115,7 @@ def test_predictions_are_the_view_averaged_softmax(tiny_run, digits_dir,
   over its views of the softmax of the model's logits on those views
   (uint8, normalised here)."""
   config = train_test.tiny_config(digits_dir)
-  model, params, infos, origin = apply.load(config, tiny_run)
+  model, params, infos, origin = commands.load(config, tiny_run)
   assert "step 5" in origin
   paths = predict.expand_inputs([inputs])
   results = list(predict.run(model, params, config, infos, paths, top_k=10,
@@ -145,7 +145,7 @@ def test_features_are_the_models_clip_embeddings(tiny_run, digits_dir,
                                                  inputs, tmp_path):
   config = train_test.tiny_config(digits_dir)
   out = tmp_path / "features.npz"
-  status = apply.main(config, tiny_run, mode="features", inputs=[inputs],
+  status = commands.main(config, tiny_run, mode="features", inputs=[inputs],
                       output=str(out))
   assert status == 1  # the broken file
   saved = np.load(out)
@@ -154,7 +154,7 @@ def test_features_are_the_models_clip_embeddings(tiny_run, digits_dir,
   assert [os.path.basename(i) for i in saved["failed"]] == ["broken.mp4"]
   assert saved["cls"].shape == (3, train_test.TINY["width"])
   # The embedding feeds the heads: the head applied to it gives the logits.
-  model, params, infos, _ = apply.load(config, tiny_run)
+  model, params, infos, _ = commands.load(config, tiny_run)
   prep = make.preprocessing(config)
   views = normalised(views_of_every_frame(
       str(saved["ids"][1]), predict.decode_short_side(
@@ -173,18 +173,18 @@ def test_features_are_the_models_clip_embeddings(tiny_run, digits_dir,
 def test_nothing_to_predict_is_refused(tiny_run, digits_dir, tmp_path):
   config = train_test.tiny_config(digits_dir)
   with pytest.raises(ValueError, match=r"--mode=predict needs --inputs"):
-    apply.main(config, tiny_run, mode="predict")
+    commands.main(config, tiny_run, mode="predict")
   with pytest.raises(FileNotFoundError, match=r"--inputs: '.*nowhere' does "
                      r"not exist"):
-    apply.main(config, tiny_run, mode="predict",
+    commands.main(config, tiny_run, mode="predict",
                inputs=[str(tmp_path / "nowhere")])
   with pytest.raises(ValueError, match=r"--inputs: no video or image "
                      r"files found"):
-    apply.main(config, tiny_run, mode="predict", inputs=[str(tmp_path)])
+    commands.main(config, tiny_run, mode="predict", inputs=[str(tmp_path)])
   media_files.write_image(str(tmp_path / "an_image.png"))
   with pytest.raises(ValueError, match=r"Nothing to apply the model with: "
                      r"no checkpoint in .*config.init_from is set"):
-    apply.main(config, str(tmp_path), mode="predict",
+    commands.main(config, str(tmp_path), mode="predict",
                inputs=[str(tmp_path)])
 
 
@@ -217,7 +217,7 @@ def test_predict_from_a_pyth_with_class_names_equals_pytorch(tmp_path,
   names = {f"action {i}": i for i in range(7)}  # SlowFast's {name: index}
   (tmp_path / "classes.json").write_text(json.dumps(names))
   config = pyth_config(str(pyth), digits_dir)
-  model, params, infos, origin = apply.load(
+  model, params, infos, origin = commands.load(
       config, str(tmp_path), class_names=[str(tmp_path / "classes.json")])
   assert "TimeSformer .pyth" in origin
   assert infos["kinetics400"].labels == tuple(names)
@@ -238,12 +238,12 @@ def test_predict_from_a_pyth_with_class_names_equals_pytorch(tmp_path,
     np.testing.assert_allclose(got[name], want[i], rtol=1e-4, atol=1e-6)
   # Features and export from the same .pyth.
   class_names = [f"kinetics400={tmp_path / 'classes.json'}"]
-  assert apply.main(config, str(tmp_path), mode="features", inputs=[path],
+  assert commands.main(config, str(tmp_path), mode="features", inputs=[path],
                     output=str(tmp_path / "f.npz"),
                     class_names=class_names) == 0
   assert np.load(tmp_path / "f.npz")["cls"].shape == (1, 32)
   out = tmp_path / "export"
-  assert apply.main(config, str(tmp_path), mode="export",
+  assert commands.main(config, str(tmp_path), mode="export",
                     export_dir=str(out), class_names=class_names) == 0
   exported = jax.export.deserialize((out / "model.jax_export").read_bytes())
   frames = np.random.default_rng(1).integers(0, 256, (2, 4, 12, 12, 3),
@@ -288,7 +288,7 @@ def test_export_reloads_in_a_fresh_process_with_predicts_numbers(
     tiny_run, digits_dir, tmp_path):
   config = train_test.tiny_config(digits_dir)
   out = str(tmp_path / "export")
-  assert apply.main(config, tiny_run, mode="export", export_dir=out) == 0
+  assert commands.main(config, tiny_run, mode="export", export_dir=out) == 0
   # Frames as the model takes them, for two batch sizes (free batch).
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 256, (3, 8, 32, 32, 3), dtype=np.uint8)
@@ -301,7 +301,7 @@ def test_export_reloads_in_a_fresh_process_with_predicts_numbers(
   assert json.loads(proc.stdout.splitlines()[-1]) == ["class_names.json"]
   reloaded = np.load(os.path.join(out, "reloaded.npz"))
   # predict's own scorer on the same uint8 frames, one view each.
-  model, params, infos, _ = apply.load(config, tiny_run)
+  model, params, infos, _ = commands.load(config, tiny_run)
   prep = make.preprocessing(config)
   probs, _ = predict.make_scorer(model, list(infos), mean=prep.mean,
                                  std=prep.std)(params, frames[:, None])
@@ -478,7 +478,7 @@ def test_predict_scores_a_long_video_from_its_sampled_frames(
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from cover_jax import input as inp  # pylint: disable=import-outside-toplevel
   config = train_test.tiny_config(digits_dir)
-  model, params, infos, _ = apply.load(config, tiny_run)
+  model, params, infos, _ = commands.load(config, tiny_run)
   prep = make.preprocessing(config)
   path = write_gop_video(tmp_path / "long.mp4", 200, gop=10)
   side = predict.decode_short_side(infos, ["digits_motion"], prep)
@@ -595,10 +595,10 @@ def test_the_decoding_pool_is_bounded_whatever_the_cores(monkeypatch):
 
 def test_inputs_from_a_list_file_are_checked_before_the_model_loads(
     tmp_path, monkeypatch, digits_dir):
-  monkeypatch.setattr(apply, "load", lambda *a, **k: pytest.fail("loaded"))
+  monkeypatch.setattr(commands, "load", lambda *a, **k: pytest.fail("loaded"))
   config = train_test.tiny_config(digits_dir)
   with pytest.raises(FileNotFoundError) as error:
-    apply.main(config, str(tmp_path), mode="predict",
+    commands.main(config, str(tmp_path), mode="predict",
                inputs=[str(tmp_path / "gone.mp4")])
   assert str(error.value) == (f"--inputs: {str(tmp_path / 'gone.mp4')!r} "
                               f"does not exist.")
@@ -609,7 +609,7 @@ def test_inputs_from_a_list_file_are_checked_before_the_model_loads(
   assert predict.read_input_list(str(listed)) == [
       image, str(tmp_path / "gone, too.mp4")]
   with pytest.raises(FileNotFoundError) as error:
-    apply.main(config, str(tmp_path), mode="predict",
+    commands.main(config, str(tmp_path), mode="predict",
                inputs=[str(tmp_path / "gone.mp4"), image],
                inputs_from=str(listed))
   assert str(error.value) == (
@@ -618,6 +618,6 @@ def test_inputs_from_a_list_file_are_checked_before_the_model_loads(
       f"{str(tmp_path / 'gone, too.mp4')!r} do not exist.")
   with pytest.raises(ValueError, match=r"needs --inputs=PATH\[,PATH...\] "
                      r"or --inputs_from=FILE"):
-    apply.main(config, str(tmp_path), mode="features")
+    commands.main(config, str(tmp_path), mode="features")
   listed.write_text(f"{image}\n")
   assert predict.input_files([image], str(listed)) == [image, image]

@@ -1,4 +1,4 @@
-"""Preflight (cover_jax/preflight.py): the headline config with nothing
+"""Preflight (cover_jax/cli/preflight.py): the headline config with nothing
 prepared lists every missing dataset with its command and the missing
 init_from, at once, before any dataset is opened or the workdir written."""
 
@@ -8,7 +8,7 @@ import os
 import pytest
 
 from configs import args
-from cover_jax import preflight
+from cover_jax.cli import preflight
 from data import registry
 
 
@@ -75,7 +75,7 @@ def test_main_exits_with_the_list_before_writing(tmp_path, monkeypatch):
   monkeypatch.setattr(main, "FLAGS", type("Flags", (), {
       "__getattr__": lambda self, name: flag_values.get(name),
       "__getitem__": lambda self, name: type("F", (), {"present": True})})())
-  monkeypatch.setattr(main.host, "retain_freed_host_memory", lambda: False)
+  monkeypatch.setattr(main.allocator, "retain_freed_host_memory", lambda: False)
   with pytest.raises(SystemExit) as exit_:
     main.main([])
   lines = "\n".join(f"  - {line}" for line in expected(tmp_path / "tfds"))

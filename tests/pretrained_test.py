@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from cover_jax import checkpointing
 from cover_jax.models import init_params
 from cover_jax.models import pretrained
 from cover_jax.models.pretrained import CheckpointError
+from cover_jax.training import checkpointing
 from tests import reference_vit
 
 try:

@@ -23,8 +23,8 @@ import pytest
 
 from configs import args
 from configs import datasets
-from cover_jax import preflight
 from cover_jax import storage
+from cover_jax.cli import preflight
 from data import prepare
 from data import registry
 from tests import media_files
@@ -279,8 +279,8 @@ def test_videos_to_bucket_then_training_equals_the_local_copy(
   for gs://: preflight passes, describe and training read the bucket, and
   the losses and evaluation equal those of the same run on the local copy."""
   import main  # pylint: disable=import-outside-toplevel
-  from cover_jax import train  # pylint: disable=import-outside-toplevel
-  from cover_jax.tensorboard import read_scalars  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import train  # pylint: disable=import-outside-toplevel
+  from cover_jax.training.event_writer import read_scalars  # pylint: disable=import-outside-toplevel
   caplog.set_level(logging.WARNING)
   clips, kinetics, staging = (tmp_path / "clips", tmp_path / "k400",
                               tmp_path / "staging")

@@ -10,7 +10,7 @@ local disk. How each library reaches the emulator:
     with EPATH_USE_TF=false it uses fsspec/gcsfs, which honours
     STORAGE_EMULATOR_HOST. (With TensorFlow installed epath defaults to
     tf.io.gfile, whose GCS endpoint is compiled in: no emulator.)
-  - TensorBoard events (cover_jax/event_writer.py): through etils.epath
+  - TensorBoard events (cover_jax/training/event_writer.py): through etils.epath
     too, read back from the bucket with TensorBoard's own loader.
 """
 
@@ -28,9 +28,9 @@ from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.util import tensor_util
 
-from cover_jax import checkpointing
-from cover_jax import event_writer
 from cover_jax import storage
+from cover_jax.training import checkpointing
+from cover_jax.training import event_writer
 from tests.gcs import BUCKET, bucket_objects, finished_steps, read_object
 from tests.train_test import ROOT, command
 
@@ -104,7 +104,7 @@ def test_relative_local_workdir_and_resume_from_still_work(digits_dir,
                                                           tmp_path,
                                                           monkeypatch):
   """Local paths as before: relative to where the run starts."""
-  from cover_jax import evaluate, train  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate, train  # pylint: disable=import-outside-toplevel
   from tests.train_test import tiny_config  # pylint: disable=import-outside-toplevel
   monkeypatch.chdir(tmp_path)
   one_view = {"input.eval_views": 1}  # evaluation is not what is tested

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from cover_jax import checkpointing
-from cover_jax import train
+from cover_jax.training import checkpointing
+from cover_jax.training import train
 from tests import reference_vit
 from tests import train_test
 

@@ -15,10 +15,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import args
-from cover_jax import checkpointing
-from cover_jax import evaluate
-from cover_jax import stages
 from cover_jax.models import create
+from cover_jax.training import checkpointing
+from cover_jax.training import evaluate
+from cover_jax.training import stages
 from tests import train_test
 
 HEADS = {"digits_image": 10, "digits_motion": 8}

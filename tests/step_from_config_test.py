@@ -5,8 +5,8 @@ configs and plan compiles the step training runs."""
 import jax
 import pytest
 
-from cover_jax import plan
-from cover_jax import train
+from cover_jax.tools import plan
+from cover_jax.training import train
 from tests import make_test
 
 

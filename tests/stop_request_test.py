@@ -1,5 +1,5 @@
-"""SIGTERM and Ctrl-C at any moment (cover_jax/stop_request.py), and a save
-that fails (cover_jax/checkpointing.py): in-process runs of the tiny config
+"""SIGTERM and Ctrl-C at any moment (cover_jax/runtime/stop_request.py), and a save
+that fails (cover_jax/training/checkpointing.py): in-process runs of the tiny config
 signalled from inside the moment under test, and main.py in a subprocess for
 the exit status, the one line and a second Ctrl-C. (Two processes:
 tests/multihost_train_test.py.)"""
@@ -13,13 +13,13 @@ import time
 
 import pytest
 
-from cover_jax import checkpoint_digest
-from cover_jax import checkpointing
-from cover_jax import evaluate
 from cover_jax import input as inp
-from cover_jax import stages
-from cover_jax import stop_request
-from cover_jax import train
+from cover_jax.runtime import stop_request
+from cover_jax.training import checkpoint_digest
+from cover_jax.training import checkpointing
+from cover_jax.training import evaluate
+from cover_jax.training import stages
+from cover_jax.training import train
 from tests import train_test
 
 

@@ -1,4 +1,4 @@
-"""The study (cover_jax/study.py): its runs are the paper's tables, every run
+"""The study (cover_jax/tools/study.py): its runs are the paper's tables, every run
 gets the same steps and schedule, and its summary and plots are right."""
 
 import os
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from cover_jax import input as inp
-from cover_jax import optimizer
-from cover_jax import study
-from cover_jax import study_plots
+from cover_jax.tools import study
+from cover_jax.tools import study_plots
+from cover_jax.training import optimizer
 
 BUDGET = study.Budget(pretrain=None, train=12.0, probe=3.0)  # as flags give
 
@@ -146,7 +146,7 @@ def test_controls_train_as_many_steps_as_co_training(digits_dir, tmp_path):
   assert float(schedule(drop)) == pytest.approx(1e-4)
   # A run that has its final evaluation is read back, not run again.
   assert study.finished_results(control, str(tmp_path)) is None
-  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate  # pylint: disable=import-outside-toplevel
   evaluate.write_json(str(tmp_path), 7, {"digits_motion": {"top1": 0.5}})
   assert study.finished_results(control, str(tmp_path)) == {
       "digits_motion": {"top1": 0.5}}

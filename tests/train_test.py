@@ -15,9 +15,9 @@ import numpy as np
 import optax
 import pytest
 
-from cover_jax import checkpointing
-from cover_jax import train
-from cover_jax.tensorboard import read_scalars
+from cover_jax.training import checkpointing
+from cover_jax.training import train
+from cover_jax.training.event_writer import read_scalars
 from tests import make_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ def flags_of(config_overrides: dict) -> list[str]:
 
 
 def command(workdir, data_dir, **overrides):
-  # cover_mini.py runs its image stage first (cover_jax/stages.py): short.
+  # cover_mini.py runs its image stage first (cover_jax/training/stages.py): short.
   base = {"data_dir": data_dir, "batch_size": 16, "eval_batch_size": 128,
           "eval_reverse": False, "num_train_steps": 6,
           "checkpoint.every_steps": 2, "log_every_steps": 2,
@@ -121,7 +121,7 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
     assert metrics["examples"] == 359, name
     assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0, name
     assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0, name
-  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate  # pylint: disable=import-outside-toplevel
   written = evaluate.read_json(str(tmp_path))
   assert written == {"step": 2, "results": results}
   # TensorBoard, read back from the event files: one training summary of
@@ -167,7 +167,7 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
 def record_evaluations(monkeypatch) -> list:
   """evaluate.evaluate replaced by a stand-in (fast) that records (step,
   reverse, params on the host) of each call."""
-  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate  # pylint: disable=import-outside-toplevel
   calls = []
 
   def record(model, params, config, *, step, reverse=False, **kwargs):
@@ -357,7 +357,7 @@ def test_input_wait_fraction_is_the_time_spent_waiting_for_batches(
   interval's train/input_wait_fraction equals the time spent in next() and
   to_global, timed here, over the wall time between the log points, and the
   slowed interval's is near 1."""
-  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
   delay = 0.5
   waits, logs = [], []  # (start, seconds) of each call; end of each summary
@@ -604,7 +604,7 @@ def test_evaluation_prints_a_table_and_where_the_json_is(
     monkeypatch, capsys, tmp_path):
   """run_evaluation prints top-1, top-5 and reversed top-1 per dataset, not
   the results' JSON (that is in eval/)."""
-  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate  # pylint: disable=import-outside-toplevel
   from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
 
   def fake(*args, reverse=False, **kwargs):

@@ -1,4 +1,4 @@
-"""One run per workdir (cover_jax/workdir_lock.py): refusal naming the
+"""One run per workdir (cover_jax/training/workdir_lock.py): refusal naming the
 holder, takeover of a dead or expired holder's lock (exactly one winner of a
 race), release at exit, on a local disk and on GCS (the emulator), and
 main.py refusing a held workdir before it builds anything."""
@@ -14,7 +14,7 @@ import time
 import pytest
 
 from cover_jax import storage
-from cover_jax import workdir_lock
+from cover_jax.training import workdir_lock
 from tests.train_test import ROOT, command
 
 

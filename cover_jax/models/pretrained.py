@@ -10,7 +10,7 @@ Both return `(model, params)` with `params` in the loop layout (or scanned if
 `scan_layers=True` is among the overrides). Bad files fail with a
 `CheckpointError` that names the key and the shapes involved.
 
-Our own training checkpoints (orbax) are `cover_jax.checkpointing`'s.
+Our own training checkpoints (orbax) are `cover_jax.training.checkpointing`'s.
 """
 
 import re

@@ -120,7 +120,7 @@ def portable_erf(x):
   lax.erf lowers to chlo.erf, which jax.export serialises as a StableHLO
   composite that TensorFlow's XlaCallModule (TF 2.21) cannot read, and whose
   decomposition it cannot shape-refine for a polymorphic batch: exports
-  (cover_jax/export.py) compute the exact GELU with this instead.
+  (cover_jax/inference/export.py) compute the exact GELU with this instead.
   """
   x = jnp.clip(x, -4.0, 4.0)
   x2 = x * x

@@ -1,4 +1,4 @@
-"""The study's plots (cover_jax/study.py): mean and spread over seeds.
+"""The study's plots (cover_jax/tools/study.py): mean and spread over seeds.
 
 Every bar or point is the mean test top-1 over seeds; error bars are the
 standard deviation, and each seed's value is drawn as a dot.

@@ -1,4 +1,5 @@
-"""TensorBoard event files written through etils.epath: local disk and gs://.
+"""TensorBoard event files written through etils.epath (local disk and gs://),
+and their scalars read back.
 
 clu's default writer goes through tf.summary and TF's own filesystems, whose
 GCS client has its endpoints compiled in: it cannot be tested against an
@@ -152,7 +153,7 @@ class EventFileWriter(interface.MetricWriter):
 
   def _unsupported(self, *args, **kwargs):
     raise NotImplementedError(
-        "cover_jax.event_writer writes scalars and texts only.")
+        "cover_jax.training.event_writer writes scalars and texts only.")
 
   write_summaries = write_images = write_videos = write_audios = _unsupported
   write_histograms = write_hparams = _unsupported
@@ -182,3 +183,16 @@ class EventFileWriter(interface.MetricWriter):
 
   def close(self) -> None:
     self.flush()
+
+
+def read_scalars(workdir: str, tag: str) -> dict[int, float]:
+  """{step: value} of the scalar `tag` ("train/steps_per_sec") in the event
+  files directly in `workdir` (tf.io.gfile: local paths and gs://)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  out = {}
+  for path in tf.io.gfile.glob(os.path.join(workdir, "events.out.tfevents*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == tag:
+          out[event.step] = float(tf.make_ndarray(value.tensor))
+  return out

@@ -28,7 +28,7 @@ import threading
 
 import jax
 
-from cover_jax import startup
+from cover_jax.runtime import startup
 
 EXIT_STATUS = {"SIGTERM": 0, "SIGINT": 130}
 

@@ -24,17 +24,18 @@ from ml_collections import ConfigDict
 import numpy as np
 import optax
 
-from cover_jax import checkpointing
-from cover_jax import evaluate
-from cover_jax import event_writer
 from cover_jax import input as inp
-from cover_jax import optimizer
 from cover_jax import pixels
 from cover_jax import sharding
-from cover_jax import stop_request
 from cover_jax import storage
-from cover_jax import workdir_lock
-from cover_jax.models import create, init_params, unboxed
+from cover_jax.models import create, unboxed
+from cover_jax.runtime import stop_request
+from cover_jax.training import checkpointing
+from cover_jax.training import evaluate
+from cover_jax.training import event_writer
+from cover_jax.training import label_maps
+from cover_jax.training import optimizer
+from cover_jax.training import workdir_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,7 +321,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str,
                        stop: stop_request.StopRequest | None = None) -> dict:
   """Trains as `config` says, checkpointing in workdir; returns final eval.
 
-  The run holds workdir (cover_jax/workdir_lock.py) from its first write to
+  The run holds workdir (cover_jax/training/workdir_lock.py) from its first write to
   its return: WorkdirInUse if another run holds it. On SIGTERM or SIGINT
   (`stop`, else handlers installed for this call) it saves the step it is at
   and raises stop_request.Stopped. A run that is already finished returns
@@ -354,8 +355,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str,
   if refusal:
     raise ValueError(refusal)
   if jax.process_index() == 0:  # class names for predict, with no data
-    from cover_jax import predict  # pylint: disable=import-outside-toplevel
-    predict.write_label_maps(workdir, sources)
+    label_maps.write_label_maps(workdir, sources)
 
   # -- Init -------------------------------------------------------------------
   model = model_from_config(config)

@@ -1,6 +1,6 @@
 """The paper's analyses at small scale on the built-in data, in one command.
 
-    python -m cover_jax.study --out=docs/study
+    python -m cover_jax.tools.study --out=docs/study
 
 For every seed: the image pretraining stage (configs/vit_mini.py), then
 every run below from that same start, through the same training code as
@@ -144,7 +144,7 @@ def plan(seeds: Sequence[int], budget: Budget, *,
 
 def steps_per_epoch(config) -> int:
   from cover_jax import input as inp  # pylint: disable=import-outside-toplevel
-  from cover_jax import optimizer  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import optimizer  # pylint: disable=import-outside-toplevel
   return optimizer.steps_per_epoch(sum(
       s.num_examples for s in inp.make.sources(config, "train_split")),
                                    config.batch_size)
@@ -152,7 +152,7 @@ def steps_per_epoch(config) -> int:
 
 def num_steps(config) -> int:
   """The steps `config` trains, counted as the training loop counts them."""
-  from cover_jax import train  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import train  # pylint: disable=import-outside-toplevel
   return train.train_steps(config, steps_per_epoch(config))
 
 
@@ -175,7 +175,7 @@ def finished_results(config, workdir: str) -> dict | None:
   Study runs evaluate only at their end (eval_every_steps 0), so an
   evaluation file means the run is complete.
   """
-  from cover_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import evaluate  # pylint: disable=import-outside-toplevel
   if config.eval_every_steps:
     return None
   try:
@@ -190,7 +190,7 @@ def run(out: str, seeds: Sequence[int], budget: Budget,
 
   A run that already finished in OUT/runs is read back, not run again.
   """
-  from cover_jax import train  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import train  # pylint: disable=import-outside-toplevel
   runs_dir = os.path.join(out, "runs")
   records = []
   for job in plan(seeds, budget, controls=controls):
@@ -219,7 +219,7 @@ def run(out: str, seeds: Sequence[int], budget: Budget,
                 summary=summarize(records), runs=records)
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(report, f, indent=1, sort_keys=True)
-  from cover_jax import study_plots  # pylint: disable=import-outside-toplevel
+  from cover_jax.tools import study_plots  # pylint: disable=import-outside-toplevel
   study_plots.plot_all(report, out)
   return report
 
@@ -256,7 +256,7 @@ flags.DEFINE_bool("replot", False, "Only redraw the plots and results.md "
 def main(argv):
   del argv
   if FLAGS.replot:
-    from cover_jax import study_plots  # pylint: disable=import-outside-toplevel
+    from cover_jax.tools import study_plots  # pylint: disable=import-outside-toplevel
     with open(os.path.join(FLAGS.out, "results.json")) as f:
       print("\n".join(study_plots.plot_all(json.load(f), FLAGS.out)))
     return

@@ -24,9 +24,9 @@ from __future__ import annotations
 import jax
 from ml_collections import ConfigDict
 
-from cover_jax import stop_request
 from cover_jax import storage
-from cover_jax import train
+from cover_jax.runtime import stop_request
+from cover_jax.training import train
 
 PRETRAIN_DIR = "pretrain"
 # What the stage takes from the run besides its model: the same data, and the

@@ -2,7 +2,7 @@
 
 The weights come from `checkpointing.inference_params` (the workdir's last
 checkpoint, else resume_from, else init_from), the class names from
-`predict.head_infos`; predict and features run `predict.run`, export
+`label_maps.head_infos`; predict and features run `predict.run`, export
 `export.export`.
 """
 
@@ -15,10 +15,11 @@ from typing import Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
-from cover_jax import checkpointing
-from cover_jax import export as exporting
-from cover_jax import predict
 from cover_jax import storage
+from cover_jax.inference import export as exporting
+from cover_jax.inference import predict
+from cover_jax.training import label_maps
+from cover_jax.training import checkpointing
 
 
 def parse_class_names(values: Sequence[str] | None,
@@ -41,10 +42,10 @@ def parse_class_names(values: Sequence[str] | None,
 
 def load(config: ConfigDict, workdir: str, class_names=None):
   """(model, params, {head: HeadInfo}, where the weights came from)."""
-  from cover_jax import train  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import train  # pylint: disable=import-outside-toplevel
   model = train.model_from_config(config)
   model.validate()
-  infos = predict.head_infos(config, workdir, parse_class_names(
+  infos = label_maps.head_infos(config, workdir, parse_class_names(
       class_names, list(config.heads)))
   params, origin, _ = checkpointing.inference_params(config, workdir, model)
   return model, params, infos, origin

@@ -50,8 +50,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cover_jax import checkpoint_digest
 from cover_jax import storage
+from cover_jax.training import checkpoint_digest
 
 STATE = "state"
 DATA = "data"

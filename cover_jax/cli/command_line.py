@@ -13,7 +13,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import sys
 from typing import Sequence
 
 from absl import flags

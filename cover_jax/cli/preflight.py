@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from cover_jax import checkpointing
-from cover_jax import stages
 from cover_jax import storage
+from cover_jax.training import checkpointing
+from cover_jax.training import stages
 from data import registry
 
 

@@ -36,11 +36,11 @@ from ml_collections import ConfigDict
 import numpy as np
 
 from cover_jax import input as inp
-from cover_jax import optimizer
 from cover_jax import sharding
-from cover_jax import train
 from cover_jax.models import flops
 from cover_jax.models import timesformer
+from cover_jax.training import optimizer
+from cover_jax.training import train
 
 GiB = 1024 ** 3
 # Per chip (one JAX device: v4 and v5p run their two cores as one "megacore").

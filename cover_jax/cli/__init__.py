@@ -1,0 +1,1 @@
+"""main.py's plumbing: flags, checks before a run, quiet logs."""

@@ -1,0 +1,1 @@
+"""Using a trained model: predict, features, export (main.py's apply modes)."""

@@ -1,0 +1,1 @@
+"""Process-level concerns: platform and jax.distributed start-up, signals, the allocator."""

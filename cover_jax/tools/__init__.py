@@ -1,0 +1,1 @@
+"""Tools over configs and runs: the compile plan and the data-scarcity study."""

@@ -1,0 +1,1 @@
+"""Training: the step, the loop, stages, the optimizer, checkpoints, evaluation."""
