@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 
+from cover_jax.models import create, init_params
 from cover_jax.training import checkpointing
 from cover_jax.training import train
 from cover_jax.training.event_writer import read_scalars
@@ -99,7 +100,7 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
   assert params["heads"]["digits_motion"]["kernel"].shape == (16, 8)
   # Trained: every head and the backbone moved from the seed's init.
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-  before = jax.device_get(train.init_params(train.model_from_config(config),
+  before = jax.device_get(init_params(train.model_from_config(config),
                                             init_rng))
   assert (jax.tree_util.tree_structure(params) ==
           jax.tree_util.tree_structure(before))
@@ -204,7 +205,7 @@ def test_linear_probe_moves_only_heads_evaluated_on_current_params(
   model = train.model_from_config(config)
   # Same init (same seed and split): backbone untouched, heads trained.
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-  before = jax.device_get(train.init_params(model, init_rng))
+  before = jax.device_get(init_params(model, init_rng))
   assert_same_params({k: v for k, v in after.items() if k != "heads"},
                      {k: v for k, v in before.items() if k != "heads"})
   assert set(after["heads"]) == {"digits_image", "digits_appearance",
@@ -426,7 +427,7 @@ def test_non_finite_steps_are_skipped_and_counted(digits_dir, tmp_path,
   assert_same_params(calls[0][2], checkpointing.read_params(
       os.path.join(workdir, "checkpoints", "4")))
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-  params = [jax.device_get(train.init_params(train.model_from_config(config),
+  params = [jax.device_get(init_params(train.model_from_config(config),
                                              init_rng))]
   params += [checkpointing.read_params(os.path.join(workdir, "checkpoints",
                                                     str(s)))
@@ -532,7 +533,7 @@ def test_step_loss_and_update_match_an_independent_computation():
   the others no b, and each one image: per-micro-batch counts would be
   caught as well."""
   classes = {"a": 3, "b": 5, "c": 4}
-  model = train.create(classes, num_frames=4, image_size=16, **TINY)
+  model = create(classes, num_frames=4, image_size=16, **TINY)
   heads = [train.Head("a", "video", 1.0), train.Head("b", "video", 0.5),
            train.Head("c", "image", 0.5)]
   lr = 1.0  # a large step: old - new recovers lr * grad to float precision
@@ -553,7 +554,7 @@ def test_step_loss_and_update_match_an_independent_computation():
   # unlike init's zero temporal_fc, every leaf has a gradient to check.
   params = jax.tree.map(
       lambda x: jnp.asarray(rng.normal(0.0, 0.2, x.shape).astype(x.dtype)),
-      jax.eval_shape(lambda: train.init_params(model, jax.random.PRNGKey(0))))
+      jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0))))
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
            "opt_state": tx.init(params), "rng": jax.random.PRNGKey(1)}
 

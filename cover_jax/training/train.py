@@ -12,6 +12,7 @@ data position) as if it had never stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -334,149 +335,221 @@ def train_and_evaluate(config: ConfigDict, workdir: str,
       return _train_and_evaluate(config, workdir, stop)
 
 
-def _train_and_evaluate(config: ConfigDict, workdir: str,
-                        stop: stop_request.StopRequest) -> dict:
-  # One spelling for every writer: absolute if local, the URI if remote.
-  workdir = str(storage.resolve(workdir))
-  # -- Mesh -------------------------------------------------------------------
-  mesh = sharding.make_mesh(**config.mesh)
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+  """The datasets a run trains on, checked against its config."""
+  sources: list
+  heads: list[Head]
+  steps_per_epoch: int
+  num_steps: int
 
-  # -- Data (every check before any compute) ----------------------------------
+  @property
+  def names(self) -> list[str]:
+    return [h.name for h in self.heads]
+
+
+def checked_mixture(config: ConfigDict) -> Mixture:
+  """The training mixture; raises ValueError before any compute where the
+  config's heads do not match the datasets."""
   sources = inp.make.sources(config, "train_split")
   check_heads(config, sources)
   heads = [Head(s.name, s.kind, float(config.datasets[s.name].loss_weight))
            for s in sources]
   steps_per_epoch = optimizer.steps_per_epoch(
       sum(s.num_examples for s in sources), config.batch_size)
-  num_steps = train_steps(config, steps_per_epoch)
-  start = checkpointing.start_point(config,
-                                    storage.resolve(workdir) / "checkpoints")
+  return Mixture(sources, heads, steps_per_epoch,
+                 train_steps(config, steps_per_epoch))
+
+
+class MetricLog:
+  """The steps' metrics since the last log point, written at the next one.
+
+  Also the host seconds the loop spent blocked on input since then, over the
+  wall time to the log point (closed once `summarize` has fetched the
+  interval's metrics): near 0, input never held the loop up. Steps are
+  dispatched asynchronously, so while the loop waits the step before may
+  still run: it is not the device's idle time.
+  """
+
+  def __init__(self, config: ConfigDict, writer, mixture: Mixture,
+               train_iter, step: int):
+    self._nonfinite = config.nonfinite
+    self._writer, self._mixture, self._train_iter = writer, mixture, train_iter
+    self._pending: list[tuple[int, dict]] = []
+    self._last = (time.perf_counter(), step)
+    self._input_wait = 0.0
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._pending.append((step, metrics))
+
+  def waited(self, seconds: float) -> None:
+    self._input_wait += seconds
+
+  def flush(self, step: int) -> None:
+    """Writes the pending steps' summary (raises NonFiniteLoss in "stop"
+    mode) and prints the log line."""
+    if not self._pending:
+      return
+    summary = summarize(self._pending, self._nonfinite)
+    self._pending = []
+    now = time.perf_counter()
+    interval = max(now - self._last[0], 1e-9)
+    rate = (step - self._last[1]) / interval
+    wait = self._input_wait / interval
+    self._last, self._input_wait = (now, step), 0.0
+    skipped = {f"train/{name}/corrupt_skipped": count
+               for name, count in self._train_iter.corrupt_skipped().items()}
+    self._writer.write_scalars(step, {**summary, **skipped,
+                                      "train/steps_per_sec": rate,
+                                      "train/input_wait_fraction": wait})
+    if jax.process_index() == 0:
+      print(_log_line(step, self._mixture.num_steps, summary,
+                      self._mixture.names, rate, wait), flush=True)
+
+
+class Saver:
+  """Saves the state every `config.checkpoint.every_steps` and when forced,
+  never twice for one step, never into another run's checkpoints."""
+
+  def __init__(self, config: ConfigDict, workdir: str, mngr, log: MetricLog,
+               writer, train_iter, names: list[str]):
+    self._every = config.checkpoint.every_steps
+    self._workdir, self._mngr, self._log = workdir, mngr, log
+    self._writer, self._train_iter, self._names = writer, train_iter, names
+    self._saved = mngr.latest_step()
+
+  def save(self, step: int, state, *, force: bool = False) -> None:
+    if step == self._saved or (not force and step % self._every):
+      return
+    self._log.flush(step)  # never save after a non-finite step in "stop" mode
+    self._writer.flush()  # TensorBoard holds every step up to each checkpoint
+    workdir_lock.check_held(self._workdir)
+    checkpointing.save(self._mngr, step, state, checkpointing.data_state(
+        self._train_iter.state(), self._names))
+    self._saved = step
+
+  def check(self) -> None:
+    checkpointing.check_saves(self._mngr)  # a failed save stops the run
+
+  def finish(self) -> None:
+    checkpointing.finish_saves(self._mngr)
+
+
+def _train_and_evaluate(config: ConfigDict, workdir: str,
+                        stop: stop_request.StopRequest) -> dict:
+  # One spelling for every writer: absolute if local, the URI if remote.
+  workdir = str(storage.resolve(workdir))
+  mesh = sharding.make_mesh(**config.mesh)
+  mixture = checked_mixture(config)  # every check before any compute
+  checkpoints_dir = storage.resolve(workdir) / "checkpoints"
+  start = checkpointing.start_point(config, checkpoints_dir)
   refusal = checkpointing.refuses_scratch(config, start)
   if refusal:
     raise ValueError(refusal)
   if jax.process_index() == 0:  # class names for predict, with no data
-    label_maps.write_label_maps(workdir, sources)
+    label_maps.write_label_maps(workdir, mixture.sources)
 
-  # -- Init -------------------------------------------------------------------
   model = model_from_config(config)
   model.validate()
-  compiled = step_from_config(config, model, heads, steps_per_epoch, mesh)
-  init, abstract, shardings = (compiled.init, compiled.abstract,
-                               compiled.shardings)
-
-  # -- Restore ----------------------------------------------------------------
-  ckpt = config.checkpoint
-  mngr = checkpointing.manager(storage.resolve(workdir) / "checkpoints",
-                               keep=ckpt.keep,
-                               async_save=ckpt.get("async_save", True))
+  compiled = step_from_config(config, model, mixture.heads,
+                              mixture.steps_per_epoch, mesh)
+  mngr = checkpointing.manager(checkpoints_dir, keep=config.checkpoint.keep,
+                               async_save=config.checkpoint.get("async_save",
+                                                                True))
   state, data_state, origin = restore_or_init(
-      config, mngr, model, init, abstract, shardings, [h.name for h in heads],
-      start)
+      config, mngr, model, compiled.init, compiled.abstract,
+      compiled.shardings, mixture.names, start)
   logging.info("Start: %s", origin)
   if jax.process_index() == 0:
     print(f"Start: {origin}", flush=True)
+
   train_iter = inp.make.for_train(config, mesh=mesh, state=data_state)
-
-  # -- Step -------------------------------------------------------------------
-  train_step = compiled.step
-
-  # -- Hooks ------------------------------------------------------------------
   step = int(jax.device_get(state["step"]))
   writer = event_writer.create(workdir, resumes_at=step,
                                just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=num_steps,
-                                             writer=writer)
-  pending: list[tuple[int, dict]] = []
-  last_log = (time.perf_counter(), step)
-  # Host seconds the loop spent blocked in next() and to_global since
-  # last_log, over the wall time to the next log point (closed once
-  # summarize has fetched the interval's metrics): near 0, input never held
-  # the loop up. Steps are dispatched asynchronously, so while the loop
-  # waits the step before may still run: it is not the device's idle time.
-  input_wait = 0.0
+  log = MetricLog(config, writer, mixture, train_iter, step)
+  saver = Saver(config, workdir, mngr, log, writer, train_iter, mixture.names)
 
-  def flush_metrics(step):
-    nonlocal pending, last_log, input_wait
-    if not pending:
-      return
-    summary = summarize(pending, config.nonfinite)
-    pending = []
-    now = time.perf_counter()
-    interval = max(now - last_log[0], 1e-9)
-    rate = (step - last_log[1]) / interval
-    wait = input_wait / interval
-    last_log, input_wait = (now, step), 0.0
-    skipped = {f"train/{name}/corrupt_skipped": count
-               for name, count in train_iter.corrupt_skipped().items()}
-    writer.write_scalars(step, {**summary, **skipped,
-                                "train/steps_per_sec": rate,
-                                "train/input_wait_fraction": wait})
-    if jax.process_index() == 0:
-      print(_log_line(step, num_steps, summary, [h.name for h in heads],
-                      rate, wait), flush=True)
-
-  saved_step = mngr.latest_step()
-
-  def save_checkpoint(step, force=False):
-    nonlocal saved_step
-    if step == saved_step or (not force and step % ckpt.every_steps):
-      return
-    flush_metrics(step)  # never save after a non-finite step in "stop" mode
-    writer.flush()  # TensorBoard holds every step up to each checkpoint
-    workdir_lock.check_held(workdir)  # never into another run's checkpoints
-    checkpointing.save(mngr, step, state, checkpointing.data_state(
-        train_iter.state(), [h.name for h in heads]))
-    saved_step = step
-
-  # -- Loop -------------------------------------------------------------------
-  def evaluate_at(step):
-    return run_evaluation(model, state["params"], config, mesh, writer, step,
-                          workdir, stop)
-
-  eval_every = config.eval_every_steps
+  loop = Loop(config, workdir, mesh, mixture.num_steps, compiled.step,
+              train_iter, log, saver, writer, stop,
+              functools.partial(run_evaluation, model, config=config,
+                                mesh=mesh, writer=writer, workdir=workdir,
+                                stop=stop))
   with sharding.use(mesh):
     try:
-      # An evaluation cut short by a kill or a signal is done on resuming.
-      if (eval_every and 0 < step < num_steps and step % eval_every == 0 and
-          evaluate.saved_results(config, workdir, step) is None):
-        evaluate_at(step)
-      while step < num_steps:
-        stop.check()
-        fetch = time.perf_counter()
-        batch = inp.to_global(next(train_iter), mesh)
-        input_wait += time.perf_counter() - fetch
-        state, metrics = train_step(state, batch)
-        pending.append((step, metrics))
-        step += 1
-        progress(step)
-        if step % config.log_every_steps == 0:
-          flush_metrics(step)
-        save_checkpoint(step)
-        checkpointing.check_saves(mngr)  # a failed save stops the run
-        # The last step is evaluated once, after the loop.
-        if eval_every and step % eval_every == 0 and step < num_steps:
-          evaluate_at(step)
-      flush_metrics(step)
-      save_checkpoint(step, force=True)
-      checkpointing.finish_saves(mngr)
-      stop.check()
-      results = evaluate.saved_results(config, workdir, step)
-      if results is None:
-        results = evaluate_at(step)
-      elif jax.process_index() == 0:
-        print(f"Finished at step {step}; its evaluation: "
-              f"{evaluate.json_paths(workdir, step)[0]}", flush=True)
-    except stop_request.Stopped as stopped:
-      save_checkpoint(step, force=True)
-      checkpointing.finish_saves(mngr)
-      writer.flush()
-      stopped.step = step
-      logging.info("%s", stopped)
-      raise
+      results = _loop(loop, state, step)
     finally:
       train_iter.close()
   writer.flush()
   return results
+
+
+@dataclasses.dataclass(frozen=True)
+class Loop:
+  """What the loop works with; the state and the step are its arguments."""
+  config: ConfigDict
+  workdir: str
+  mesh: Any
+  num_steps: int
+  train_step: Any
+  train_iter: Any
+  log: MetricLog
+  saver: Saver
+  writer: Any
+  stop: stop_request.StopRequest
+  evaluate: Any  # (params, step) -> results
+
+  def evaluate_at(self, step: int, state) -> dict:
+    return self.evaluate(state["params"], step=step)
+
+
+def _loop(loop: Loop, state, step: int) -> dict:
+  """Steps to num_steps, saving and evaluating on schedule; the final
+  evaluation. On a stop request: saves the step it is at and re-raises."""
+  config, workdir, num_steps = loop.config, loop.workdir, loop.num_steps
+  log, saver, evaluate_at = loop.log, loop.saver, loop.evaluate_at
+  eval_every = config.eval_every_steps
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps,
+                                             writer=loop.writer)
+  try:
+    # An evaluation cut short by a kill or a signal is done on resuming.
+    if (eval_every and 0 < step < num_steps and step % eval_every == 0 and
+        evaluate.saved_results(config, workdir, step) is None):
+      evaluate_at(step, state)
+    while step < num_steps:
+      loop.stop.check()
+      fetch = time.perf_counter()
+      batch = inp.to_global(next(loop.train_iter), loop.mesh)
+      log.waited(time.perf_counter() - fetch)
+      state, metrics = loop.train_step(state, batch)
+      log.add(step, metrics)
+      step += 1
+      progress(step)
+      if step % config.log_every_steps == 0:
+        log.flush(step)
+      saver.save(step, state)
+      saver.check()
+      # The last step is evaluated once, after the loop.
+      if eval_every and step % eval_every == 0 and step < num_steps:
+        evaluate_at(step, state)
+    log.flush(step)
+    saver.save(step, state, force=True)
+    saver.finish()
+    loop.stop.check()
+    results = evaluate.saved_results(config, workdir, step)
+    if results is None:
+      return evaluate_at(step, state)
+    if jax.process_index() == 0:
+      print(f"Finished at step {step}; its evaluation: "
+            f"{evaluate.json_paths(workdir, step)[0]}", flush=True)
+    return results
+  except stop_request.Stopped as stopped:
+    saver.save(step, state, force=True)
+    saver.finish()
+    loop.writer.flush()
+    stopped.step = step
+    logging.info("%s", stopped)
+    raise
 
 
 def run_evaluation(model, params, config, mesh, writer, step, workdir,
