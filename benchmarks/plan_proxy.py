@@ -5,7 +5,7 @@ a 2-core host). The step time grows linearly in the depth, so two plans at
 depths 2 and 4 of the same slice and batch give the time per block (the
 slope, gradient all-reduce included) and the rest (the intercept) in 2-4
 minutes each; the full step is intercept + 24 x slope. Same function as
-`--mode=plan` (cover_jax.tools.plan.plan), the config's everything but the depth;
+`--mode=plan` (cover_jax.tools.plan.compile_step), the config's everything but the depth;
 prints one JSON line per plan. The compiler's estimates, not measurements.
 
     python benchmarks/plan_proxy.py --config=configs/cover_l16_jft.py \
@@ -49,7 +49,7 @@ def main():
     config.update_from_flattened_dict({
         field: None if value == "None" else value
         for field, value in (item.split("=", 1) for item in args.set)})
-    p = plan.plan(config, devices)
+    p = plan.compile_step(config, devices)
     row = dict(depth=depth, topology=args.topology, chips=len(devices),
                settings=args.set,
                batch_size=config.batch_size,

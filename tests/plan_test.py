@@ -71,7 +71,7 @@ def independent_lowering(config, devices):
 
 
 def planned(monkeypatch, config, devices):
-  """plan.plan(config, devices), and the step it lowered (compiled: its
+  """plan.compile_step(config, devices), and the step it lowered (compiled: its
   compile() returns the executable plan's compile made)."""
   lowered, real = [], plan.lower_step
 
@@ -80,7 +80,7 @@ def planned(monkeypatch, config, devices):
     lowered.append(out[0])
     return out
   monkeypatch.setattr(plan, "lower_step", lower_step)
-  report = plan.plan(config, devices)
+  report = plan.compile_step(config, devices)
   monkeypatch.setattr(plan, "lower_step", real)
   (step,) = lowered
   return report, step
@@ -213,7 +213,7 @@ def test_out_of_memory_without_a_figure_says_so(monkeypatch):
   devices = plan.topology_devices("cpu:8")
   refuse_accumulation_1(monkeypatch, jax.errors.JaxRuntimeError(
       "RESOURCE_EXHAUSTED: Out of memory while compiling the program."))
-  report = plan.plan(config, devices)
+  report = plan.compile_step(config, devices)
   assert report["fits"] is False
   assert report["compiler_out_of_memory"]["required_bytes"] is None
   assert report["bytes_per_chip"]["total"] is None
@@ -226,7 +226,7 @@ def test_out_of_memory_without_a_figure_says_so(monkeypatch):
   refuse_accumulation_1(monkeypatch, jax.errors.JaxRuntimeError(
       "INVALID_ARGUMENT: Mosaic failed to compile TPU kernel."))
   with pytest.raises(jax.errors.JaxRuntimeError, match="Mosaic failed"):
-    plan.plan(config, devices)
+    plan.compile_step(config, devices)
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason='libtpu is not installed (pip '
@@ -235,7 +235,7 @@ def test_out_of_memory_without_a_figure_says_so(monkeypatch):
 def test_tpu_compiler_out_of_memory_is_a_plan_that_does_not_fit():
   # A million tiny clips: the compiler refuses in seconds.
   config = tiny_config(batch_size=2 ** 20)
-  report = plan.plan(config, plan.topology_devices("v5e:2x2"))
+  report = plan.compile_step(config, plan.topology_devices("v5e:2x2"))
   oom = report["compiler_out_of_memory"]
   assert report["fits"] is False and oom["message"].startswith(
       "RESOURCE_EXHAUSTED")

@@ -17,7 +17,7 @@ BUDGET = study.Budget(pretrain=None, train=12.0, probe=3.0)  # as flags give
 
 @pytest.fixture(scope="module")
 def jobs():
-  return {(j.name, j.seed): j for j in study.plan([0, 1], BUDGET)}
+  return {(j.name, j.seed): j for j in study.all_jobs([0, 1], BUDGET)}
 
 
 def test_plan_is_the_papers_tables_for_every_seed(jobs):
@@ -129,7 +129,7 @@ def test_summary_is_mean_and_spread_over_seeds_and_plots_are_written(
 
 @pytest.mark.slow
 def test_controls_train_as_many_steps_as_co_training(digits_dir, tmp_path):
-  jobs = {j.name: j for j in study.plan([0], BUDGET, controls=True)}
+  jobs = {j.name: j for j in study.all_jobs([0], BUDGET, controls=True)}
   assert set(study.CONTROLS) <= set(jobs)
   control = study.job_config(jobs["motion_alone_equal_steps"], "/runs",
                              digits_dir)

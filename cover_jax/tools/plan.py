@@ -59,9 +59,8 @@ PUBLISHED_TRAIN_SIZES = {"kinetics400": 240_000, "kinetics600": 392_000,
                          "moments_in_time": 791_000, "imagenet": 1_281_167}
 # The remat policies the search tries, from least to most recompute
 # (most memory first). Not dots_saveable: it keeps every matmul output, the
-# float32 attention logits too, and so takes more memory than no remat with
-# models/attention.py's backward pass, and more time (L/16 16x448 on v5p-64:
-# 38.5 GiB and 0.308 s against 33.5 GiB and 0.243 s, benchmarks/RESULTS.md).
+# float32 attention logits too, and so takes more memory and time than no
+# remat with models/attention.py's backward pass (benchmarks/RESULTS.md).
 REMAT_POLICIES = (None, "dots_with_no_batch_dims_saveable", "nothing_saveable")
 _TPU_HINT = ('TPU plans need libtpu: pip install -e ".[tpu]" (jax[tpu] of '
              'our jax version; no TPU needed, it compiles for TPUs on this '
@@ -302,8 +301,8 @@ def _memory_from_oom(oom: dict, state_and_batch: int) -> dict:
               total=total)
 
 
-def plan(config: ConfigDict, devices: Sequence[jax.Device], *,
-         hbm_bytes: int | None = None) -> dict:
+def compile_step(config: ConfigDict, devices: Sequence[jax.Device], *,
+                 hbm_bytes: int | None = None) -> dict:
   """The plan of `config`'s training step on `devices` (see module doc).
 
   hbm_bytes: the memory budget per device; default the chip's HBM (none for
@@ -489,7 +488,7 @@ def search(config: ConfigDict, devices: Sequence[jax.Device], *,
     compiles += 1
     log(f"plan search: compiling {overrides(settings, base)}")
     try:
-      row = plan(with_knobs(config, settings), devices, hbm_bytes=hbm_bytes)
+      row = compile_step(with_knobs(config, settings), devices, hbm_bytes=hbm_bytes)
     except Exception as e:  # pylint: disable=broad-except
       row = dict(settings=settings, error=f"{type(e).__name__}: {e}",
                  fits=False)
