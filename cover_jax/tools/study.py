@@ -113,8 +113,8 @@ class Job:
   steps_of: str | None = None  # train as many steps as this job's config
 
 
-def plan(seeds: Sequence[int], budget: Budget, *,
-         controls: bool = False) -> list[Job]:
+def all_jobs(seeds: Sequence[int], budget: Budget, *,
+             controls: bool = False) -> list[Job]:
   """Every run of the study, in an order that makes each start before use.
 
   `controls` adds CONTROLS: single-dataset runs given as many steps as a
@@ -193,7 +193,7 @@ def run(out: str, seeds: Sequence[int], budget: Budget,
   from cover_jax.training import train  # pylint: disable=import-outside-toplevel
   runs_dir = os.path.join(out, "runs")
   records = []
-  for job in plan(seeds, budget, controls=controls):
+  for job in all_jobs(seeds, budget, controls=controls):
     config = job_config(job, runs_dir, data_dir)
     workdir = os.path.join(runs_dir, job.workdir)
     start = time.time()
