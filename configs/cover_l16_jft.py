@@ -75,9 +75,8 @@ def get_config(arg=None):
   ablations.apply(config, arg["ablations"])
   config.input = settings.input_config(arg["input"])
   config.model = settings.model("L/16", arg["input"])
-  # About one evaluation per epoch of K400+SSv2+MiT+ImageNet (~2.5M
-  # examples, ~19.5k steps at batch 128); each costs ~5% of that epoch
-  # (~80k validation videos x 3 views, forward only).
+  # About one evaluation per epoch of K400+SSv2+MiT+ImageNet at batch 128;
+  # forward only over the validation sets, a small share of an epoch.
   config.eval_every_steps = 20_000
   # Spatial layers from an image ViT (4.1); point at yours on the command line.
   config.init_from = "ViT-L_16_JFT-3B.npz"

@@ -30,6 +30,6 @@ def get_config():
   config.optimizer = base.optimizer(
       name="adamw", learning_rates=(1e-3, 1e-4), boundaries_epochs=(24,),
       warmup_epochs=0.5, weight_decay=1e-4, grad_clip_norm=1.0)
-  config.checkpoint.every_steps = 500  # ~30 s
+  config.checkpoint.every_steps = 500
   config.log_every_steps = 250
   return config

@@ -19,10 +19,8 @@ as flash attention does (without its tiling):
   sums, and uses softmax's identity dS = P * (dP - rowsum(dO * O)), so the
   big matrix is read once per product.
 Values and gradients agree with float32 autodiff to rounding
-(tests/attention_test.py). The TPU compiler's estimate for one L/16 block
-at 16x448 (forward and backward, one v5p chip, benchmarks/block_plan.py)
-drops from 10.69 ms (jax.nn) to 9.93 with the backward pass, and from
-9.53 to 8.61 with the late normalisation (benchmarks/RESULTS.md).
+(tests/attention_test.py); benchmarks/block_plan.py measures what each
+change saves in the TPU compiler's estimate of an L/16 block.
 """
 
 import math

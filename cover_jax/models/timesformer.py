@@ -79,9 +79,9 @@ def _zeros(names):
 
 
 # The remat_policy values that checkpoint nothing. everything_saveable
-# recomputes nothing, but a checkpoint still adds optimisation barriers:
-# 10.28 against 8.61 ms per L/16 16x448 block in the TPU compiler's estimate
-# (benchmarks/RESULTS.md). So it means no checkpoint, as None does.
+# recomputes nothing, but a checkpoint still adds optimisation barriers that
+# slow the step (benchmarks/block_plan.py). So it means no checkpoint, as
+# None does.
 NO_REMAT = (None, "everything_saveable")
 
 

@@ -3,19 +3,16 @@
 XLA's CPU runtime allocates each step's temporary buffer (hundreds of MB for a
 training step) on a worker thread. glibc serves a request that large from a
 fresh `mmap` and unmaps it when freed, so every step touches every page of it
-again: about 100k page faults per step of the CPU benchmark model, 10-20% of
-its step time. Keeping all threads on the main heap with `mmap` off and
+again, a page fault per page per step. Keeping all threads on the main heap with `mmap` off and
 trimming off (mallopt's -1) lets the memory be reused across steps.
 
 Opt-in for training (config.retain_freed_host_memory, default False): the
 setting is process-wide, and with one arena the input pipeline's tf.data
-threads contend with XLA's for the heap. On the mini config (2-core VM) it
-saved the step 12-24% of its CPU, but TrainIterator turned out 18-24% fewer
-clips per CPU second beside the step, and with both cores free the process
-kept fewer of them busy and trained 11% slower (with about one core, 22%
-faster: benchmarks/RESULTS.md, "Input wait and the host allocator"). It
-pays where the XLA:CPU step is nearly all of the host's work:
-benchmarks/train_step.py applies it.
+threads contend with XLA's for the heap: the step gets cheaper but the
+input pipeline beside it slower, so on the mini config it can cost more
+than it saves (benchmarks/host_memory.py measures both; benchmarks/RESULTS.md,
+"Input wait and the host allocator"). It pays where the XLA:CPU step is
+nearly all of the host's work: benchmarks/train_step.py applies it.
 """
 
 import ctypes
@@ -33,9 +30,7 @@ def retain_freed_host_memory() -> bool:
 
   Call it once at program start, before anything starts JAX's runtime (the
   first computation or `jax.devices()`): threads that have already allocated
-  keep their own heaps (applied after `jax.devices()`, the d=384 step of
-  benchmarks/train_step.py still took 93k page faults, as with glibc's
-  default). main.py does when config.retain_freed_host_memory is True.
+  keep their own heaps, so applied later it changes nothing. main.py does when config.retain_freed_host_memory is True.
   A no-op returning False where the C library is not glibc. Costs: the
   process keeps its peak heap size until it exits, and other threads'
   allocations (tf.data's) are slower.
