@@ -192,7 +192,7 @@ def test_lost_lock_stops_the_run_at_its_next_check(tmp_path):
 @pytest.mark.slow
 def test_lock_held_until_exit_is_released_by_an_exiting_process(tmp_path):
   workdir = str(tmp_path / "run")
-  script = ("import sys; from cover_jax import workdir_lock\n"
+  script = ("import sys; from cover_jax.training import workdir_lock\n"
             "workdir_lock.hold_until_exit(sys.argv[1])\n"
             "assert workdir_lock.store_for(sys.argv[1]).read()[0]\n"
             "raise RuntimeError('crashed')\n")
