@@ -207,6 +207,7 @@ class RecordingWriter:
 @pytest.mark.slow
 def test_results_go_to_json_and_the_writer_compiled_once(tiny, synthetic_dir,
                                                          tmp_path):
+  """Results in JSON and TensorBoard; one program per architecture."""
   model, params = tiny
   config = tiny_config(synthetic_dir)
   mesh = sharding.make_mesh(data=-1)
@@ -223,6 +224,13 @@ def test_results_go_to_json_and_the_writer_compiled_once(tiny, synthetic_dir,
                       writer=writer, step=7, workdir=workdir)
   assert ev._accumulate._cache_size() == compiled  # pylint: disable=protected-access
   assert "eval/clips/reversed/top1" in writer.scalars[-1][1]
+  # Another model object of the same architecture shares the programs (jit
+  # keeps no program per model object); another architecture does not.
+  assert ev.evaluate(model.clone(), params, config, mesh=mesh, reverse=True,
+                     step=7) == again
+  assert ev._accumulate._cache_size() == compiled  # pylint: disable=protected-access
+  assert ev._Static(model) != ev._Static(model.clone(heads={  # pylint: disable=protected-access
+      **model.heads, "stills": model.heads["stills"] + 1}))
   # The reversed sections join the plain ones of the same step.
   assert ev.read_json(workdir) == ev.read_json(workdir, 7) == {
       "step": 7, "results": {**results, **again}}
