@@ -158,10 +158,15 @@ def _start_one_process(tmp_path, then: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_sigterm_ends_a_process_in_start_up(tmp_path):
+def test_sigterm_ends_a_process_in_start_up_and_after_training(tmp_path):
   # jax.distributed's preemption notifier swallows SIGTERM: without the
-  # guard, this process would sleep on.
+  # guard, this process would sleep on. A run of several processes hands
+  # SIGTERM to the notifier for its loop and takes it back after.
   proc = _start_one_process(tmp_path, """
+      from cover_jax.runtime import stop_request
+      stop_request._several_processes = lambda: True
+      with stop_request.StopRequest():
+        pass
       print("ready", flush=True)
       time.sleep(120)
       """)

@@ -14,8 +14,9 @@ catches SIGTERM and only records it, for the training loop to act on at its
 next step (train.Preemption). Until that loop runs (data checks, restore,
 compiling) a SIGTERM did nothing: a stuck start-up could not be stopped.
 `start_distributed` gives SIGTERM its default action (end the process: there
-is nothing to save yet) and `sigterm_to_training` hands it back to the
-notifier when the loop begins.
+is nothing to save yet), `sigterm_to_training` hands it back to the
+notifier when the loop begins, and `sigterm_ends_process` takes it again
+when the loop ends (stop_request.StopRequest does both).
 """
 
 from __future__ import annotations
@@ -166,13 +167,14 @@ def start_distributed(coordinator_address: str | None = None,
     jax.distributed.initialize()
   else:
     return False
-  _sigterm_ends_process()
+  sigterm_ends_process()
   return True
 
 
-def _sigterm_ends_process() -> None:
+def sigterm_ends_process() -> None:
   """Sets SIGTERM's default action, keeping the handler JAX's preemption
-  notifier installed (a C function Python's signal module cannot return)."""
+  notifier installed (a C function Python's signal module cannot return)
+  for `sigterm_to_training`."""
   global _notifier_action
   libc = ctypes.CDLL(None, use_errno=True)
   saved = ctypes.create_string_buffer(_SIGACTION_BYTES)

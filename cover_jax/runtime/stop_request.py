@@ -68,12 +68,14 @@ class StopRequest:
     self._calls = 0
     self._previous: dict[int, object] = {}
     self._wakeup: int | None = None  # the wakeup fd before ours
+    self._sigterm_to_jax = False
 
   def __enter__(self) -> StopRequest:
     if threading.current_thread() is not threading.main_thread():
       return self
     if _several_processes():
       startup.sigterm_to_training()  # JAX's notifier takes SIGTERM
+      self._sigterm_to_jax = True
     else:
       self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM,
                                                      self._on_signal)
@@ -90,6 +92,9 @@ class StopRequest:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous = {}
+    if self._sigterm_to_jax:  # no loop acts on it now: SIGTERM ends us
+      startup.sigterm_ends_process()
+      self._sigterm_to_jax = False
     if self._wakeup is not None:  # the read end is the watcher's to close
       os.close(signal.set_wakeup_fd(self._wakeup))  # the watcher sees EOF
       self._wakeup = None
