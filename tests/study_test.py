@@ -3,14 +3,17 @@ gets the same steps and schedule, and its summary and plots are right."""
 
 import os
 
+from absl import flags
 import matplotlib.image
 import numpy as np
 import pytest
 
+from configs import args
 from cover_jax import input as inp
 from cover_jax.tools import study
 from cover_jax.tools import study_plots
 from cover_jax.training import optimizer
+from cover_jax.training import stages
 
 BUDGET = study.Budget(pretrain=None, train=12.0, probe=3.0)  # as flags give
 
@@ -18,6 +21,10 @@ BUDGET = study.Budget(pretrain=None, train=12.0, probe=3.0)  # as flags give
 @pytest.fixture(scope="module")
 def jobs():
   return {(j.name, j.seed): j for j in study.all_jobs([0, 1], BUDGET)}
+
+
+def test_importing_the_study_defines_no_flags():
+  assert "replot" not in flags.FLAGS  # only `python -m` defines them
 
 
 def test_plan_is_the_papers_tables_for_every_seed(jobs):
@@ -61,6 +68,17 @@ def test_study_configs_fix_epochs_schedule_seed_and_mixture(jobs,
   pretrain = study.job_config(jobs["image_pretrain", 1], "/runs", digits_dir)
   assert pretrain.num_epochs == 32  # vit_mini.py's own, as the main job's
   assert pretrain.optimizer.boundaries_epochs == (24,)
+  # The image stage is the one main.py derives from cover_mini.py (the run's
+  # model, space only), seeded as the run.
+  main_job = args.load("configs/cover_mini.py")
+  main_job.seed, main_job.data_dir = 1, digits_dir
+  stage = stages.pretrain_config(main_job)
+  stage.input.seed = 1
+  stage.checkpoint.every_steps = study.CHECKPOINT_EVERY_STEPS
+  assert pretrain.to_dict() == stage.to_dict()
+  assert pretrain.model.attention_type == "space_only"
+  assert all(c.checkpoint.every_steps == study.CHECKPOINT_EVERY_STEPS
+             for c in configs.values())
   assert configs["videos_images_w0.25"].datasets.digits_image.loss_weight == (
       0.25)
   assert list(configs["motion_alone"].heads) == ["digits_motion"]

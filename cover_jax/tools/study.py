@@ -2,7 +2,8 @@
 
     python -m cover_jax.tools.study --out=docs/study
 
-For every seed: the image pretraining stage (configs/vit_mini.py), then
+For every seed: the image pretraining stage (cover_mini.py's, derived as
+main.py derives it: cover_jax/training/stages.py), then
 every run below from that same start, through the same training code as
 main.py (configs/cover_mini.py with its config arguments), then the linear
 probes. Writes OUT/results.json (every run's config and evaluation, and the
@@ -60,6 +61,9 @@ IMAGE_WEIGHTS = {"videos": 0.0, "videos_images_w0.25": 0.25,
                  "videos_images": 0.5, "videos_images_w0.75": 0.75,
                  "videos_images_w1": 1.0}
 LR_DROP_AT = 0.7  # of the epochs
+# Every run of the study checkpoints at one interval (its runs last minutes;
+# a killed study loses at most this many steps of one run).
+CHECKPOINT_EVERY_STEPS = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +83,6 @@ def with_epochs(config, epochs: float | None):
   times whatever else is in the mixture (the paper's protocol: 20 epochs
   for every run, alone or co-trained; a co-trained run takes more steps).
   """
-  config.checkpoint.every_steps = 500
   if epochs is not None:
     # Whole epochs as int: the configs' num_epochs may be typed int.
     config.num_epochs = int(epochs) if float(epochs).is_integer() else epochs
@@ -89,15 +92,23 @@ def with_epochs(config, epochs: float | None):
 
 
 def study_config(path_and_arg: str, *, seed: int, epochs: float | None,
-                 data_dir: str | None, init_from: str | None = None):
-  """A config of the study: a config file with its argument, seeded."""
+                 data_dir: str | None, init_from: str | None = None,
+                 stage: str | None = None):
+  """A config of the study: a config file with its argument, seeded;
+  with stage="pretrain", that config's pretraining stage."""
   from configs import args  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import stages  # pylint: disable=import-outside-toplevel
   config = args.load(path_and_arg)
   config.seed = seed
-  config.input.seed = seed
   config.data_dir = data_dir
-  config.pretrain = None  # the study runs (and shares) the image stage
-  config.init_from = init_from
+  if stage == "pretrain":
+    config.init_from = None
+    config = stages.pretrain_config(config)
+  else:
+    config.pretrain = None  # the study runs (and shares) the image stage
+    config.init_from = init_from
+  config.input.seed = seed
+  config.checkpoint.every_steps = CHECKPOINT_EVERY_STEPS
   return with_epochs(config, epochs)
 
 
@@ -111,6 +122,7 @@ class Job:
   workdir: str  # relative to OUT/runs
   init_from: str | None = None  # a workdir of the study, relative too
   steps_of: str | None = None  # train as many steps as this job's config
+  stage: str | None = None  # "pretrain": the config's pretraining stage
 
 
 def all_jobs(seeds: Sequence[int], budget: Budget, *,
@@ -125,8 +137,8 @@ def all_jobs(seeds: Sequence[int], budget: Budget, *,
   for seed in seeds:
     base = f"seed{seed}"
     pretrain = os.path.join(base, "image_pretrain")
-    jobs.append(Job("image_pretrain", seed, "configs/vit_mini.py",
-                    budget.pretrain, pretrain))
+    jobs.append(Job("image_pretrain", seed, "configs/cover_mini.py",
+                    budget.pretrain, pretrain, stage="pretrain"))
     for name, arg in RUNS.items():
       jobs.append(Job(name, seed, f"configs/cover_mini.py:{arg}",
                       budget.train, os.path.join(base, name), pretrain))
@@ -159,7 +171,8 @@ def num_steps(config) -> int:
 def job_config(job: Job, runs_dir: str, data_dir: str | None):
   config = study_config(
       job.config, seed=job.seed, epochs=job.epochs, data_dir=data_dir,
-      init_from=job.init_from and os.path.join(runs_dir, job.init_from))
+      init_from=job.init_from and os.path.join(runs_dir, job.init_from),
+      stage=job.stage)
   if job.steps_of:
     steps = num_steps(study_config(job.steps_of, seed=job.seed,
                                    epochs=job.epochs, data_dir=data_dir))
@@ -238,19 +251,23 @@ def summarize(records: list[dict]) -> dict:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "docs/study", "Where results.json, the plots and "
-                    "the runs (OUT/runs) go.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each is a full repeat.")
-flags.DEFINE_float("pretrain_epochs", None, "Epochs of the image stage "
-                   "(None: vit_mini.py's schedule, as the main job's).")
-flags.DEFINE_float("train_epochs", 12, "Epochs of every other run.")
-flags.DEFINE_float("probe_epochs", 3, "Epochs of every linear probe.")
-flags.DEFINE_string("data_dir", None, "Datasets (None: ~/tensorflow_datasets;"
-                    " the mini ones are built on first use).")
-flags.DEFINE_bool("controls", False, "Also the equal-steps controls "
-                  "(CONTROLS: single-dataset runs as long as co-training).")
-flags.DEFINE_bool("replot", False, "Only redraw the plots and results.md "
-                  "from OUT/results.json.")
+
+
+def define_flags() -> None:
+  """The command line's flags (defined when run, not on import)."""
+  flags.DEFINE_string("out", "docs/study", "Where results.json, the plots and "
+                      "the runs (OUT/runs) go.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each is a full repeat.")
+  flags.DEFINE_float("pretrain_epochs", None, "Epochs of the image stage "
+                     "(None: vit_mini.py's schedule, as the main job's).")
+  flags.DEFINE_float("train_epochs", 12, "Epochs of every other run.")
+  flags.DEFINE_float("probe_epochs", 3, "Epochs of every linear probe.")
+  flags.DEFINE_string("data_dir", None, "Datasets (None: ~/tensorflow_datasets;"
+                      " the mini ones are built on first use).")
+  flags.DEFINE_bool("controls", False, "Also the equal-steps controls "
+                    "(CONTROLS: single-dataset runs as long as co-training).")
+  flags.DEFINE_bool("replot", False, "Only redraw the plots and results.md "
+                    "from OUT/results.json.")
 
 
 def main(argv):
@@ -275,4 +292,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
