@@ -34,7 +34,10 @@ one accelerator therefore needs.
      frames; antialiasing only beyond 2x), the last of which must match
      `TrainIterator` (a control that old and new compare like with like);
    - the CPU time of one `Source.read` of a batch (the pipeline's Python
-     part, which holds the interpreter lock).
+     part, which holds the interpreter lock);
+   - with `--randaugment=rand-m9-n2` (any config.input.randaugment), also
+     `TrainIterator` with that RandAugment, one thread: its cost against
+     the same iterator without.
    Each measurement warms up, then runs `--rounds` rounds of at least
    `--seconds` s; medians are reported. Clips per core is clips per second
    of process CPU time (all threads), so it holds whatever the thread count
@@ -49,6 +52,7 @@ one accelerator therefore needs.
 
     python benchmarks/input_pipeline.py                  # the full run
     python benchmarks/input_pipeline.py --quick          # a smoke check, ~1 min
+    python benchmarks/input_pipeline.py --quick --randaugment=rand-m9-n2
     python benchmarks/input_pipeline.py --data_dir=DIR --json=out.json
 
 Records are read from the page cache here (the datasets fit in memory);
@@ -77,6 +81,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cover_jax.input import ops
+from cover_jax.input import randaugment
 from cover_jax.input.pipeline import NumpyStream, Preprocessing, TrainIterator
 from cover_jax.input.source import Source, open_source
 from cover_jax.models import create, flops
@@ -96,9 +101,10 @@ class Setting:
   # expressed as multiples of the crop, the same for 448.
   scale_range: tuple[float, float] = (256 / 224, 320 / 224)
 
-  def preprocessing(self) -> Preprocessing:
+  def preprocessing(self, randaugment: str = "") -> Preprocessing:
     return Preprocessing(num_frames=self.num_frames, crop_size=self.crop_size,
-                         scale_range=self.scale_range)
+                         scale_range=self.scale_range,
+                         randaugment=randaugment)
 
 
 SETTINGS = (Setting("8x224", short_side=320, num_frames=8, crop_size=224),
@@ -478,22 +484,28 @@ def measure_setting(setting: Setting, source: Source, old_records: str,
                     args) -> list[dict]:
   """Every pipeline of one setting: rows of the table."""
   prep = setting.preprocessing()
-  runs = [("TrainIterator", NEW, 1)]
+  runs = [("TrainIterator", NEW, 1, "")]
+  if args.randaugment:
+    runs.append(("TrainIterator", NEW, 1, args.randaugment))
   if os.cpu_count() > 1:
-    runs.append(("TrainIterator", NEW, os.cpu_count()))
-  runs += [("built here", way, 1)
+    runs.append(("TrainIterator", NEW, os.cpu_count(), ""))
+  runs += [("built here", way, 1, "")
            for way in (LADDER if not args.quick else (OLD, NEW))]
   if os.cpu_count() > 1 and not args.quick:
-    runs.append(("built here", OLD, os.cpu_count()))
+    runs.append(("built here", OLD, os.cpu_count(), ""))
   rows = []
-  for pipeline, way, threads in runs:
+  for pipeline, way, threads, randaugment in runs:
     if pipeline == "TrainIterator":
-      stream = train_iterator(source, prep, args.batch, threads)
+      stream = train_iterator(source, setting.preprocessing(randaugment),
+                              args.batch, threads)
     else:
       stream = ladder_stream(source, prep, way, args.batch, threads,
                              old_records)
-    row = dict(setting=setting.name, pipeline=pipeline, way=way_name(way),
-               read=way[0], output=way[1], resize=way[2], threads=threads)
+    # A RandAugment row's way names it, so `rate` tells the two apart.
+    row = dict(setting=setting.name, pipeline=pipeline,
+               way=way_name(way) + (f"+{randaugment}" if randaugment else ""),
+               read=way[0], output=way[1], resize=way[2], threads=threads,
+               randaugment=randaugment)
     row.update(measure(stream, args.batch, args.seconds, args.rounds,
                        args.warmup_seconds))
     print(f"  {format_row(row)}", flush=True)
@@ -563,6 +575,19 @@ def print_pipelines(rows: list[dict]):
     if all(r for _, r in steps):
       print("    one change at a time: " + " -> ".join(
           f"{name} {r:.1f}" for name, r in steps))
+
+
+def print_randaugment(rows: list[dict], randaugment: str):
+  """TrainIterator's clips per CPU second with RandAugment and without."""
+  print(f"\nRandAugment {randaugment!r} (config.input.randaugment): "
+        f"TrainIterator, one tf.data thread, clips/s/core without -> with:")
+  for setting in SETTINGS:
+    plain = rate(rows, setting.name, "TrainIterator", "new")
+    augmented = rate(rows, setting.name, "TrainIterator",
+                     f"new+{randaugment}")
+    print(f"  {setting.name}: {plain:.2f} -> {augmented:.2f} "
+          f"({augmented / plain:.2f}x; +{1e3 / augmented - 1e3 / plain:.1f} "
+          f"CPU ms/clip)")
 
 
 def print_accelerators(rows: list[dict], mfu: float):
@@ -649,6 +674,9 @@ def main():
                       help="a smoke check: 4 videos of 4 s, batch 4, one "
                            "round of 1 s, no control pipelines")
   parser.add_argument("--json", default=None, help="also write figures here")
+  parser.add_argument("--randaugment", default="",
+                      help="also measure TrainIterator with this "
+                           "config.input.randaugment, e.g. rand-m9-n2")
   parser.add_argument("--retain_freed_host_memory", action="store_true",
                       help="apply cover_jax.runtime.allocator.retain_freed_host_memory() "
                            "first (no mmap for large blocks)")
@@ -660,6 +688,8 @@ def main():
                                        data_dir=args.data_dir),
                            args.write_old_layout)
     return
+  if args.randaugment:
+    randaugment.parse(args.randaugment)  # a bad string fails now, not later
   if args.retain_freed_host_memory and not allocator.retain_freed_host_memory():
     raise SystemExit("retain_freed_host_memory: no glibc mallopt here.")
   if args.quick:
@@ -695,6 +725,8 @@ def main():
         rate(rows, setting.name, "built here", "old"), args.mfu)
 
   print_pipelines(results["pipelines"])
+  if args.randaugment:
+    print_randaugment(results["pipelines"], args.randaugment)
   print_accelerators(results["accelerators"], args.mfu)
   print_cpu_training(results["pipelines"])
   results["total_seconds"] = time.perf_counter() - start

@@ -49,7 +49,8 @@ def input_config() -> ml_collections.ConfigDict:
       eval_short_side=ml_collections.config_dict.placeholder(int),
       eval_views=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
       video_share=ml_collections.config_dict.placeholder(float), seed=0,
-      on_corrupt="stop"))  # or "skip" (configs/settings.py)
+      on_corrupt="stop",  # or "skip" (configs/settings.py)
+      randaugment=""))  # or e.g. "rand-m9-n2" (configs/settings.py)
 
 
 def model(**fields) -> ml_collections.ConfigDict:

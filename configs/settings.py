@@ -70,7 +70,12 @@ def input_config(setting: str, **fields) -> ml_collections.ConfigDict:
       # A record or frame that cannot be read or decoded: "stop" names it
       # and stops; "skip" replaces it by the next usable record and counts
       # it (cover_jax/input/pipeline.py).
-      on_corrupt="stop")
+      on_corrupt="stop",
+      # RandAugment of training clips, in timm's notation: "rand-m9-n2",
+      # optionally "-mstd0.5", "-mmax10", "-inc1"; the same ops on every
+      # frame (cover_jax/input/randaugment.py). "": none, the paper's
+      # recipe ("only random cropping and random horizontal flipping", 4.1).
+      randaugment="")
   spec.update(fields)
   return ml_collections.ConfigDict(spec)
 

@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from cover_jax.input import ops
+from cover_jax.input import randaugment
 from cover_jax.input.source import InputError, Source
 
 PARTS = ("video", "image")
@@ -109,6 +110,9 @@ class Preprocessing:
     mean, std: per-channel normalisation of [0, 1] pixel values, applied
       on the devices (`cover_jax.pixels.normalize`): the pipeline's frames
       are uint8.
+    randaugment: RandAugment of training clips in timm's notation (e.g.
+      "rand-m9-n2", `randaugment.parse`), after the crop and flip, one draw
+      per clip; "" (the default): none.
   """
   num_frames: int
   crop_size: int
@@ -117,6 +121,11 @@ class Preprocessing:
   eval_views: int = 3
   mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
   std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+  randaugment: str = ""
+
+  def __post_init__(self):
+    if self.randaugment:
+      randaugment.parse(self.randaugment)  # refuses a bad string now
 
   def frames_of(self, source: Source) -> int:
     return self.num_frames if source.kind == "video" else 1
@@ -200,6 +209,11 @@ def _example_seeds(seed):
   return tf.unstack(tf.random.experimental.stateless_split(seed, 3))
 
 
+# RandAugment's seed is folded from the example's with this tag, so the
+# time, crop and flip seeds (and the paper configs' pixels) stay as they are.
+RANDAUGMENT_STREAM = 3
+
+
 def train_frame_indices(num_available, seed, num_frames: int):
   """The frames a training clip samples (random within each segment)."""
   seed_time, _, _ = _example_seeds(seed)
@@ -216,7 +230,8 @@ def eval_frame_indices(num_available, num_frames: int, reverse: bool = False):
 
 def preprocess_train(sampled, seed, *, flip, prep: Preprocessing):
   """uint8 [T, crop, crop, 3] from the sampled JPEG frames of a clip: one
-  scale-jittered random crop (only its window is decoded), maybe flipped."""
+  scale-jittered random crop (only its window is decoded), maybe flipped,
+  then RandAugment's ops if `prep.randaugment` names them."""
   _, seed_crop, seed_flip = _example_seeds(seed)
   height, width = ops.frame_shape(sampled)
   window = ops.random_crop_window(height, width, prep.crop_size,
@@ -225,7 +240,13 @@ def preprocess_train(sampled, seed, *, flip, prep: Preprocessing):
   # Flip the uint8 window, before the resize: a quarter of the bytes.
   frames = tf.cond(flip, lambda: ops.random_flip(frames, seed_flip),
                    lambda: frames)
-  return ops.to_uint8(ops.resize(frames, prep.crop_size))
+  frames = ops.to_uint8(ops.resize(frames, prep.crop_size))
+  if prep.randaugment:
+    frames = randaugment.augment(
+        frames, randaugment.parse(prep.randaugment),
+        tf.random.experimental.stateless_fold_in(seed, RANDAUGMENT_STREAM),
+        fill=randaugment.fill_of(prep.mean))
+  return frames
 
 
 def eval_views(sampled, prep: Preprocessing):
