@@ -3,8 +3,7 @@ the frames it samples.
 
 A training clip uses 8 or 16 frames of a video that stores hundreds: kept
 inside the video's record, every read would fetch and parse all of them
-(5.7 MB for 10 s at short side 320, more than half the input pipeline's CPU
-time). So the frames of a video dataset's split live in a frame store beside
+(most of the input pipeline's CPU time). So the frames of a video dataset's split live in a frame store beside
 its TFDS records:
 
     <dataset dir>/frames/<split>-00000.array_record, ...   one JPEG per record
@@ -19,19 +18,12 @@ The index also says where each frame's bytes lie in its file (`file_first`,
 request per frame: ArrayRecord asks for ranges open to the end of the file,
 and the server sends far more than the frame before the reader hangs up
 (benchmarks/gcs_read_bytes.py).
-
-Datasets prepared before frame stores keep every frame in its record; write
-their frame store once (records are read, nothing is decoded again):
-
-    python -m data.frame_store DATASET [--data_dir=DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
-import sys
 from typing import Iterable, Sequence
 
 from absl import logging
@@ -41,7 +33,7 @@ import numpy as np
 FOLDER = "frames"
 # JPEG bytes do not compress; one record per chunk reads one frame at a time.
 WRITER_OPTIONS = "group_size:1,uncompressed"
-# About 2-5 GB per file at 24-47 KB a frame.
+# Files of a few GB at typical frame sizes.
 FRAMES_PER_FILE = 100_000
 
 
@@ -384,71 +376,3 @@ class WritesFrameStore:
                   record_keys_and_labels(
                       self.info.splits[split].file_instructions),
                   writer.locations())
-
-
-# -- Writing the store of a dataset prepared before frame stores ---------------
-
-
-def convert(builder, splits: Sequence[str] | None = None) -> dict[str, int]:
-  """Writes the frame store of each split of a prepared video dataset whose
-  records hold the frames; returns frames written per split (0: the split
-  already had a store)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from array_record.python import array_record_data_source  # pylint: disable=import-outside-toplevel
-  written = {}
-  for split in splits or sorted(builder.info.splits):
-    if has_frame_store(builder.data_dir, split):
-      written[split] = 0
-      continue
-    instructions = builder.info.splits[split].file_instructions
-    reader = array_record_data_source.ArrayRecordDataSource(instructions)
-    writer = Writer(builder.data_dir, split)
-    records = []  # (key, label) in record order: one pass over the records
-    for i in range(len(reader)):
-      feature = tf.train.Example.FromString(reader[i]).features.feature
-      key = feature["id"].bytes_list.value[0].decode()
-      writer.add(key, list(feature["video"].bytes_list.value))
-      records.append((key, int(feature["label"].int64_list.value[0])))
-    writer.close()
-    write_index(builder.data_dir, split, writer.files, writer.spans, records,
-                writer.locations())
-    written[split] = writer.num_frames
-  return written
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m data.frame_store", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("dataset", help="e.g. kinetics400/short320")
-  parser.add_argument("--data_dir", help="default: ~/tensorflow_datasets")
-  args = parser.parse_args(argv)
-  if (args.data_dir or "").startswith("gs://"):
-    base = args.dataset.split("/")[0]
-    print(f"error: the frame store is written to local files only (ArrayRecord"
-          f" cannot write gs://): copy the dataset to a local DIR (gcloud "
-          f"storage cp --recursive {args.data_dir}/{base} DIR), run this with "
-          f"--data_dir=DIR, then copy it back (gcloud storage rsync "
-          f"--recursive DIR/{base} {args.data_dir}/{base}).", file=sys.stderr)
-    return 2
-  from data import registry  # pylint: disable=import-outside-toplevel
-  try:
-    builder = registry.load_builder(args.dataset, args.data_dir)
-    if "video" not in builder.info.features:
-      raise ValueError(f"{args.dataset} is not a video dataset; only videos "
-                       f"have a frame store.")
-    written = convert(builder)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  for split, frames in written.items():
-    print(f"{args.dataset} {split}: " + (
-        f"{frames} frames written to {builder.data_dir}/{FOLDER}" if frames
-        else "already has a frame store"))
-  print("The records still hold their frames too; preparing the dataset "
-        "again from its sources stores them once.")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

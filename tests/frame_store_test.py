@@ -1,5 +1,5 @@
-"""The frame store: writing, reading, converting datasets prepared before it,
-and the pipeline reading a batch in one call."""
+"""The frame store: writing, reading, refusing datasets without one, and the
+pipeline reading a batch in one call."""
 
 import os
 
@@ -16,7 +16,7 @@ from tests.gcs import BUCKET
 
 
 class OldLayoutClips(tfds.core.GeneratorBasedBuilder):
-  """Videos as prepared before frame stores: every frame inside its record."""
+  """Videos with every frame inside its record, no frame store."""
 
   VERSION = tfds.core.Version("1.0.0")
 
@@ -37,53 +37,21 @@ class OldLayoutClips(tfds.core.GeneratorBasedBuilder):
       yield i, {"video": frames, "label": label, "id": f"old{i}"}
 
 
-def stored_frames(builder, split):
-  """(JPEG frames, label) of each record, read from the records themselves."""
-  source = builder.as_data_source(
-      split, deserialize_method=tfds.decode.DeserializeMethod.
-      DESERIALIZE_NO_DECODE)
-  return [(list(e.features.feature["video"].bytes_list.value),
-           e.features.feature["label"].int64_list.value[0]) for e in source]
-
-
-def test_old_layout_is_refused_with_the_command_then_converted(tmp_path,
-                                                               capsys):
+def test_a_video_dataset_without_a_frame_store_is_refused_naming_the_fix(
+    tmp_path):
   data_dir = str(tmp_path)
   builder = OldLayoutClips(data_dir=data_dir,
                            file_format=features.FILE_FORMAT)
   builder.download_and_prepare()
-  with pytest.raises(ValueError, match="prepared before frame stores") as e:
+  with pytest.raises(ValueError) as e:
     inp.open_source("old", "train", dataset="old_layout_clips",
                     data_dir=data_dir)
-  command = f"python -m data.frame_store old_layout_clips --data_dir={data_dir}"
-  assert command in str(e.value)
-
-  assert frame_store.main(["old_layout_clips", f"--data_dir={data_dir}"]) == 0
-  written = sum(synthetic_data.LENGTHS[i % 3] for i in range(9))
-  assert f"{written} frames written" in capsys.readouterr().out
-  source = inp.open_source("old", "train", dataset="old_layout_clips",
-                           data_dir=data_dir)
-  for record, (frames, label) in enumerate(stored_frames(builder, "train")):
-    assert source.encoded(record) == (frames, label)
-  # A second run leaves the store as it is.
-  assert frame_store.main(["old_layout_clips", f"--data_dir={data_dir}"]) == 0
-  assert "already has a frame store" in capsys.readouterr().out
-
-
-def test_converting_an_image_dataset_is_an_error(tmp_path, capsys):
-  synthetic_data.prepare(str(tmp_path))
-  assert frame_store.main(["synthetic_clips/image",
-                           f"--data_dir={tmp_path}"]) == 2
-  assert "not a video dataset" in capsys.readouterr().err
-
-
-def test_converting_on_gs_is_refused_with_the_local_route(capsys):
-  assert frame_store.main(["kinetics400/short320",
-                           "--data_dir=gs://b/tfds"]) == 2
-  err = capsys.readouterr().err
-  assert "ArrayRecord cannot write gs://" in err
-  assert ("gcloud storage cp --recursive gs://b/tfds/kinetics400 DIR" in err
-          and "--data_dir=DIR" in err)
+  assert str(e.value) == (
+      f"Dataset 'old_layout_clips' train has no frame store "
+      f"({frame_store.index_path(builder.data_dir, 'train')}): it was not "
+      f"prepared by data.prepare or data/video_builder.py, which store every "
+      f"video's frames there. Prepare it again: python -m data.prepare "
+      f"(docs/data.md).")
 
 
 def test_writer_spreads_over_files_and_reads_back_in_record_order(tmp_path):
@@ -142,7 +110,9 @@ def test_an_index_of_another_preparation_is_refused(tmp_path):
   np.savez(index, **{k: v[:-1] if k != "files" else v
                       for k, v in arrays.items()})
   with pytest.raises(ValueError, match="indexes 11 videos but the split has "
-                                       "12 records"):
+                                       "12 records: it belongs to another "
+                                       "preparation. Prepare the dataset "
+                                       r"again: python -m data.prepare"):
     inp.open_source("v", "train", dataset="synthetic_clips/video",
                     data_dir=str(tmp_path))
 

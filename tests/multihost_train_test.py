@@ -219,16 +219,11 @@ def test_micro_batches_spread_over_every_batch_shard():
   assert "all-gather" not in hlo and "all-to-all" not in hlo
 
 
-def test_data_state_is_global_and_old_per_process_states_resume_summed():
+def test_data_state_is_global_and_refuses_another_mixture():
   saved = checkpointing.data_state({"step": 5, "consumed": {"a": 3, "b": 7}},
                                    ["a", "b"])
   want = {"step": 5, "consumed": {"a": 3, "b": 7}}
   assert checkpointing.resumed_data_state(saved, ["b", "a"]) == want
-  # Written before positions were global: one state per process.
-  old = {"names": ["a", "b"], "process_count": 2, "states": [
-      {"step": 5, "consumed": {"a": 1, "b": 4}},
-      {"step": 5, "consumed": {"a": 2, "b": 3}}]}
-  assert checkpointing.resumed_data_state(old, ["a", "b"]) == want
   with pytest.raises(ValueError, match=r"this config trains on \['a'\]: use "
                      r"init_from \(weights only\) to change the mixture"):
     checkpointing.resumed_data_state(saved, ["a"])

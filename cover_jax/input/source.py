@@ -199,20 +199,18 @@ def open_source(name: str, split: str, *, dataset: str | None = None,
   else:
     if not frame_store.has_frame_store(builder.data_dir, split):
       raise ValueError(
-          f"Dataset {dataset!r} was prepared before frame stores: every "
-          f"frame is inside its video's record, which training would read "
-          f"whole to use a few frames. Write its frame store once (the "
-          f"records are read, nothing is decoded again): python -m "
-          f"data.frame_store {dataset}"
-          + (f" --data_dir={data_dir}" if data_dir else ""))
+          f"Dataset {dataset!r} {split} has no frame store "
+          f"({frame_store.index_path(builder.data_dir, split)}): it was not "
+          f"prepared by data.prepare or data/video_builder.py, which store "
+          f"every video's frames there. Prepare it again: python -m "
+          f"data.prepare (docs/data.md).")
     store = frame_store.FrameStore(builder.data_dir, split)
     if len(store) != info.splits[split].num_examples:
       raise ValueError(
           f"The frame store of {dataset!r} {split} indexes {len(store)} "
           f"videos but the split has {info.splits[split].num_examples} "
-          f"records: it belongs to another preparation. Delete "
-          f"{frame_store.index_path(builder.data_dir, split).parent} and "
-          f"write it again: python -m data.frame_store {dataset}")
+          f"records: it belongs to another preparation. Prepare the "
+          f"dataset again: python -m data.prepare (docs/data.md).")
   metadata = info.metadata or {}
   return Source(
       name=name, dataset=dataset, split=split, kind=kinds[0],

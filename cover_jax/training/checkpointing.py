@@ -101,20 +101,13 @@ def data_state(iterator_state: dict, names: list[str]) -> dict:
 def resumed_data_state(saved: dict, names: list[str]) -> dict:
   """The iterator state to resume from a checkpoint's `data_state`.
 
-  Exact on any number of processes. Checkpoints written before the data
-  position became global ("states": one per process) resume at their step
-  with the processes' counts summed: the same epoch, a new order within it.
+  Exact on any number of processes (the position is global).
   """
   if sorted(saved["names"]) != sorted(names):
     raise ValueError(f"The checkpoint's data state is for datasets "
                      f"{sorted(saved['names'])}, this config trains on "
                      f"{sorted(names)}: use init_from (weights only) to "
                      f"change the mixture.")
-  if "states" in saved:
-    states = saved["states"]
-    return {"step": states[0]["step"],
-            "consumed": {n: sum(s["consumed"][n] for s in states)
-                         for n in names}}
   return {"step": saved["step"], "consumed": dict(saved["consumed"])}
 
 
