@@ -1,10 +1,22 @@
 """cover-jax: CoVeR (co-training videos and images) with a TimeSformer in JAX."""
 
 import pathlib
+import sys
 
 import setuptools
 
 HERE = pathlib.Path(__file__).parent
+
+# The checkout's top-level packages `data` and `configs` (the datasets' builders
+# and the experiment configs, used by path: --config=configs/...) have generic
+# names. An editable install only adds a path hook for them; a wheel would put
+# packages named `data` and `configs` into site-packages, where any other
+# distribution of those names would overwrite them or be overwritten. So the
+# project installs from its checkout, editable, and building a wheel stops.
+if "bdist_wheel" in sys.argv:
+  sys.exit("cover-jax installs from its checkout: pip install -e . (a wheel "
+           "would claim the package names `data` and `configs` in "
+           "site-packages).")
 
 
 def requirements():
