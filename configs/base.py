@@ -21,7 +21,10 @@ def optimizer(**fields) -> ml_collections.ConfigDict:
               boundaries_epochs=(10, 14), warmup_epochs=0.0, momentum=0.9,
               nesterov=False, weight_decay=0.0,
               grad_clip_norm=placeholder(float), trainable="all",
-              accumulation_steps=1)
+              accumulation_steps=1,
+              # Layer-wise lr decay for fine-tuning (BEiT's and VideoMAE
+              # V2's layer_decay, e.g. 0.75): None is off, the paper's.
+              layer_decay=placeholder(float))
   spec.update(fields)
   return ml_collections.ConfigDict(spec)
 
