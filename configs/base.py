@@ -66,6 +66,13 @@ def config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 0  # 0: at the end only
   c.eval_reverse = False  # also evaluate with frames reversed (Table 2)
   c.nonfinite = "stop"  # or "skip": skip the update
+  # An EMA of the parameters (cover_jax/training/ema.py), e.g. 0.9999: 0 is
+  # off, the paper's. With it, evaluation reports both weights ("<name>/ema"
+  # beside "<name>"), and predict, features, export and init_from use the
+  # EMA. ema_warmup: decay min(ema_decay, (1 + t) / (10 + t)) after t
+  # updates (tf.train.ExponentialMovingAverage's num_updates form).
+  c.ema_decay = 0.0
+  c.ema_warmup = False
   # True: glibc keeps freed memory for reuse (cover_jax/runtime/allocator.py): a faster
   # XLA:CPU step but a slower input pipeline beside it; the mini config
   # trained slower with it on two free cores (benchmarks/RESULTS.md).

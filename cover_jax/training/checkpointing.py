@@ -52,6 +52,7 @@ import orbax.checkpoint as ocp
 
 from cover_jax import storage
 from cover_jax.training import checkpoint_digest
+from cover_jax.training import ema
 
 STATE = "state"
 DATA = "data"
@@ -318,11 +319,23 @@ def read_params(path: str | epath.Path, what: str = "Checkpoint path"
   The checkpoint's own tree is read (whatever mesh saved it), so heads and
   shapes can be compared with the config before use.
   """
+  return read_weights(path, what)[0]
+
+
+def read_weights(path: str | epath.Path, what: str = "Checkpoint path"
+                 ) -> tuple[dict, dict | None]:
+  """(parameters, their EMA or None where the run kept none) of our
+  checkpoint at `path`, as host numpy arrays (see `read_params`)."""
   directory, step = checkpoint_step_dir(path, what)
-  return _params_at(directory / str(verified_step(directory, step, what)))
+  return _weights_at(directory / str(verified_step(directory, step, what)))
 
 
-def _params_at(step_dir: epath.Path) -> dict:
+def _weights_at(step_dir: epath.Path) -> tuple[dict, dict | None]:
+  state = _state_at(step_dir)
+  return state["params"], state.get(ema.PARAMS)
+
+
+def _state_at(step_dir: epath.Path) -> dict:
   item = step_dir / STATE
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(item)
@@ -330,9 +343,8 @@ def _params_at(step_dir: epath.Path) -> dict:
   tree = getattr(tree, "tree", tree)
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                           tree, is_leaf=lambda m: hasattr(m, "shape"))
-  restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+  return checkpointer.restore(item, args=ocp.args.PyTreeRestore(
       restore_args=as_numpy))
-  return restored["params"]
 
 
 def merge_heads(loaded: dict, fresh: dict, source: str) -> tuple[dict, list]:
@@ -428,12 +440,16 @@ def init_params_from(path: str, model, fresh_params: dict
         path, num_heads=model.num_heads, **overrides)
     kind = "TimeSformer .pyth"
   else:
-    loaded = read_params(path, "config.init_from")
+    raw, averaged = read_weights(path, "config.init_from")
+    # A run's EMA is the weights it reports and hands on (predict, export).
+    loaded = raw if averaged is None else averaged
     kind = "cover-jax checkpoint"
     if (model.attention_type == "divided_space_time" and
         "time_embedding" not in loaded):
       loaded = inflate_image_model(loaded, model.num_frames)
       kind = "cover-jax image-model (space_only) checkpoint"
+    if averaged is not None:
+      kind = f"the EMA weights (ema_params) of {kind}"
   loaded = jax.tree.map(np.asarray, loaded)
   params, new = merge_heads(loaded, jax.tree.map(np.asarray, fresh_params),
                             f"init_from {path}")
@@ -487,26 +503,50 @@ def refuses_scratch(config, start: StartPoint, *, has_stage: bool = False
   return None
 
 
-def inference_params(config, workdir: str, model) -> tuple[dict, str, int]:
-  """(params as numpy, where they came from, step) to apply `model` with:
-  --mode=eval, predict, features and export, in `start_point`'s order
-  (init_from: heads it lacks start fresh from config.seed)."""
+@dataclasses.dataclass(frozen=True)
+class InferenceWeights:
+  """A run's weights to apply: `params`, their EMA `ema_params` (None where
+  the run kept none), where they came from (`origin`) and their step."""
+  params: dict
+  ema_params: dict | None
+  origin: str
+  step: int
+
+
+def inference_weights(config, workdir: str, model) -> InferenceWeights:
+  """The weights to apply `model` with, as numpy, in `start_point`'s order
+  (init_from: heads it lacks start fresh from config.seed; a run of ours
+  gives its EMA where it kept one)."""
   checkpoints_dir = storage.resolve(workdir) / "checkpoints"
   start = start_point(config, checkpoints_dir)
   if start.kind == "workdir":
     step = verified_step(checkpoints_dir)  # as train resumes
-    return (_params_at(checkpoints_dir / str(step)), f"the checkpoint at "
-            f"step {step} in {checkpoints_dir}", step)
+    return InferenceWeights(*_weights_at(checkpoints_dir / str(step)),
+                            f"the checkpoint at step {step} in "
+                            f"{checkpoints_dir}", step)
   if start.kind == "resume_from":
     directory, step = checkpoint_step_dir(start.path, "config.resume_from")
-    return (read_params(start.path, "config.resume_from"), f"the "
-            f"checkpoint at step {step} in {directory}", step)
+    return InferenceWeights(*read_weights(start.path, "config.resume_from"),
+                            f"the checkpoint at step {step} in {directory}",
+                            step)
   if start.kind == "init_from":
     from cover_jax.models import init_params  # pylint: disable=import-outside-toplevel
     fresh = jax.device_get(init_params(model,
                                        jax.random.PRNGKey(config.seed)))
     params, origin = init_params_from(start.path, model, fresh)
-    return params, origin, 0
+    return InferenceWeights(params, None, origin, 0)
   raise ValueError(f"Nothing to apply the model with: no checkpoint in "
                    f"{checkpoints_dir}, and neither config.resume_from nor "
                    f"config.init_from is set.")
+
+
+def inference_params(config, workdir: str, model) -> tuple[dict, str, int]:
+  """(params as numpy, where they came from, step) to apply `model` with:
+  predict, features and export (`inference_weights`): the EMA of the
+  parameters where the run kept one (config.ema_decay), else the parameters.
+  """
+  weights = inference_weights(config, workdir, model)
+  if weights.ema_params is None:
+    return weights.params, weights.origin, weights.step
+  return (weights.ema_params, f"the EMA weights (ema_params) of "
+          f"{weights.origin}", weights.step)

@@ -12,7 +12,9 @@ averaged prediction is scored:
 
 Results are keyed by dataset name, or by "<name>/reversed" for an evaluation
 with the frames in reverse order (`reverse=True`, the paper's Table 2; video
-datasets only: an image has one frame)::
+datasets only: an image has one frame); the EMA of the parameters
+(config.ema_decay, `ema=True`) is reported as "<name>/ema" and
+"<name>/ema/reversed"::
 
     results = evaluate(model, params, config, mesh=mesh, writer=writer,
                        step=step, workdir=workdir)
@@ -50,12 +52,15 @@ from cover_jax import sharding
 
 METRICS = ("top1", "top5", "loss")
 REVERSED = "reversed"
+EMA = "ema"
 TOP_K = 5
 
 
-def section_name(name: str, reverse: bool = False) -> str:
-  """The results key of a dataset: "kinetics400" or "kinetics400/reversed"."""
-  return f"{name}/{REVERSED}" if reverse else name
+def section_name(name: str, reverse: bool = False, ema: bool = False) -> str:
+  """The results key of a dataset: "kinetics400", "kinetics400/reversed",
+  and for the EMA weights "kinetics400/ema", "kinetics400/ema/reversed"."""
+  return (name + (f"/{EMA}" if ema else "") +
+          (f"/{REVERSED}" if reverse else ""))
 
 
 def eval_batch_size(config: ConfigDict, mesh: jax.sharding.Mesh) -> int:
@@ -227,7 +232,8 @@ def evaluate(model: nn.Module, params, config: ConfigDict, *,
              mesh: jax.sharding.Mesh, reverse: bool = False,
              names: Iterable[str] | None = None, writer=None,
              step: int | None = None, workdir: str | None = None,
-             stop=None) -> dict[str, dict[str, float | int]]:
+             stop=None, ema: bool = False
+             ) -> dict[str, dict[str, float | int]]:
   """Scores every dataset (or `names`) on its eval_split and head.
 
   Args:
@@ -246,10 +252,11 @@ def evaluate(model: nn.Module, params, config: ConfigDict, *,
     workdir: where process 0 writes the results as JSON (see `write_json`).
     stop: a stop_request.StopRequest, checked before every batch (raises
       stop_request.Stopped; nothing is written).
+    ema: `params` are the EMA of the parameters: keys "<name>/ema[...]".
 
   Returns:
     {key: {"top1", "top5", "loss", "examples"}} with key `section_name(name,
-    reverse)`; the same on every process.
+    reverse, ema)`; the same on every process.
   """
   if writer is not None and step is None:
     raise ValueError("evaluate(writer=...) needs the step to write at.")
@@ -259,7 +266,7 @@ def evaluate(model: nn.Module, params, config: ConfigDict, *,
   results = {}
   for source in sources:
     start = time.time()
-    key = section_name(source.name, reverse)
+    key = section_name(source.name, reverse, ema)
     results[key] = evaluate_source(model, params, config, source, mesh=mesh,
                                    reverse=reverse, stop=stop)
     logging.info("eval %s: top1 %.4f top5 %.4f loss %.4f (%d examples, "
@@ -312,16 +319,18 @@ def write_json(workdir: str, step: int | None,
 def saved_results(config: ConfigDict, workdir: str, step: int
                   ) -> dict[str, dict[str, float | int]] | None:
   """The results workdir/eval holds for `step`, if they cover every section
-  an evaluation of `config` writes (with reversed frames if configured)."""
+  an evaluation of `config` writes (with reversed frames if configured, and
+  of the EMA weights if kept)."""
   path = json_paths(workdir, step)[0]
   if not path.exists():
     return None
   saved = json.loads(path.read_text()).get("results", {})
   sources = inp.make.sources(config, "eval_split")
-  wanted = [section_name(s.name) for s in sources]
-  if config.get("eval_reverse"):
-    wanted += [section_name(s.name, True) for s in sources
-               if s.kind == "video"]
+  reverses = (False, True) if config.get("eval_reverse") else (False,)
+  weights = (False, True) if config.get("ema_decay") else (False,)
+  wanted = [section_name(s.name, reverse, averaged) for averaged in weights
+            for reverse in reverses for s in sources
+            if s.kind == "video" or not reverse]
   if not all(key in saved for key in wanted):
     return None
   return {key: saved[key] for key in wanted}
