@@ -193,11 +193,25 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any,
   of the newest step that verifies, the corrupt ones set aside.
   """
   step = verified_step(mngr.directory, step)
+  _check_ema_matches(mngr.directory / str(step), abstract_state)
   mngr.reload()  # steps set aside are gone
   restored = mngr.restore(step, args=ocp.args.Composite(
       **{STATE: ocp.args.StandardRestore(abstract_state),
          DATA: ocp.args.JsonRestore()}))
   return restored[STATE], restored[DATA]
+
+
+def _check_ema_matches(step_dir: epath.Path, abstract_state: Any) -> None:
+  """ValueError, naming the fix, where the checkpoint keeps an EMA of the
+  parameters and the config does not, or the other way round."""
+  saved = ema.PARAMS in _state_metadata(step_dir)
+  if saved != (ema.PARAMS in abstract_state):
+    raise ValueError(
+        f"The checkpoint {step_dir} was saved {'with' if saved else 'without'}"
+        f" an EMA of the parameters (ema_params), but this config has "
+        f"ema_decay {'0' if saved else '> 0'}: resume with the run's own "
+        f"config.ema_decay, or train in a new workdir with "
+        f"--config.init_from={step_dir} (weights only).")
 
 
 class CorruptCheckpointError(ValueError):
@@ -335,12 +349,17 @@ def _weights_at(step_dir: epath.Path) -> tuple[dict, dict | None]:
   return state["params"], state.get(ema.PARAMS)
 
 
+def _state_metadata(step_dir: epath.Path) -> dict:
+  """The saved state's tree of array metadata (nothing is read)."""
+  metadata = ocp.PyTreeCheckpointer().metadata(step_dir / STATE)
+  tree = getattr(metadata, "item_metadata", metadata)
+  return getattr(tree, "tree", tree)
+
+
 def _state_at(step_dir: epath.Path) -> dict:
   item = step_dir / STATE
   checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(item)
-  tree = getattr(metadata, "item_metadata", metadata)
-  tree = getattr(tree, "tree", tree)
+  tree = _state_metadata(step_dir)
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                           tree, is_leaf=lambda m: hasattr(m, "shape"))
   return checkpointer.restore(item, args=ocp.args.PyTreeRestore(
