@@ -85,7 +85,10 @@ def image_datasets(names: Sequence[str]) -> tuple[str, ...]:
 def entry(dataset: Optional[str] = None, *, train_split: str = "train",
           eval_split: str = "validation", flip: bool = True,
           sample_weight: Optional[float] = None,
-          loss_weight: float = 1.0) -> ml_collections.ConfigDict:
+          loss_weight: float = 1.0, label_smoothing: float = 0.0,
+          mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+          mix_prob: float = 1.0,
+          switch_prob: float = 0.5) -> ml_collections.ConfigDict:
   """One `config.datasets` entry (see cover_jax/input/make.py).
 
   Args:
@@ -98,13 +101,19 @@ def entry(dataset: Optional[str] = None, *, train_split: str = "train",
       size, paper 4.1: "the sampling rate is proportional to the size of the
       datasets").
     loss_weight: w_i of its cross-entropy in the loss (paper 3.3.2).
+    label_smoothing, mixup_alpha, cutmix_alpha, mix_prob, switch_prob: its
+      targets, as timm's Mixup options (cover_jax/training/mixing.py); an
+      example is mixed only with one of its own dataset. The defaults are
+      off, the paper's recipe (4.1: random crops and flips only).
   """
   return ml_collections.ConfigDict(dict(
       dataset=placeholder(str) if dataset is None else dataset,
       train_split=train_split, eval_split=eval_split, flip=flip,
       sample_weight=(placeholder(float) if sample_weight is None
                      else float(sample_weight)),
-      loss_weight=float(loss_weight)))
+      loss_weight=float(loss_weight), label_smoothing=float(label_smoothing),
+      mixup_alpha=float(mixup_alpha), cutmix_alpha=float(cutmix_alpha),
+      mix_prob=float(mix_prob), switch_prob=float(switch_prob)))
 
 
 def known_dataset(name: str, setting: str, **fields
