@@ -64,6 +64,12 @@ def input_config(setting: str, **fields) -> ml_collections.ConfigDict:
       scale_range=s.scale_range,
       eval_short_side=placeholder(int),  # None: the crop size (TimeSformer)
       eval_views=3,  # paper 4.1: 1 temporal x 3 spatial crops, averaged
+      # Temporal clips per video at evaluation and predict: evenly spaced
+      # windows, each sampled as the one clip is; the softmax is averaged
+      # over eval_clips x eval_views views (e.g. 4 x 3, ViViT's). Images
+      # have 1. eval_batch_size still counts videos: eval memory grows by
+      # eval_clips.
+      eval_clips=1,
       mean=VIT_MEAN, std=VIT_STD,
       video_share=placeholder(float),  # None: in proportion to sizes (4.1)
       seed=0,

@@ -6,10 +6,11 @@
     python main.py --mode=features ... --output=features.npz
 
 Each input goes the evaluation's way: the frames evaluation samples (the
-middle frame of each segment, `input.pipeline.eval_frame_indices`) decoded
-with PyAV as `python -m data.prepare` decodes source videos (data/decode.py:
-JPEG frames at the dataset's stored short side), then the evaluation's
-config.input.eval_views crops (`input.pipeline.eval_views`), then the
+middle frame of each segment of each of config.input.eval_clips clips,
+`input.pipeline.eval_frame_indices`) decoded with PyAV as `python -m
+data.prepare` decodes source videos (data/decode.py: JPEG frames at the
+dataset's stored short side), then the evaluation's config.input.eval_views
+crops of each clip (`input.pipeline.eval_views`), then the
 view-averaged softmax of each head (`evaluate.averaged_log_probs`). Videos
 are scored by the video datasets' heads, images by the image datasets'
 (`--heads` chooses others). Class names come from the label maps that
@@ -148,11 +149,11 @@ class Decoded:
   note: str | None = None
 
 
-def decode(path: str, short_side: int, num_frames: int, *,
+def decode(path: str, short_side: int, num_frames: int, *, clips: int = 1,
            max_image_pixels: int = MAX_IMAGE_PIXELS,
            budget: PixelBudget | None = None) -> Decoded:
   """The input's sampled JPEG frames at `short_side`, as prepare stores
-  them: a video's `num_frames` (`sample_video`), an image's one. An image
+  them: a video's `clips` x `num_frames` (`sample_video`), an image's one. An image
   of more than `max_image_pixels` to decode is refused (header read only);
   `budget`: the pixels shared with other decodes."""
   from data import decode as decoding  # pylint: disable=import-outside-toplevel
@@ -172,7 +173,8 @@ def decode(path: str, short_side: int, num_frames: int, *,
           if width * height >= _TRIM_AFTER_PIXELS:
             _return_freed_memory()
       return Decoded(path, kind, [jpeg], [0])
-    frames, indices, note = sample_video(path, short_side, num_frames)
+    frames, indices, note = sample_video(path, short_side, num_frames,
+                                         clips=clips)
     return Decoded(path, kind, frames, indices, note=note)
   except decoding.DecodeError as e:
     return Decoded(path, kind, error=e.reason)
@@ -235,8 +237,10 @@ class PixelBudget:
 
 def decode_all(paths: Sequence[str], short_sides: dict[str, int],
                num_frames: dict[str, int], *, threads: int | None = None,
-               max_image_pixels: int | None = None) -> Iterator[Decoded]:
-  """Decoded inputs in order (`short_sides`, `num_frames` per kind).
+               max_image_pixels: int | None = None,
+               clips: dict[str, int] | None = None) -> Iterator[Decoded]:
+  """Decoded inputs in order (`short_sides`, `num_frames` and `clips` per
+  kind; clips default 1).
 
   `threads` (default DECODE_THREADS) decode at once (FFmpeg and PIL
   release the GIL), no more than `threads` decoded inputs wait for the
@@ -256,6 +260,7 @@ def decode_all(paths: Sequence[str], short_sides: dict[str, int],
         kind = kind_of(path)
         running.append(pool.submit(
             decode, path, short_sides[kind], num_frames[kind],
+            clips=(clips or {}).get(kind, 1),
             max_image_pixels=max_image_pixels, budget=budget))
         return
 
@@ -327,10 +332,10 @@ def read_timeline(path: str) -> Timeline:
 
 
 def sample_video(path: str, short_side: int, num_frames: int,
-                 quality: int | None = None
+                 quality: int | None = None, clips: int = 1
                  ) -> tuple[list[bytes], list[int], str | None]:
-  """(JPEGs, frame indices, note): the `num_frames` frames evaluation
-  samples from the video, decoded as `data.decode.decode_video` decodes
+  """(JPEGs, frame indices, note): the `clips` x `num_frames` frames
+  evaluation samples from the video (clip by clip), decoded as `data.decode.decode_video` decodes
   every frame (the same bytes), without decoding the rest.
 
   The frames are counted from the packets (`read_timeline`), the indices
@@ -350,7 +355,7 @@ def sample_video(path: str, short_side: int, num_frames: int,
   try:
     timeline = read_timeline(path)
     if timeline.complete and timeline.count:
-      indices = _eval_indices(timeline.count, num_frames)
+      indices = _eval_indices(timeline.count, num_frames, clips)
       for seek in (True, False) if timeline.pts is not None else (False,):
         try:
           return (_sampled_jpegs(path, indices, short_side, quality,
@@ -361,7 +366,7 @@ def sample_video(path: str, short_side: int, num_frames: int,
     if not count:
       raise decoding.DecodeError("no decodable frames" +
                                  (f" ({error})" if error else ""))
-    indices = _eval_indices(count, num_frames)
+    indices = _eval_indices(count, num_frames, clips)
     try:
       jpegs = _sampled_jpegs(path, indices, short_side, quality, None)
     except _Unsafe as e:
@@ -373,10 +378,10 @@ def sample_video(path: str, short_side: int, num_frames: int,
   return jpegs, indices, note
 
 
-def _eval_indices(count: int, num_frames: int) -> list[int]:
+def _eval_indices(count: int, num_frames: int, clips: int) -> list[int]:
   from cover_jax.input import pipeline  # pylint: disable=import-outside-toplevel
-  return [int(i) for i in
-          pipeline.eval_frame_indices(count, num_frames).numpy()]
+  return [int(i) for i in pipeline.eval_frame_indices(
+      count, num_frames, clips=clips).numpy()]
 
 
 def _decodable_frames(path: str) -> tuple[int, Exception | None]:
@@ -470,7 +475,7 @@ def _seek(container, stream, timeline: Timeline, k: int,
 def make_scorer(model, heads: Sequence[str], *, mean: Sequence[float],
                 std: Sequence[float]):
   """jitted (params, uint8 views [b, V, T, H, W, 3]) -> ({head: probs},
-  features).
+  features); V: all views of an input (clips x crops, `_views`).
 
   The views are normalised with `mean`, `std` (`pixels.normalize`, as in
   training). Probabilities are the views' averaged softmax (evaluation's own
@@ -494,12 +499,12 @@ def make_scorer(model, heads: Sequence[str], *, mean: Sequence[float],
   return jax.jit(score)
 
 
-def _views(frames: list[bytes], prep):
-  """views [V, T, crop, crop, 3] uint8 of a clip's sampled JPEG frames
-  (`input.pipeline.eval_views`, as evaluation crops them)."""
+def _views(frames: list[bytes], prep, clips: int = 1):
+  """views [clips * V, T, crop, crop, 3] uint8 of an input's sampled JPEG
+  frames (`input.pipeline.eval_views`, as evaluation crops them)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from cover_jax.input import pipeline  # pylint: disable=import-outside-toplevel
-  return pipeline.eval_views(tf.constant(frames), prep).numpy()
+  return pipeline.eval_views(tf.constant(frames), prep, clips).numpy()
 
 
 def decode_short_side(infos: dict[str, HeadInfo], heads: Sequence[str],
@@ -582,9 +587,11 @@ def run(model, params, config: ConfigDict, infos: dict[str, HeadInfo],
   with tqdm.tqdm(total=len(paths), unit=" inputs",
                  disable=not progress) as bar:
     num_frames = {"video": prep.num_frames, "image": 1}
+    clips = {kind: prep.clips_of(kind) for kind in num_frames}
     for decoded in decode_all(paths, short_sides, num_frames,
                               threads=decode_threads,
-                              max_image_pixels=max_image_pixels):
+                              max_image_pixels=max_image_pixels,
+                              clips=clips):
       result = Result(decoded.path, decoded.kind, error=decoded.error,
                       note=decoded.note)
       results.append(result)
@@ -594,7 +601,7 @@ def run(model, params, config: ConfigDict, infos: dict[str, HeadInfo],
       if result.error is None:
         result.frames = decoded.indices
         try:
-          views = _views(decoded.frames, prep)
+          views = _views(decoded.frames, prep, clips[decoded.kind])
         except Exception as e:  # pylint: disable=broad-except
           result.error = f"frames could not be decoded: {e}"
         else:

@@ -107,6 +107,9 @@ class Preprocessing:
       side is resized to before the random crop.
     eval_short_side: evaluation resize of the short side (None: crop_size).
     eval_views: spatial crops per video at evaluation (paper: 3).
+    eval_clips: temporal clips per video at evaluation (`eval_frame_indices`;
+      paper: 1); a video is scored on eval_clips x eval_views views. Images
+      have one clip.
     mean, std: per-channel normalisation of [0, 1] pixel values, applied
       on the devices (`cover_jax.pixels.normalize`): the pipeline's frames
       are uint8.
@@ -119,16 +122,24 @@ class Preprocessing:
   scale_range: tuple[float, float] = (1.0, 1.25)
   eval_short_side: int | None = None
   eval_views: int = 3
+  eval_clips: int = 1
   mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
   std: tuple[float, float, float] = (0.5, 0.5, 0.5)
   randaugment: str = ""
 
   def __post_init__(self):
+    if self.eval_clips < 1 or self.eval_views < 1:
+      raise ValueError(f"config.input.eval_clips ({self.eval_clips}) and "
+                       f"eval_views ({self.eval_views}) must be at least 1.")
     if self.randaugment:
       randaugment.parse(self.randaugment)  # refuses a bad string now
 
   def frames_of(self, source: Source) -> int:
     return self.num_frames if source.kind == "video" else 1
+
+  def clips_of(self, kind: str) -> int:
+    """Evaluation clips of a "video" or an "image" (always 1)."""
+    return self.eval_clips if kind == "video" else 1
 
 
 def check_sources(sources: Sequence[Source], preprocessing: Preprocessing,
@@ -221,11 +232,31 @@ def train_frame_indices(num_available, seed, num_frames: int):
                                   seed=seed_time)
 
 
-def eval_frame_indices(num_available, num_frames: int, reverse: bool = False):
-  """The frames an evaluation clip samples (each segment's middle one)."""
-  indices = ops.sample_frame_indices(num_available, num_frames,
+def eval_frame_indices(num_available, num_frames: int, reverse: bool = False,
+                       clips: int = 1):
+  """The frames evaluation samples: int32 [clips * num_frames], clip by clip.
+
+  The video of n frames is cut into `clips` equal windows, and each window
+  is sampled as one clip is (TSN segments, `ops.sample_frame_indices`): its
+  `num_frames` equal segments' middle frames. Frame t of clip c is
+
+      min(floor((c * num_frames + t + 1/2) * n / (clips * num_frames)), n - 1)
+
+  (in float32), i.e. the clips * num_frames segment middles of the whole
+  video, taken num_frames at a time: the clips tile the video without
+  overlap, and clips=1 is the single clip of the paper. A video shorter than
+  clips * num_frames repeats frames. This is mmaction2's test-mode
+  `SampleFrames` (clip_len=1, num_clips=clips * num_frames, as its TSN
+  configs test) grouped into clips; not PySlowFast's or scenic's dense clips
+  whose evenly spaced starts overlap on short videos. `reverse` reverses
+  each clip's frames.
+  """
+  indices = ops.sample_frame_indices(num_available, clips * num_frames,
                                      training=False)
-  return tf.reverse(indices, axis=[0]) if reverse else indices
+  if reverse:
+    indices = tf.reshape(tf.reverse(tf.reshape(indices, [clips, num_frames]),
+                                    axis=[1]), [-1])
+  return indices
 
 
 def preprocess_train(sampled, seed, *, flip, prep: Preprocessing):
@@ -249,22 +280,30 @@ def preprocess_train(sampled, seed, *, flip, prep: Preprocessing):
   return frames
 
 
-def eval_views(sampled, prep: Preprocessing):
-  """uint8 [views, T, crop, crop, 3] from the sampled JPEG frames of a clip."""
+def eval_views(sampled, prep: Preprocessing, clips: int = 1):
+  """uint8 [clips * views, T, crop, crop, 3] from the sampled JPEG frames of
+  `clips` clips ([clips * T], `eval_frame_indices`): the views of clip 0,
+  then those of clip 1, ... Every frame of a video has one size, so all
+  clips are cut at the same windows."""
   frames = ops.decode_frames(sampled)
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
   windows = ops.view_windows(height, width, prep.crop_size,
                              prep.eval_short_side or prep.crop_size,
                              prep.eval_views)
-  return ops.to_uint8(ops.crop_views(frames, windows, prep.crop_size))
+  views = ops.to_uint8(ops.crop_views(frames, windows, prep.crop_size))
+  size = prep.crop_size
+  views = tf.reshape(views, [prep.eval_views, clips, -1, size, size, 3])
+  return tf.reshape(tf.transpose(views, [1, 0, 2, 3, 4, 5]),
+                    [clips * prep.eval_views, -1, size, size, 3])
 
 
 def preprocess_eval(encoded, *, num_frames: int, prep: Preprocessing,
-                    reverse: bool = False):
-  """uint8 [views, T, crop, crop, 3] from every JPEG frame of a clip: the
-  middle frame of each segment, each view."""
-  indices = eval_frame_indices(tf.shape(encoded)[0], num_frames, reverse)
-  return eval_views(tf.gather(encoded, indices), prep)
+                    reverse: bool = False, clips: int = 1):
+  """uint8 [clips * views, T, crop, crop, 3] from every JPEG frame of a
+  clip: the middle frame of each segment of each clip, each view."""
+  indices = eval_frame_indices(tf.shape(encoded)[0], num_frames, reverse,
+                               clips)
+  return eval_views(tf.gather(encoded, indices), prep, clips)
 
 
 def _traced(fn: Callable) -> Callable:
@@ -792,7 +831,8 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
 
   Global batch b holds records b x global_batch + row; this process yields
   the rows of its `shards` (of `granule`; default all). Yields `frames`
-  [b, views, T, crop, crop, 3], `label` [b], `mask` [b] (0 on the padding
+  [b, clips * views, T, crop, crop, 3] (`eval_views`; an image has 1 clip),
+  `label` [b], `mask` [b] (0 on the padding
   that fills the last batch), `broken` [b] and `record` [b] (the record
   index). Every process yields the same number of batches. A record that
   cannot be read or decoded stops the evaluation with the CorruptData naming
@@ -802,11 +842,11 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
   if global_batch % granule:
     raise ValueError(f"Eval batch size {global_batch} is not divisible by "
                      f"the {granule} batch shards of the mesh.")
-  num_frames = prep.frames_of(source)
+  num_frames, clips = prep.frames_of(source), prep.clips_of(source.kind)
   records = _Records([source], on_corrupt=on_corrupt,
                      frames_for=lambda _, record, __: eval_frame_indices(
                          records.frame_count(0, record), num_frames,
-                         reverse).numpy())
+                         reverse, clips).numpy())
   rows = shard_rows(global_batch, granule, _check_shards(granule, shards))
   num_batches = eval_num_batches(source, global_batch)
 
@@ -815,7 +855,7 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
     valid = position < source.num_examples
     record = records.record(0, tf.where(valid, position, 0))
     indices = eval_frame_indices(records.frame_count(0, record), num_frames,
-                                 reverse)
+                                 reverse, clips)
     return record, indices, valid
 
   def read(record, indices, valid):
@@ -825,7 +865,7 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
     return encoded, label, record, valid, replaced != 0
 
   def preprocess(encoded, label, record, valid, broken):
-    return {"frames": eval_views(encoded, prep), "label": label,
+    return {"frames": eval_views(encoded, prep, clips), "label": label,
             "mask": tf.cast(valid & ~broken, tf.int32),
             "broken": tf.cast(valid & broken, tf.int32),
             "record": tf.cast(record, tf.int32)}
@@ -854,7 +894,7 @@ def eval_batches(source: Source, prep: Preprocessing, *, global_batch: int,
       used, label, views = records.usable(
           0, int(record), indices.numpy(), None,
           process=lambda jpegs: eval_views(tf.constant(jpegs, tf.string),
-                                           prep).numpy())
+                                           prep, clips).numpy())
       out["frames"].append(views)
       out["label"].append(label)
       out["mask"].append(int(bool(valid) and used == int(record)))

@@ -1,0 +1,183 @@
+"""Multi-clip testing (config.input.eval_clips): indices, views, averaging.
+
+The clip indices against hand computations; the views of every clip against
+the ops applied to that clip alone (and, for one clip, to today's single
+clip); the averaged softmax against numpy's; predict's frames against
+evaluation's.
+"""
+
+from fractions import Fraction
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cover_jax import input as inp
+from cover_jax.inference import predict
+from cover_jax.input import ops
+from cover_jax.input import pipeline
+from cover_jax.training import evaluate as ev
+from tests import media_files
+from tests import pipeline_test
+from tests import synthetic_data
+
+
+def clip_indices(n, t, c, reverse=False):
+  return pipeline.eval_frame_indices(tf.constant(n), t, reverse,
+                                     clips=c).numpy().reshape(c, t).tolist()
+
+
+# (n, T, C) -> the clips, by hand: frame t of clip c is the middle of
+# segment t of window c, floor((c T + t + 1/2) n / (C T)), at most n - 1.
+HAND = {
+    (16, 4, 2): [[1, 3, 5, 7], [9, 11, 13, 15]],  # segments of 2 frames
+    (30, 3, 2): [[2, 7, 12], [17, 22, 27]],  # of 5: middles 2.5, 7.5, ...
+    # n < T C: segments of 3/4 frame, middles 0.375, 1.125, 1.875, ...
+    (6, 4, 2): [[0, 1, 1, 2], [3, 4, 4, 5]],
+    # n < T: segments of 1/4 frame; each clip lies within one frame.
+    (3, 4, 3): [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2]],
+    (1, 2, 2): [[0, 0], [0, 0]],
+    (19, 8, 1): [[1, 3, 5, 8, 10, 13, 15, 17]],  # one clip: TSN's middles
+}
+
+
+@pytest.mark.parametrize("n,t,c", list(HAND))
+def test_clip_indices_equal_the_hand_computation(n, t, c):
+  assert clip_indices(n, t, c) == HAND[(n, t, c)]
+  # Reversed: each clip's frames backwards, the clips in their order.
+  assert clip_indices(n, t, c, reverse=True) == [
+      clip[::-1] for clip in HAND[(n, t, c)]]
+
+
+@pytest.mark.parametrize("t,c", [(1, 4), (2, 2), (4, 2), (4, 4), (8, 2)])
+def test_each_clip_samples_its_window_as_one_clip_samples_a_video(t, c):
+  """Window c of a video [c n / C, (c + 1) n / C), in exact fractions, cut
+  into T segments, their middles: for every n up to 40 (C T a power of two,
+  so float32 holds n / (C T) exactly)."""
+  for n in range(1, 41):
+    window = Fraction(n, c)
+    expected = [[min(int(k * window + (i + Fraction(1, 2)) * window / t),
+                     n - 1) for i in range(t)] for k in range(c)]
+    assert clip_indices(n, t, c) == expected, n
+
+
+@pytest.mark.parametrize("n,t", [(16, 8), (19, 8), (5, 8), (1, 4), (300, 16)])
+def test_one_clip_is_todays_sampling(n, t):
+  np.testing.assert_array_equal(
+      pipeline.eval_frame_indices(tf.constant(n), t).numpy(),
+      ops.sample_frame_indices(tf.constant(n), t, training=False).numpy())
+  np.testing.assert_array_equal(
+      pipeline.eval_frame_indices(tf.constant(n), t, True, clips=1).numpy(),
+      ops.sample_frame_indices(tf.constant(n), t, training=False).numpy()
+      [::-1])
+
+
+def one_clip_views(jpegs, prep):
+  """uint8 [V, T, crop, crop, 3]: the single-clip evaluation views of the
+  JPEGs of one clip, composed from the ops (eval_views before clips)."""
+  frames = ops.decode_frames(tf.constant(jpegs))
+  windows = ops.view_windows(frames.shape[1], frames.shape[2],
+                             prep.crop_size,
+                             prep.eval_short_side or prep.crop_size,
+                             prep.eval_views)
+  return ops.to_uint8(ops.crop_views(frames, windows,
+                                     prep.crop_size)).numpy()
+
+
+@pytest.mark.parametrize("clips,reverse", [(1, False), (1, True),
+                                           (2, False), (3, True)])
+def test_batch_views_are_each_clips_views(synthetic_dir, clips, reverse):
+  """frames [b, C V, T, ...]: views c V .. c V + V - 1 are clip c's
+  single-clip views (today's eval_views, composed from the ops), bit for
+  bit, and show the clip's hand-computed frames. One batch: clips of 5, 8,
+  19 and 5 frames (5 < T C for C > 1)."""
+  source = pipeline_test.source(synthetic_dir, "video", "test")
+  prep = inp.Preprocessing(num_frames=4, crop_size=16,
+                           scale_range=(1.0, 1.0), eval_views=3,
+                           eval_clips=clips)
+  batch = next(iter(inp.eval_batches(source, prep, global_batch=4,
+                                     reverse=reverse)))
+  assert batch["frames"].shape[1:3] == (clips * 3, 4)
+  assert list(batch["mask"]) == [1, 1, 1, 1]
+  for views, label, record in zip(batch["frames"], batch["label"],
+                                  batch["record"]):
+    n = synthetic_data.LENGTHS[label]
+    window = Fraction(n, clips)
+    for c in range(clips):
+      indices = [min(int(c * window + (i + Fraction(1, 2)) * window / 4),
+                     n - 1) for i in range(4)]
+      if clips == 1:  # today's sampling
+        assert indices == ops.sample_frame_indices(
+            n, 4, training=False).numpy().tolist()
+      indices = indices[::-1] if reverse else indices
+      jpegs, _ = source.read([record], np.asarray([indices]))
+      clip_views = views[c * 3:(c + 1) * 3]
+      np.testing.assert_array_equal(clip_views, one_clip_views(
+          np.asarray(jpegs, object).ravel(), prep))
+      for view in clip_views:
+        assert list(pipeline_test.sampled_indices(view)) == indices
+
+
+def test_images_have_one_clip(synthetic_dir):
+  source = pipeline_test.source(synthetic_dir, "image", "test")
+  prep = inp.Preprocessing(num_frames=4, crop_size=16,
+                           scale_range=(1.0, 1.0), eval_views=3,
+                           eval_clips=4)
+  batch = next(iter(inp.eval_batches(source, prep, global_batch=4)))
+  assert batch["frames"].shape[1:3] == (3, 1)  # eval_views crops, 1 frame
+
+
+class Tiny(nn.Module):
+  """A linear head on the pixels: logits that vary with every view."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return {"h": nn.Dense(5)(x.reshape(x.shape[0], -1))}
+
+
+def test_averaged_softmax_is_numpys_mean_over_all_views():
+  b, clips, views = 2, 2, 3
+  frames = np.random.default_rng(0).integers(
+      0, 256, (b, clips * views, 2, 4, 4, 3), dtype=np.uint8)
+  model = Tiny()
+  params = model.init(jax.random.key(0), frames[:, 0])["params"]
+  params = jax.tree.map(lambda p: p + 0.05, params)  # non-zero bias
+  mean, std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)
+  got = np.exp(np.asarray(ev._averaged_log_probs(  # pylint: disable=protected-access
+      model, "h", params, frames, mean, std), np.float64))
+  want = np.zeros((b, 5))
+  for v in range(clips * views):  # each view on its own
+    x = ((frames[:, v] / 255.0 - np.array(mean)) / np.array(std))
+    z = np.asarray(model.apply({"params": params}, x.astype(np.float32))["h"],
+                   np.float64)
+    want += np.exp(z) / np.exp(z).sum(-1, keepdims=True) / (clips * views)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert not np.allclose(got[0], got[1])  # the test can see a mix-up
+
+
+def test_predict_samples_and_crops_as_evaluation(tmp_path):
+  """predict with eval_clips=2: evaluation's indices and views of the
+  video with every frame decoded."""
+  from data import decode as decoding  # pylint: disable=import-outside-toplevel
+  path = str(tmp_path / "clip.mp4")
+  media_files.write_video(path, frames=13)
+  prep = inp.Preprocessing(num_frames=3, crop_size=16,
+                           scale_range=(1.0, 1.0), eval_views=2,
+                           eval_clips=2)
+  decoded = predict.decode(path, 24, 3, clips=2)
+  assert decoded.error is None
+  assert decoded.indices == [1, 3, 5, 7, 9, 11]  # 13 / 6 per segment
+  assert decoded.indices == pipeline.eval_frame_indices(
+      13, 3, clips=2).numpy().tolist()
+  everything = decoding.decode_video(path, 24).frames
+  want = inp.preprocess_eval(tf.constant(everything), num_frames=3,
+                             prep=prep, clips=2).numpy()
+  got = predict._views(decoded.frames, prep, 2)  # pylint: disable=protected-access
+  assert got.shape == (4, 3, 16, 16, 3)
+  np.testing.assert_array_equal(got, want)
+  # decode_all passes each kind's clips.
+  (again,) = predict.decode_all([path], {"video": 24}, {"video": 3},
+                                clips={"video": 2})
+  assert again.indices == decoded.indices
