@@ -115,8 +115,10 @@ def numpy_scores(model, params, config, name, reverse=False):
     examples += valid.sum()
     records += list(batch["record"][valid])
   assert sorted(records) == list(range(source.num_examples))
+  clips = config.input.get("eval_clips", 1) if source.kind == "video" else 1
   return {"top1": top1 / examples, "top5": top5 / examples,
-          "loss": loss / examples, "examples": int(examples)}
+          "loss": loss / examples, "examples": int(examples),
+          "clips": clips, "views": config.input.eval_views}
 
 
 @pytest.mark.slow

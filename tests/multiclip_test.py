@@ -7,6 +7,7 @@ evaluation's.
 """
 
 from fractions import Fraction
+import json
 
 import flax.linen as nn
 import jax
@@ -15,10 +16,12 @@ import pytest
 import tensorflow as tf
 
 from cover_jax import input as inp
+from cover_jax import sharding
 from cover_jax.inference import predict
 from cover_jax.input import ops
 from cover_jax.input import pipeline
 from cover_jax.training import evaluate as ev
+from tests import evaluate_test
 from tests import media_files
 from tests import pipeline_test
 from tests import synthetic_data
@@ -181,3 +184,26 @@ def test_predict_samples_and_crops_as_evaluation(tmp_path):
   (again,) = predict.decode_all([path], {"video": 24}, {"video": 3},
                                 clips={"video": 2})
   assert again.indices == decoded.indices
+
+
+@pytest.mark.slow
+def test_the_eval_json_records_clips_and_views(synthetic_dir, tmp_path):
+  model, params = evaluate_test.model_and_params()
+  config = evaluate_test.tiny_config(synthetic_dir)
+  config.input.eval_clips, config.input.eval_views = 2, 1
+  results = ev.evaluate(model, params, config,
+                        mesh=sharding.make_mesh(data=-1), step=3,
+                        workdir=str(tmp_path))
+  saved = json.loads((tmp_path / "eval" / "step_3.json").read_text())
+  assert saved["results"] == results
+  assert (results["clips"]["clips"], results["clips"]["views"]) == (2, 1)
+  assert (results["stills"]["clips"], results["stills"]["views"]) == (1, 1)
+  # The scores are those of the 2 x 1 views averaged in numpy.
+  expected = evaluate_test.numpy_scores(model, params, config, "clips")
+  assert results["clips"]["top1"] == expected["top1"]
+  assert results["clips"]["loss"] == pytest.approx(expected["loss"],
+                                                   rel=1e-5)
+  # Resuming reads these results back only for the same clips and views.
+  assert ev.saved_results(config, str(tmp_path), 3) == results
+  config.input.eval_clips = 1
+  assert ev.saved_results(config, str(tmp_path), 3) is None

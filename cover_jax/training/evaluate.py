@@ -1,14 +1,16 @@
 """Multi-view evaluation of every dataset on its own head (1 clip x 3 crops).
 
 Every example of a dataset's `eval_split` is scored once: the views of a
-video (config.input.eval_views spatial crops of one clip of evenly spread
-frames) go through the model together, the softmax probabilities of the
-dataset's head are averaged over the views (the paper's protocol), and the
-averaged prediction is scored:
+video (config.input.eval_views spatial crops of each of config.input.
+eval_clips temporal clips, `input.pipeline.eval_frame_indices`; an image
+has 1 clip) go through the model together, the softmax probabilities of the
+dataset's head are averaged over the views (the paper's protocol, 1 x 3),
+and the averaged prediction is scored:
 
     top1, top5: accuracy of the averaged prediction (top-k: k = min(5, classes))
     loss: mean cross-entropy of the averaged prediction
     examples: examples scored; always the split's size, else an error
+    clips, views: the temporal clips and spatial crops averaged per example
 
 Results are keyed by dataset name, or by "<name>/reversed" for an evaluation
 with the frames in reverse order (`reverse=True`, the paper's Table 2; video
@@ -137,7 +139,7 @@ def view_averaged_log_probs(logits, views: int):
 
 def _averaged_log_probs(model, head, params, frames, mean, std):
   """log of the view-averaged softmax of `head`: [b, classes], from uint8
-  frames [b, views, T, H, W, 3] normalised with `mean`, `std`."""
+  frames [b, clips * views, T, H, W, 3] normalised with `mean`, `std`."""
   b, views = frames.shape[:2]
   x = pixels.normalize(frames.reshape((b * views,) + frames.shape[2:]),
                        mean, std)
@@ -184,7 +186,8 @@ def evaluate_source(model: nn.Module, params, config: ConfigDict,
                     source: inp.Source, *, mesh: jax.sharding.Mesh,
                     reverse: bool = False, stop=None
                     ) -> dict[str, float | int]:
-  """{top1, top5, loss, examples} of one eval split on its head.
+  """{top1, top5, loss, examples, clips, views} of one eval split on its
+  head.
 
   `params` must already be placed on `mesh` (see `evaluate`); `stop` (a
   stop_request.StopRequest) is checked before every batch.
@@ -207,7 +210,8 @@ def evaluate_source(model: nn.Module, params, config: ConfigDict,
                              mean=prep.mean, std=prep.std)
   finally:
     stream.close()
-  return _finalize(jax.device_get(totals), source)
+  return {**_finalize(jax.device_get(totals), source),
+          "clips": prep.clips_of(source.kind), "views": prep.eval_views}
 
 
 def _finalize(totals: Mapping[str, Any], source: inp.Source
@@ -320,7 +324,7 @@ def saved_results(config: ConfigDict, workdir: str, step: int
                   ) -> dict[str, dict[str, float | int]] | None:
   """The results workdir/eval holds for `step`, if they cover every section
   an evaluation of `config` writes (with reversed frames if configured, and
-  of the EMA weights if kept)."""
+  of the EMA weights if kept) with the clips and views it uses."""
   path = json_paths(workdir, step)[0]
   if not path.exists():
     return None
@@ -328,10 +332,18 @@ def saved_results(config: ConfigDict, workdir: str, step: int
   sources = inp.make.sources(config, "eval_split")
   reverses = (False, True) if config.get("eval_reverse") else (False,)
   weights = (False, True) if config.get("ema_decay") else (False,)
-  wanted = [section_name(s.name, reverse, averaged) for averaged in weights
+  wanted = {section_name(s.name, reverse, averaged): s for averaged in weights
             for reverse in reverses for s in sources
-            if s.kind == "video" or not reverse]
-  if not all(key in saved for key in wanted):
+            if s.kind == "video" or not reverse}
+  views = config.input.eval_views
+  clips = config.input.get("eval_clips", 1)
+
+  def same_views(entry, source) -> bool:  # else evaluated another way
+    return (entry.get("views") == views and entry.get("clips") ==
+            (clips if source.kind == "video" else 1))
+
+  if not all(key in saved and same_views(saved[key], source)
+             for key, source in wanted.items()):
     return None
   return {key: saved[key] for key in wanted}
 
