@@ -101,7 +101,8 @@ def describe(config) -> dict:
   shapes = abstract_variables(model)
   count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
   # The papers' "TFLOPs" are multiply-adds (flops.py), per evaluated clip.
-  macs, views = flops.forward_macs(model), config.input.get("eval_views", 3)
+  macs = flops.forward_macs(model)
+  views = config.input.get("eval_views", 3) * config.input.get("eval_clips", 1)
   return dict(
       model=dict(width=model.width, depth=model.depth,
                  num_heads=model.num_heads, mlp_dim=model.mlp_dim,
@@ -114,7 +115,8 @@ def describe(config) -> dict:
           model, batch=config.batch_size) / 1e12,
       tflops_as_in_the_papers=(
           f"{macs * views / 1e12:.2f} TFLOPs = {macs / 1e12:.3f} per view x "
-          f"{views} views (multiply-adds, as TimeSformer and CoVeR count)"))
+          f"{views} views, clips x crops (multiply-adds, as TimeSformer and CoVeR "
+          f"count)"))
 
 
 def describe_data(config) -> dict:

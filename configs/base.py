@@ -39,7 +39,7 @@ def config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.data_dir = placeholder(str)  # None: ~/tensorflow_datasets
   c.batch_size = 128  # global, videos and images together
-  c.eval_batch_size = 64  # global, in videos (each with eval_views)
+  c.eval_batch_size = 64  # global, in videos (each eval_clips x eval_views)
   c.num_epochs = 20
   c.num_train_steps = placeholder(int)  # set: overrides num_epochs
   c.optimizer = optimizer()

@@ -459,4 +459,11 @@ def test_mini_configs_arguments_and_stages():
 def test_describe_states_flops_as_the_papers_do(name, paper):
   import main  # pylint: disable=import-outside-toplevel
   assert main.describe(load(name))["tflops_as_in_the_papers"] == (
-      f"{paper} (multiply-adds, as TimeSformer and CoVeR count)")
+      f"{paper}, clips x crops (multiply-adds, as TimeSformer and CoVeR "
+      f"count)")
+  config = load(name)  # 2 clips x 3 crops: twice the views
+  config.input.eval_clips = 2
+  text = main.describe(config)["tflops_as_in_the_papers"]
+  assert f"= {paper.split(' = ')[1].split()[0]} per view x 6 views" in text
+  assert float(text.split()[0]) == pytest.approx(
+      2 * float(paper.split()[0]), abs=0.011)
