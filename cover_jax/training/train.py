@@ -32,20 +32,22 @@ from cover_jax import storage
 from cover_jax.models import create, unboxed
 from cover_jax.runtime import stop_request
 from cover_jax.training import checkpointing
-from cover_jax.training import ema
 from cover_jax.training import evaluate
 from cover_jax.training import event_writer
 from cover_jax.training import label_maps
+from cover_jax.training import mixing
 from cover_jax.training import optimizer
 from cover_jax.training import workdir_lock
 
 
 @dataclasses.dataclass(frozen=True)
 class Head:
-  """A dataset as the loss sees it: its head, part of the batch and weight."""
+  """A dataset as the loss sees it: its head, part of the batch, weight and
+  target options (label smoothing, mixup, cutmix: off by default)."""
   name: str
   part: str
   loss_weight: float
+  mixing_options: mixing.Options = mixing.OFF
 
 
 # ----------------------------------------------------------------------------
@@ -80,29 +82,24 @@ def model_from_config(config: ConfigDict):
 # Init: the state's shapes and shardings, without allocating it.
 # ----------------------------------------------------------------------------
 
-def _init_fn(model, tx, with_ema: bool = False):
+def _init_fn(model, tx):
   def init(rng):
     init_rng, train_rng = jax.random.split(rng)
     video = jnp.zeros((1, model.num_frames, model.image_size,
                        model.image_size, 3), jnp.float32)
     params = model.init(init_rng, video, train=False)["params"]
-    state = {"step": jnp.zeros((), jnp.int32), "params": params,
-             "opt_state": tx.init(params), "rng": train_rng}
-    if with_ema:  # the average starts at the initial parameters
-      state[ema.PARAMS] = params
-    return state
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": tx.init(params), "rng": train_rng}
   return init
 
 
-def state_layout(model, tx, mesh, rules=sharding.DEFAULT_RULES,
-                 with_ema: bool = False):
+def state_layout(model, tx, mesh, rules=sharding.DEFAULT_RULES):
   """(unboxed init function, abstract state with shardings, shardings).
 
   Optimizer slots inherit their parameter's logical axes (flax boxes pass
-  through optax), so everything is placed by the same sharding rules; so
-  does the EMA of the parameters (`with_ema`: state["ema_params"]).
+  through optax), so everything is placed by the same sharding rules.
   """
-  init = _init_fn(model, tx, with_ema)
+  init = _init_fn(model, tx)
   boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
 
   def place(x):  # logical axes -> mesh axes; unnamed leaves are replicated
@@ -124,8 +121,14 @@ def state_layout(model, tx, mesh, rules=sharding.DEFAULT_RULES,
 # ----------------------------------------------------------------------------
 
 def dataset_sums(logits: dict, labels, dataset_ids, heads: list[Head],
-                 part: str) -> dict:
-  """Per dataset of `part`: summed cross-entropy, correct top-1, count."""
+                 part: str, mixed: mixing.Mixed | None = None) -> dict:
+  """Per dataset of `part`: summed cross-entropy, correct top-1, count.
+
+  A head with soft targets (label smoothing, or `mixed` examples) sums the
+  cross-entropy against them: the loss that is optimised. Its top-1 counts
+  argmax == the dominant label (the example's own where its lambda >= 0.5,
+  else its partner's; the own label where unmixed).
+  """
   sums = {}
   for index, head in enumerate(heads):
     if head.part != part:
@@ -133,10 +136,18 @@ def dataset_sums(logits: dict, labels, dataset_ids, heads: list[Head],
     mask = (dataset_ids == index).astype(jnp.float32)
     head_logits = logits[head.name]
     safe = jnp.where(mask > 0, labels, 0)  # others' labels may be too large
-    ce = optax.softmax_cross_entropy_with_integer_labels(head_logits, safe)
+    options = head.mixing_options
+    if options.soft_targets:
+      ce = mixing.soft_cross_entropy(head_logits, mixing.targets(
+          safe, head_logits.shape[-1], options.label_smoothing, mixed))
+      top1_labels = mixing.dominant_labels(safe, mixed)
+    else:
+      ce = optax.softmax_cross_entropy_with_integer_labels(head_logits, safe)
+      top1_labels = safe
     sums[head.name] = {
         "loss_sum": jnp.sum(ce * mask),
-        "correct": jnp.sum((jnp.argmax(head_logits, -1) == safe) * mask),
+        "correct": jnp.sum((jnp.argmax(head_logits, -1) == top1_labels) *
+                           mask),
         "count": jnp.sum(mask)}
   return sums
 
@@ -177,14 +188,14 @@ def micro_batches(batch, count: int):
 
 def make_train_step(model, tx, schedule, heads: list[Head], *, mean, std,
                     accumulation_steps: int = 1, skip_nonfinite: bool = False,
-                    loss_reduction: str = "weighted_sum",
-                    ema_decay: float = 0.0, ema_warmup: bool = False):
+                    loss_reduction: str = "weighted_sum"):
   """The pure step: (state, batch) -> (state, metrics).
 
   The batch's frames are the pipeline's uint8 pixels; the step normalises
-  them with `mean` and `std` (config.input's, `pixels.normalize`).
-  ema_decay > 0: the state's "ema_params" follow the new parameters
-  (cover_jax/training/ema.py).
+  them with `mean` and `std` (config.input's, `pixels.normalize`). Heads
+  whose mixing_options mix have their examples mixed after that, each with
+  one of its own dataset in its part (micro-batch, with accumulation), by
+  keys of the step's rng and step: the same (seed, step) mixes alike.
   """
   if loss_reduction not in LOSS_REDUCTIONS:
     raise ValueError(f"config.loss_reduction must be one of {LOSS_REDUCTIONS},"
@@ -194,11 +205,21 @@ def make_train_step(model, tx, schedule, heads: list[Head], *, mean, std,
     sums = {}
     for part in sorted(batch):
       frames = pixels.normalize(batch[part]["frames"], mean, std)
+      mixed = None
+      if any(h.mixing_options.mixes for h in heads if h.part == part):
+        # Keys 0 and 1 are the parts' dropout; mixing takes the next ones.
+        mixed = mixing.draw(
+            jax.random.fold_in(rng, len(inp.PARTS) + inp.PARTS.index(part)),
+            batch[part]["dataset"], [h.mixing_options if h.part == part
+                                     else mixing.OFF for h in heads],
+            *frames.shape[-3:-1])
+        frames = mixing.apply(mixed, frames, pixels.normalize(
+            batch[part]["frames"][mixed.partner], mean, std))
       logits = model.apply({"params": params}, frames, train=True,
                            rngs={"dropout": jax.random.fold_in(
                                rng, inp.PARTS.index(part))})
       sums.update(dataset_sums(logits, batch[part]["label"],
-                               batch[part]["dataset"], heads, part))
+                               batch[part]["dataset"], heads, part, mixed))
     return weighted_loss(sums, counts, heads, loss_reduction), sums
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -234,12 +255,6 @@ def make_train_step(model, tx, schedule, heads: list[Head], *, mean, std,
           (params, opt_state), (state["params"], state["opt_state"]))
     new_state = {"step": state["step"] + 1, "params": params,
                  "opt_state": opt_state, "rng": state["rng"]}
-    if ema_decay:
-      averaged = ema.update(state[ema.PARAMS], params, state["step"],
-                            ema_decay, ema_warmup)
-      new_state[ema.PARAMS] = (jax.tree.map(
-          lambda new, old: jnp.where(finite, new, old), averaged,
-          state[ema.PARAMS]) if skip_nonfinite else averaged)
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
                "learning_rate": schedule(state["step"]), "datasets": sums}
     return new_state, metrics
@@ -277,9 +292,7 @@ def step_from_config(config: ConfigDict, model, heads: list[Head],
     raise ValueError(f"config.nonfinite must be 'stop' or 'skip', not "
                      f"{nonfinite!r}.")
   tx, schedule = optimizer.make(config, steps_per_epoch)
-  with_ema = ema.enabled(config)
-  init, abstract, shardings = state_layout(model, tx, mesh,
-                                           with_ema=with_ema)
+  init, abstract, shardings = state_layout(model, tx, mesh)
   prep = inp.make.preprocessing(config)
   step = jax.jit(
       make_train_step(model, tx, schedule, heads, mean=prep.mean,
@@ -287,9 +300,7 @@ def step_from_config(config: ConfigDict, model, heads: list[Head],
                       accumulation_steps=inp.make.accumulation_steps(config),
                       skip_nonfinite=nonfinite == "skip",
                       loss_reduction=config.get("loss_reduction",
-                                                "weighted_sum"),
-                      ema_decay=config.ema_decay if with_ema else 0.0,
-                      ema_warmup=bool(config.get("ema_warmup"))),
+                                                "weighted_sum")),
       in_shardings=(shardings, batch_shardings),
       out_shardings=(shardings, None), donate_argnums=0)
   return StepFromConfig(step, init, abstract, shardings)
@@ -372,7 +383,8 @@ def checked_mixture(config: ConfigDict) -> Mixture:
   config's heads do not match the datasets."""
   sources = inp.make.sources(config, "train_split")
   check_heads(config, sources)
-  heads = [Head(s.name, s.kind, float(config.datasets[s.name].loss_weight))
+  heads = [Head(s.name, s.kind, float(config.datasets[s.name].loss_weight),
+                mixing.from_entry(s.name, config.datasets[s.name]))
            for s in sources]
   steps_per_epoch = optimizer.steps_per_epoch(
       sum(s.num_examples for s in sources), config.batch_size)
@@ -516,11 +528,10 @@ class Loop:
   saver: Saver
   writer: Any
   stop: stop_request.StopRequest
-  evaluate: Any  # (params, step, ema_params) -> results
+  evaluate: Any  # (params, step) -> results
 
   def evaluate_at(self, step: int, state) -> dict:
-    return self.evaluate(state["params"], step=step,
-                         ema_params=state.get(ema.PARAMS))
+    return self.evaluate(state["params"], step=step)
 
 
 def _loop(loop: Loop, state, step: int) -> dict:
@@ -573,18 +584,14 @@ def _loop(loop: Loop, state, step: int) -> dict:
 
 
 def run_evaluation(model, params, config, mesh, writer, step, workdir,
-                   stop=None, ema_params=None):
-  """Evaluation of every dataset (and with reversed frames if configured);
-  with `ema_params`, of those weights too, as sections "<name>/ema"
-  (evaluate.section_name)."""
-  results = {}
-  for weights, averaged in [(params, False), (ema_params, True)]:
-    if averaged and weights is None:
-      continue
-    for reverse in (False, True) if config.get("eval_reverse") else (False,):
-      results.update(evaluate.evaluate(
-          model, weights, config, mesh=mesh, reverse=reverse, writer=writer,
-          step=step, workdir=workdir, stop=stop, ema=averaged))
+                   stop=None):
+  """Evaluation of every dataset (and with reversed frames if configured)."""
+  results = evaluate.evaluate(model, params, config, mesh=mesh, writer=writer,
+                              step=step, workdir=workdir, stop=stop)
+  if config.get("eval_reverse"):
+    results.update(evaluate.evaluate(model, params, config, mesh=mesh,
+                                     reverse=True, writer=writer, step=step,
+                                     workdir=workdir, stop=stop))
   if jax.process_index() == 0:  # every metric is in the JSON, not here
     where = evaluate.json_paths(workdir, step)[0] if workdir else None
     print(f"Evaluation at step {step}" +
@@ -595,7 +602,7 @@ def run_evaluation(model, params, config, mesh, writer, step, workdir,
 
 def results_table(results: dict) -> str:
   """Test top-1 and top-5 per dataset, and top-1 with frames reversed
-  where measured (rows "<name>/ema": the EMA weights')."""
+  where measured."""
   reversed_suffix = "/reversed"
   rows = [f"{'dataset':<24}{'top-1':>8}{'top-5':>8}{'reversed':>10}"
           f"{'examples':>10}"]
@@ -642,8 +649,6 @@ def restore_or_init(config, mngr, model, init, abstract, shardings,
         start.path, model, sharding.to_host(state["params"]))
     # Optimizer slots start at zero whatever the weights: keep init's.
     state = {**state, "params": sharding.put(params, shardings["params"])}
-    if ema.PARAMS in state:  # the average starts at the loaded weights
-      state[ema.PARAMS] = sharding.put(params, shardings[ema.PARAMS])
     return state, None, note
   return state, None, f"initialised from scratch (seed {config.seed})"
 
@@ -654,18 +659,13 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
   check_heads(config, inp.make.sources(config, "eval_split"))
   model = model_from_config(config)
   workdir = str(storage.resolve(workdir))
-  weights = checkpointing.inference_weights(config, workdir, model)
+  params, origin, step = checkpointing.inference_params(config, workdir,
+                                                         model)
   if jax.process_index() == 0:
-    print(f"Evaluating {weights.origin}" + (
-        "" if weights.ema_params is None else
-        " (its parameters and their EMA, ema_params)"), flush=True)
-  params, ema_params = (
-      None if p is None else
-      sharding.put(p, sharding.param_shardings(model, mesh))
-      for p in (weights.params, weights.ema_params))
+    print(f"Evaluating {origin}", flush=True)
+  params = sharding.put(params, sharding.param_shardings(model, mesh))
   writer = event_writer.create(workdir, resumes_at=None,
                                just_logging=jax.process_index() > 0)
-  results = run_evaluation(model, params, config, mesh, writer,
-                           weights.step, workdir, ema_params=ema_params)
+  results = run_evaluation(model, params, config, mesh, writer, step, workdir)
   writer.flush()
   return results
