@@ -32,6 +32,7 @@ from cover_jax import storage
 from cover_jax.models import create, unboxed
 from cover_jax.runtime import stop_request
 from cover_jax.training import checkpointing
+from cover_jax.training import ema
 from cover_jax.training import evaluate
 from cover_jax.training import event_writer
 from cover_jax.training import label_maps
@@ -82,24 +83,29 @@ def model_from_config(config: ConfigDict):
 # Init: the state's shapes and shardings, without allocating it.
 # ----------------------------------------------------------------------------
 
-def _init_fn(model, tx):
+def _init_fn(model, tx, with_ema: bool = False):
   def init(rng):
     init_rng, train_rng = jax.random.split(rng)
     video = jnp.zeros((1, model.num_frames, model.image_size,
                        model.image_size, 3), jnp.float32)
     params = model.init(init_rng, video, train=False)["params"]
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": tx.init(params), "rng": train_rng}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params,
+             "opt_state": tx.init(params), "rng": train_rng}
+    if with_ema:  # the average starts at the initial parameters
+      state[ema.PARAMS] = params
+    return state
   return init
 
 
-def state_layout(model, tx, mesh, rules=sharding.DEFAULT_RULES):
+def state_layout(model, tx, mesh, rules=sharding.DEFAULT_RULES,
+                 with_ema: bool = False):
   """(unboxed init function, abstract state with shardings, shardings).
 
   Optimizer slots inherit their parameter's logical axes (flax boxes pass
-  through optax), so everything is placed by the same sharding rules.
+  through optax), so everything is placed by the same sharding rules; so
+  does the EMA of the parameters (`with_ema`: state["ema_params"]).
   """
-  init = _init_fn(model, tx)
+  init = _init_fn(model, tx, with_ema)
   boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
 
   def place(x):  # logical axes -> mesh axes; unnamed leaves are replicated
@@ -188,7 +194,8 @@ def micro_batches(batch, count: int):
 
 def make_train_step(model, tx, schedule, heads: list[Head], *, mean, std,
                     accumulation_steps: int = 1, skip_nonfinite: bool = False,
-                    loss_reduction: str = "weighted_sum"):
+                    loss_reduction: str = "weighted_sum",
+                    ema_decay: float = 0.0, ema_warmup: bool = False):
   """The pure step: (state, batch) -> (state, metrics).
 
   The batch's frames are the pipeline's uint8 pixels; the step normalises
@@ -196,6 +203,8 @@ def make_train_step(model, tx, schedule, heads: list[Head], *, mean, std,
   whose mixing_options mix have their examples mixed after that, each with
   one of its own dataset in its part (micro-batch, with accumulation), by
   keys of the step's rng and step: the same (seed, step) mixes alike.
+  ema_decay > 0: the state's "ema_params" follow the new parameters
+  (cover_jax/training/ema.py).
   """
   if loss_reduction not in LOSS_REDUCTIONS:
     raise ValueError(f"config.loss_reduction must be one of {LOSS_REDUCTIONS},"
@@ -255,6 +264,12 @@ def make_train_step(model, tx, schedule, heads: list[Head], *, mean, std,
           (params, opt_state), (state["params"], state["opt_state"]))
     new_state = {"step": state["step"] + 1, "params": params,
                  "opt_state": opt_state, "rng": state["rng"]}
+    if ema_decay:
+      averaged = ema.update(state[ema.PARAMS], params, state["step"],
+                            ema_decay, ema_warmup)
+      new_state[ema.PARAMS] = (jax.tree.map(
+          lambda new, old: jnp.where(finite, new, old), averaged,
+          state[ema.PARAMS]) if skip_nonfinite else averaged)
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
                "learning_rate": schedule(state["step"]), "datasets": sums}
     return new_state, metrics
@@ -292,7 +307,9 @@ def step_from_config(config: ConfigDict, model, heads: list[Head],
     raise ValueError(f"config.nonfinite must be 'stop' or 'skip', not "
                      f"{nonfinite!r}.")
   tx, schedule = optimizer.make(config, steps_per_epoch)
-  init, abstract, shardings = state_layout(model, tx, mesh)
+  with_ema = ema.enabled(config)
+  init, abstract, shardings = state_layout(model, tx, mesh,
+                                           with_ema=with_ema)
   prep = inp.make.preprocessing(config)
   step = jax.jit(
       make_train_step(model, tx, schedule, heads, mean=prep.mean,
@@ -300,7 +317,9 @@ def step_from_config(config: ConfigDict, model, heads: list[Head],
                       accumulation_steps=inp.make.accumulation_steps(config),
                       skip_nonfinite=nonfinite == "skip",
                       loss_reduction=config.get("loss_reduction",
-                                                "weighted_sum")),
+                                                "weighted_sum"),
+                      ema_decay=config.ema_decay if with_ema else 0.0,
+                      ema_warmup=bool(config.get("ema_warmup"))),
       in_shardings=(shardings, batch_shardings),
       out_shardings=(shardings, None), donate_argnums=0)
   return StepFromConfig(step, init, abstract, shardings)
@@ -528,10 +547,11 @@ class Loop:
   saver: Saver
   writer: Any
   stop: stop_request.StopRequest
-  evaluate: Any  # (params, step) -> results
+  evaluate: Any  # (params, step, ema_params) -> results
 
   def evaluate_at(self, step: int, state) -> dict:
-    return self.evaluate(state["params"], step=step)
+    return self.evaluate(state["params"], step=step,
+                         ema_params=state.get(ema.PARAMS))
 
 
 def _loop(loop: Loop, state, step: int) -> dict:
@@ -584,14 +604,18 @@ def _loop(loop: Loop, state, step: int) -> dict:
 
 
 def run_evaluation(model, params, config, mesh, writer, step, workdir,
-                   stop=None):
-  """Evaluation of every dataset (and with reversed frames if configured)."""
-  results = evaluate.evaluate(model, params, config, mesh=mesh, writer=writer,
-                              step=step, workdir=workdir, stop=stop)
-  if config.get("eval_reverse"):
-    results.update(evaluate.evaluate(model, params, config, mesh=mesh,
-                                     reverse=True, writer=writer, step=step,
-                                     workdir=workdir, stop=stop))
+                   stop=None, ema_params=None):
+  """Evaluation of every dataset (and with reversed frames if configured);
+  with `ema_params`, of those weights too, as sections "<name>/ema"
+  (evaluate.section_name)."""
+  results = {}
+  for weights, averaged in [(params, False), (ema_params, True)]:
+    if averaged and weights is None:
+      continue
+    for reverse in (False, True) if config.get("eval_reverse") else (False,):
+      results.update(evaluate.evaluate(
+          model, weights, config, mesh=mesh, reverse=reverse, writer=writer,
+          step=step, workdir=workdir, stop=stop, ema=averaged))
   if jax.process_index() == 0:  # every metric is in the JSON, not here
     where = evaluate.json_paths(workdir, step)[0] if workdir else None
     print(f"Evaluation at step {step}" +
@@ -602,7 +626,7 @@ def run_evaluation(model, params, config, mesh, writer, step, workdir,
 
 def results_table(results: dict) -> str:
   """Test top-1 and top-5 per dataset, and top-1 with frames reversed
-  where measured."""
+  where measured (rows "<name>/ema": the EMA weights')."""
   reversed_suffix = "/reversed"
   rows = [f"{'dataset':<24}{'top-1':>8}{'top-5':>8}{'reversed':>10}"
           f"{'examples':>10}"]
@@ -649,6 +673,8 @@ def restore_or_init(config, mngr, model, init, abstract, shardings,
         start.path, model, sharding.to_host(state["params"]))
     # Optimizer slots start at zero whatever the weights: keep init's.
     state = {**state, "params": sharding.put(params, shardings["params"])}
+    if ema.PARAMS in state:  # the average starts at the loaded weights
+      state[ema.PARAMS] = sharding.put(params, shardings[ema.PARAMS])
     return state, None, note
   return state, None, f"initialised from scratch (seed {config.seed})"
 
@@ -659,13 +685,18 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
   check_heads(config, inp.make.sources(config, "eval_split"))
   model = model_from_config(config)
   workdir = str(storage.resolve(workdir))
-  params, origin, step = checkpointing.inference_params(config, workdir,
-                                                         model)
+  weights = checkpointing.inference_weights(config, workdir, model)
   if jax.process_index() == 0:
-    print(f"Evaluating {origin}", flush=True)
-  params = sharding.put(params, sharding.param_shardings(model, mesh))
+    print(f"Evaluating {weights.origin}" + (
+        "" if weights.ema_params is None else
+        " (its parameters and their EMA, ema_params)"), flush=True)
+  params, ema_params = (
+      None if p is None else
+      sharding.put(p, sharding.param_shardings(model, mesh))
+      for p in (weights.params, weights.ema_params))
   writer = event_writer.create(workdir, resumes_at=None,
                                just_logging=jax.process_index() > 0)
-  results = run_evaluation(model, params, config, mesh, writer, step, workdir)
+  results = run_evaluation(model, params, config, mesh, writer,
+                           weights.step, workdir, ema_params=ema_params)
   writer.flush()
   return results
