@@ -28,8 +28,8 @@ MINI = "--config=configs/cover_mini.py"
      "known: config.batch_size, config.eval_batch_size, config.datasets."),
     ((MINI, "--config.optimizer.lr=0.1"),
      "--config.optimizer.lr=0.1: no such field config.optimizer.lr; closest "
-     "known: config.optimizer.learning_rates, config.optimizer.nesterov, "
-     "config.optimizer.trainable."),
+     "known: config.optimizer.layer_decay, config.optimizer.learning_rates, "
+     "config.optimizer.nesterov."),
     ((MINI, "--config.batch_size.x=1"),
      "--config.batch_size.x=1: config.batch_size is a value (int), not a "
      "group of fields."),

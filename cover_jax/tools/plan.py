@@ -670,7 +670,8 @@ def run(config: ConfigDict, devices: Sequence[jax.Device], *,
   """The plan, printed as it comes; with `search_all` the search too (8
   compiles). A plan that does not fit gets a short search (at most 4
   compiles) for the nearest settings that fit."""
-  result = dict(plan=plan(config, devices, hbm_bytes=hbm_bytes), search=None)
+  result = dict(plan=compile_step(config, devices, hbm_bytes=hbm_bytes),
+                search=None)
   log(format_plan(result["plan"]))
   if search_all or result["plan"]["fits"] is False:
     result["search"] = search(
