@@ -219,8 +219,7 @@ def lower_step(config: ConfigDict, devices: Sequence[jax.Device]):
   granule = mesh.shape["data"] * mesh.shape["fsdp"]
   split = batch_split(config, granule)
   mix = mixture(config)
-  heads = [train.Head(n, mix["kinds"][n],
-                      float(config.datasets[n].loss_weight))
+  heads = [train.head_of(n, mix["kinds"][n], config.datasets[n])
            for n in config.datasets]
   model = train.model_from_config(config)
   model.validate()

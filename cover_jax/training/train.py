@@ -55,6 +55,12 @@ class Head:
 # Data: the mixture, checked against the config before any compute.
 # ----------------------------------------------------------------------------
 
+def head_of(name: str, part: str, entry: ConfigDict) -> Head:
+  """The Head of `config.datasets[name]`, whose examples are in `part`."""
+  return Head(name, part, float(entry.loss_weight),
+              mixing.from_entry(name, entry))
+
+
 def check_heads(config: ConfigDict, sources: list[inp.Source]) -> None:
   """config.heads must name every dataset with its label map's size."""
   heads = dict(config.heads)
@@ -402,9 +408,7 @@ def checked_mixture(config: ConfigDict) -> Mixture:
   config's heads do not match the datasets."""
   sources = inp.make.sources(config, "train_split")
   check_heads(config, sources)
-  heads = [Head(s.name, s.kind, float(config.datasets[s.name].loss_weight),
-                mixing.from_entry(s.name, config.datasets[s.name]))
-           for s in sources]
+  heads = [head_of(s.name, s.kind, config.datasets[s.name]) for s in sources]
   steps_per_epoch = optimizer.steps_per_epoch(
       sum(s.num_examples for s in sources), config.batch_size)
   return Mixture(sources, heads, steps_per_epoch,
