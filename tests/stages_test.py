@@ -121,6 +121,16 @@ def _run_until(cmd, is_marker):
   return "".join(seen)
 
 
+# Every option of issue 22's recipes, on the mini config's datasets.
+RECIPES = {"datasets.digits_motion.label_smoothing": 0.1,
+           "datasets.digits_motion.mixup_alpha": 0.8,
+           "datasets.digits_appearance.cutmix_alpha": 1.0,
+           "datasets.digits_appearance.mixup_alpha": 0.2,
+           "input.randaugment": "rand-m9-n2-mstd0.5",
+           "ema_decay": 0.9, "ema_warmup": True,
+           "optimizer.layer_decay": 0.75, "input.eval_clips": 2}
+
+
 @pytest.mark.slow
 def test_killed_in_either_stage_resumes_to_bit_identical_parameters(
     digits_dir, tmp_path, monkeypatch):
@@ -133,7 +143,10 @@ def test_killed_in_either_stage_resumes_to_bit_identical_parameters(
            "pretrain.checkpoint.async_save": False,
            "checkpoint.async_save": False,
            "pretrain.checkpoint.every_steps": 2,
-           "input.eval_views": 1, "pretrain.input.eval_views": 1}
+           "input.eval_views": 1, "pretrain.input.eval_views": 1,
+           # Stage 2 with every fine-tuning option on (README's recipes): its
+           # randomness too must resume exactly.
+           **RECIPES}
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
   cmd = train_test.command(killed, digits_dir, **steps)
   # The run never killed: the same command line's config, trained here
@@ -161,3 +174,9 @@ def test_killed_in_either_stage_resumes_to_bit_identical_parameters(
     train_test.assert_same_params(
         train_test.final_params(os.path.join(straight, sub)),
         train_test.final_params(os.path.join(killed, sub)))
+  _, ema_straight = checkpointing.read_weights(
+      os.path.join(straight, "checkpoints"))
+  _, ema_killed = checkpointing.read_weights(
+      os.path.join(killed, "checkpoints"))
+  assert ema_straight is not None
+  train_test.assert_same_params(ema_straight, ema_killed)
