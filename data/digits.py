@@ -93,35 +93,70 @@ def _class_balanced(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
   return ids[np.argsort(rank, kind="stable")]
 
 
-def _sprite(digit: np.ndarray, size: float) -> np.ndarray:
+def _pixel_size(size: float) -> int:
+  """The drawn side in pixels of a digit of nominal `size`."""
+  return max(2, int(round(size)))
+
+
+def _sprite(digit: np.ndarray, size: int) -> np.ndarray:
   """The 8x8 digit resampled to size x size pixels, values in [0, 1]."""
-  size = max(2, int(round(size)))
   img = Image.fromarray(np.uint8(digit * 255), mode="L")
   return np.asarray(img.resize((size, size), Image.BILINEAR),
                     np.float32) / 255.0
+
+
+def _coverage(digit: np.ndarray, centers: np.ndarray,
+              sizes: np.ndarray) -> np.ndarray:
+  """float32 [T, CANVAS, CANVAS, 3]: the digit's alpha in each frame, clipped
+  to the canvas (growing digits may overflow it), the same in each channel.
+
+  A video resamples its digit once per distinct size, not once per frame.
+  """
+  pixels = [_pixel_size(s) for s in sizes]
+  sprites = {s: np.repeat(_sprite(digit, s)[..., None], 3, axis=-1)
+             for s in set(pixels)}
+  alpha = np.zeros((len(pixels), CANVAS, CANVAS, 3), np.float32)
+  for frame, center, s in zip(alpha, centers, pixels):
+    top, left = int(round(center[0] - s / 2)), int(round(center[1] - s / 2))
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + s, CANVAS), min(left + s, CANVAS)
+    if y1 > y0 and x1 > x0:
+      frame[y0:y1, x0:x1] = sprites[s][y0 - top:y1 - top, x0 - left:x1 - left]
+  return alpha
+
+
+def render_frames(digit: np.ndarray, *, centers, sizes, opacities,
+                  color: np.ndarray, background: np.ndarray) -> np.ndarray:
+  """uint8 [T, CANVAS, CANVAS, 3]: frame t is the digit at `centers[t]`
+  (row, column), `sizes[t]` and `opacities[t]` blended over `background`."""
+  opacities = np.asarray(opacities, np.float32)[:, None, None, None]
+  alpha = _coverage(digit, centers, sizes) * opacities
+  # Operands of one shape: numpy loops slowly over a broadcast last axis of 3.
+  color = np.broadcast_to(color, background.shape).copy()
+  frames = background * (1 - alpha) + color * alpha
+  return np.uint8(np.clip(frames, 0, 255))
 
 
 def render(digit: np.ndarray, *, center: tuple[float, float], size: float,
            opacity: float, color: np.ndarray,
            background: np.ndarray) -> np.ndarray:
   """One uint8 [CANVAS, CANVAS, 3] frame: the digit blended over background."""
-  sprite = _sprite(digit, size)
-  alpha = np.zeros((CANVAS, CANVAS), np.float32)
-  s = sprite.shape[0]
-  top, left = int(round(center[0] - s / 2)), int(round(center[1] - s / 2))
-  # Clip the sprite to the canvas (growing digits may overflow it).
-  y0, x0 = max(top, 0), max(left, 0)
-  y1, x1 = min(top + s, CANVAS), min(left + s, CANVAS)
-  if y1 > y0 and x1 > x0:
-    alpha[y0:y1, x0:x1] = sprite[y0 - top:y1 - top, x0 - left:x1 - left]
-  alpha = (alpha * opacity)[..., None]
-  frame = background * (1 - alpha) + color * alpha
-  return np.uint8(np.clip(frame, 0, 255))
+  return render_frames(digit, centers=[center], sizes=[size],
+                       opacities=[opacity], color=color,
+                       background=background)[0]
 
 
-def encode_jpeg(frame: np.ndarray) -> bytes:
+def encode_jpegs(frames: np.ndarray) -> list[bytes]:
+  """The JPEG bytes of each uint8 [H, W, 3] frame of `frames` [T, H, W, 3]."""
+  t, h, w, _ = frames.shape
+  # One PIL image per video, cropped per frame: cheaper than T conversions.
+  strip = Image.fromarray(frames.reshape(t * h, w, 3))
+  return [_jpeg(strip.crop((0, i * h, w, (i + 1) * h))) for i in range(t)]
+
+
+def _jpeg(image: Image.Image) -> bytes:
   buffer = io.BytesIO()
-  Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+  image.save(buffer, format="JPEG", quality=95)
   return buffer.getvalue()
 
 
@@ -149,8 +184,9 @@ def _bouncing_path(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def motion_frames(digit: np.ndarray, motion: str, n: int,
-                  rng: np.random.Generator) -> list[np.ndarray]:
-  """n frames of `digit` performing `motion`; reversal gives REVERSED[motion]."""
+                  rng: np.random.Generator) -> np.ndarray:
+  """uint8 [n, CANVAS, CANVAS, 3]: `digit` performing `motion`; reversal
+  gives REVERSED[motion]."""
   color, background = _look(rng)
   # Moving digits cross the canvas, entering and leaving a third outside it:
   # 24 px of travel, 3 px per frame of an 8-frame clip, so that direction is
@@ -164,24 +200,22 @@ def motion_frames(digit: np.ndarray, motion: str, n: int,
              "fading_in": "opacity"}
   twin = {v: k for k, v in REVERSED.items()}
   kind = motion if motion in forward else twin[motion]
-  frames = []
-  for i in range(n):
-    t = i / (n - 1)
-    if motion not in forward:
-      t = 1 - t
-    center = [mid + jitter[0], mid + jitter[1]]
-    size, opacity = SPRITE, 1.0
-    if forward[kind] == "x":
-      center[1] = low + (high - low) * t
-    elif forward[kind] == "y":
-      center[0] = low + (high - low) * t
-    elif forward[kind] == "size":
-      size = SPRITE * (0.4 + 1.1 * t)
-    else:
-      opacity = 0.1 + 0.9 * t
-    frames.append(render(digit, center=tuple(center), size=size,
-                         opacity=opacity, color=color, background=background))
-  return frames
+  t = np.arange(n) / (n - 1)
+  if motion not in forward:
+    t = 1 - t
+  centers = np.tile([mid + jitter[0], mid + jitter[1]], (n, 1))
+  sizes, opacities = np.full(n, float(SPRITE)), np.ones(n)
+  if forward[kind] == "x":
+    centers[:, 1] = low + (high - low) * t
+  elif forward[kind] == "y":
+    centers[:, 0] = low + (high - low) * t
+  elif forward[kind] == "size":
+    sizes = SPRITE * (0.4 + 1.1 * t)
+  else:
+    opacities = 0.1 + 0.9 * t
+  return render_frames(digit, centers=centers, sizes=sizes,
+                       opacities=opacities, color=color,
+                       background=background)
 
 
 @dataclasses.dataclass
@@ -257,7 +291,8 @@ class DigitsImage(_Digits):
     center = rng.uniform(size / 2 + 1, CANVAS - size / 2 - 1, size=2)
     frame = render(image, center=tuple(center), size=size, opacity=1.0,
                    color=color, background=background)
-    return {"image": encode_jpeg(frame), "label": digit, "id": key}
+    return {"image": encode_jpegs(frame[None])[0], "label": digit,
+            "id": key}
 
 
 class DigitsAppearance(_Digits):
@@ -266,10 +301,10 @@ class DigitsAppearance(_Digits):
   def _example(self, image, digit, index, rng, key):
     color, background = _look(rng)
     n = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
-    frames = [render(image, center=tuple(c), size=SPRITE, opacity=1.0,
-                     color=color, background=background)
-              for c in _bouncing_path(rng, n)]
-    return {"video": [encode_jpeg(f) for f in frames], "label": digit,
+    frames = render_frames(image, centers=_bouncing_path(rng, n),
+                           sizes=np.full(n, SPRITE), opacities=np.ones(n),
+                           color=color, background=background)
+    return {"video": encode_jpegs(frames), "label": digit,
             "id": key}
 
 
@@ -287,5 +322,5 @@ class DigitsMotion(_Digits):
     motion = names[index % len(names)]  # balanced classes
     n = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
     frames = motion_frames(image, motion, n, rng)
-    return {"video": [encode_jpeg(f) for f in frames],
-            "label": names.index(motion), "id": key}
+    return {"video": encode_jpegs(frames), "label": names.index(motion),
+            "id": key}

@@ -1,6 +1,9 @@
 """The built-in mini datasets: splits, labels, and the motion set's symmetries."""
 
+import io
+
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -160,3 +163,47 @@ def test_generation_is_deterministic(tmp_path):
                                   np.random.default_rng([1, 2]), "k")
   a, b = make(), make()
   assert a["video"] == b["video"] and a["label"] == b["label"]
+
+
+def reference_frame(digit, center, size, opacity, color, background):
+  """One frame drawn alone: the digit resized by PIL for this frame, pasted
+  with clipping, blended per pixel in float32."""
+  s = max(2, int(round(size)))
+  sprite = np.asarray(Image.fromarray(np.uint8(digit * 255)).resize(
+      (s, s), Image.BILINEAR), np.float32) / 255.0
+  top, left = int(round(center[0] - s / 2)), int(round(center[1] - s / 2))
+  padded = np.zeros((digits.CANVAS + 2 * 64,) * 2, np.float32)
+  padded[top + 64:top + 64 + s, left + 64:left + 64 + s] = sprite
+  alpha = padded[64:-64, 64:-64][..., None] * np.float32(opacity)
+  frame = background * (1 - alpha) + color * alpha
+  return np.uint8(np.clip(frame, 0, 255))
+
+
+def test_a_video_renders_as_its_frames_drawn_one_by_one():
+  """Sprites shared between frames of one size, and the blend of all frames
+  at once, give each frame exactly as drawing it alone does."""
+  image = digits.source_digits("train")[0][7]
+  color, background = digits._look(np.random.default_rng(3))  # pylint: disable=protected-access
+  # Repeated and distinct sizes, digits overflowing every edge, fades.
+  centers = [(20, 20), (3.4, 38.2), (41, -2), (20.5, 19.5), (-13, 20),
+             (20, 52), (12.7, 27.1)]
+  sizes = [24, 24, 36.6, 9.4, 24.4, 24, 30.2]
+  opacities = [1.0, 0.1, 0.55, 0.9, 1.0, 0.37, 0.73]
+  frames = digits.render_frames(image, centers=np.array(centers, float),
+                                sizes=np.array(sizes), opacities=opacities,
+                                color=color, background=background)
+  assert frames.shape == (7, 40, 40, 3) and frames.dtype == np.uint8
+  for frame, c, s, o in zip(frames, centers, sizes, opacities):
+    np.testing.assert_array_equal(
+        frame, reference_frame(image, c, s, o, color, background))
+  assert (frames[4:6] == background.astype(np.uint8)).all()  # off canvas
+
+
+def test_frames_encode_as_each_frame_saved_alone():
+  frames = np.random.default_rng(0).integers(0, 256, (5, 40, 40, 3),
+                                             np.uint8)
+  def saved(frame):
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+  assert digits.encode_jpegs(frames) == [saved(f) for f in frames]
