@@ -22,6 +22,8 @@ Arguments (comma-separated, `--config=configs/cover_mini.py:ARG`):
   videoNN            read the video sets' trainNN builder configs (NN in 50,
                      25, 10: that percentage of the training digits, the
                      same test digits): video data scarcer than image data;
+  strong             VideoMAE's fine-tuning recipe on stage 2
+                     (configs/recipes.py);
   no_<dataset>, no_images, image_weight=W, <dataset>_weight=W,
   <dataset>_sample=S the ablations of configs/ablations.py (image_weight=0
                      drops digits_image, as the paper's Table 6 row 0).
@@ -34,14 +36,17 @@ from configs import ablations
 from configs import args
 from configs import base
 from configs import mini
+from configs import recipes
 from configs import vit_mini
 
 VIDEO_PERCENTS = tuple(f"video{p}" for p in mini.TRAIN_PERCENTS)
 
 
 def get_config(arg=None):
-  arg = args.parse_arg(arg, groups=dict(videos=VIDEO_PERCENTS),
-                       defaults=dict(videos="video100"), with_ablations=True)
+  arg = args.parse_arg(arg, groups=dict(videos=VIDEO_PERCENTS,
+                                        recipe=recipes.RECIPES),
+                       defaults=dict(videos="video100", recipe="plain"),
+                       with_ablations=True)
   config = base.config()
   config.datasets, config.heads = mini.mixture(
       (mini.IMAGES,) + mini.VIDEOS,
@@ -64,4 +69,5 @@ def get_config(arg=None):
   config.checkpoint.every_steps = 300
   config.log_every_steps = 100
   config.eval_reverse = True  # paper Table 2: motion needs the frame order
+  recipes.apply(config, arg["recipe"])  # stage 2 only
   return config

@@ -24,6 +24,10 @@ uniformly over the whole video (TimeSformer: 8 frames 32 apart, ~8.5 s of a
 token, biases and norms included). Batch 8 needs a device
 count dividing 8; with a larger batch, scale the learning rates with it.
 
+":strong" (e.g. ":16x448,strong") adds VideoMAE's fine-tuning recipe
+(configs/recipes.py: label smoothing, mixup/cutmix, RandAugment, layer
+decay, 5 x 3 test views).
+
 Launch:
 
   python main.py --config=configs/timesformer_b16_k400.py \
@@ -44,13 +48,15 @@ Needs:
 from configs import args
 from configs import base
 from configs import datasets
+from configs import recipes
 from configs import settings
 
 
 def get_config(arg=None):
   arg = args.parse_arg(
-      arg, groups=dict(input=tuple(settings.INPUT_SETTINGS)),
-      defaults=dict(input="8x224"))
+      arg, groups=dict(input=tuple(settings.INPUT_SETTINGS),
+                       recipe=recipes.RECIPES),
+      defaults=dict(input="8x224", recipe="plain"))
   setting = arg["input"]
   config = base.config()
   config.datasets, config.heads = datasets.mixture(["kinetics400"], setting)
@@ -75,4 +81,5 @@ def get_config(arg=None):
   # line.
   config.init_from = "ViT-B_16.npz"
   config.requires_init = True
+  recipes.apply(config, arg["recipe"])
   return config

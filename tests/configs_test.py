@@ -467,3 +467,27 @@ def test_describe_states_flops_as_the_papers_do(name, paper):
   assert f"= {paper.split(' = ')[1].split()[0]} per view x 6 views" in text
   assert float(text.split()[0]) == pytest.approx(
       2 * float(paper.split()[0]), abs=0.011)
+
+
+@pytest.mark.parametrize("name", ["timesformer_b16_k400.py", "cover_mini.py"])
+def test_the_strong_recipe_is_videomaes_and_plain_is_unchanged(name):
+  plain, strong = load(name), load(f"{name}:strong")
+  assert load(f"{name}:plain").to_dict() == plain.to_dict()
+  for entry in strong.datasets.values():
+    assert (entry.label_smoothing, entry.mixup_alpha, entry.cutmix_alpha,
+            entry.mix_prob, entry.switch_prob) == (0.1, 0.8, 1.0, 1.0, 0.5)
+  assert strong.input.randaugment == "rand-m7-n4-mstd0.5-inc1"
+  assert strong.optimizer.layer_decay == 0.75
+  assert strong.model.stochastic_depth_rate == 0.1
+  assert (strong.input.eval_clips, strong.input.eval_views) == (5, 3)
+  # Everything else is the config's own recipe.
+  for field in ("optimizer", "num_epochs", "batch_size", "ema_decay"):
+    if field == "optimizer":
+      assert {k: v for k, v in strong.optimizer.items() if k != "layer_decay"
+              } == {k: v for k, v in plain.optimizer.items()
+                    if k != "layer_decay"}
+    else:
+      assert strong[field] == plain[field]
+  assert all(e.mixup_alpha == 0 and e.label_smoothing == 0
+             for e in plain.datasets.values())
+  assert plain.input.randaugment == "" and plain.input.eval_clips == 1
