@@ -44,14 +44,8 @@ def mixture(names, *, video_percent: int = 100
 
 def input_config() -> ml_collections.ConfigDict:
   """8 frames of 32x32 (the 40x40 canvas resized to 32-40, then cropped)."""
-  return ml_collections.ConfigDict(dict(
-      num_frames=8, crop_size=32, scale_range=(1.0, 1.25),
-      eval_short_side=ml_collections.config_dict.placeholder(int),
-      eval_views=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-      eval_clips=1,  # x eval_views views of a video (configs/settings.py)
-      video_share=ml_collections.config_dict.placeholder(float), seed=0,
-      on_corrupt="stop",  # or "skip" (configs/settings.py)
-      randaugment=""))  # or e.g. "rand-m9-n2" (configs/settings.py)
+  return settings.input_fields(num_frames=8, crop_size=32,
+                               scale_range=(1.0, 1.25))
 
 
 def model(**fields) -> ml_collections.ConfigDict:

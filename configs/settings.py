@@ -59,9 +59,17 @@ def input_setting(name: str) -> InputSetting:
 def input_config(setting: str, **fields) -> ml_collections.ConfigDict:
   """`config.input` for an input setting; `fields` override."""
   s = input_setting(setting)
+  return input_fields(s.num_frames, s.crop_size, s.scale_range, **fields)
+
+
+def input_fields(num_frames: int, crop_size: int,
+                 scale_range: tuple[float, float],
+                 **fields) -> ml_collections.ConfigDict:
+  """`config.input`, the one schema of every config: clips of `num_frames`
+  cropped to `crop_size` from a short side of `scale_range` x crop_size;
+  `fields` override."""
   spec = dict(
-      num_frames=s.num_frames, crop_size=s.crop_size,
-      scale_range=s.scale_range,
+      num_frames=num_frames, crop_size=crop_size, scale_range=scale_range,
       eval_short_side=placeholder(int),  # None: the crop size (TimeSformer)
       eval_views=3,  # paper 4.1: 1 temporal x 3 spatial crops, averaged
       # Temporal clips per video at evaluation and predict: evenly spaced
@@ -90,14 +98,12 @@ def remat_policy(variant_name: str, setting: str) -> Optional[str]:
   """Recompute activations where keeping them does not fit.
 
   L/16 at 16x448 (batch 128 on 64 chips: a video and an image per chip)
-  needs 33.5 GiB per chip without remat (`--mode=plan` on v5p:4x4x4): more
-  than v4's 32 GiB or v5e's 16. With nothing_saveable it needs 9.1 GiB, at
-  1.27x the FLOPs, so the config fits every slice. Where memory allows (v5p,
-  80 GB GPUs), --config.model.remat_policy=everything_saveable (off) is
-  faster: on v5p-64 the compiler estimates 0.331 -> 0.243 s per step (MFU
-  0.25 -> 0.34) (benchmarks/RESULTS.md); `--mode=plan --plan_search` tries
-  each policy. dots_with_no_batch_dims_saveable (16.4 GiB on v5p, 0.311 s)
-  suits 32 GiB chips.
+  needs more memory per chip without remat than v4 or v5e chips hold
+  (`--mode=plan` on v5p:4x4x4); with nothing_saveable it fits every slice,
+  at more FLOPs. Where memory allows (v5p, 80 GB GPUs),
+  --config.model.remat_policy=everything_saveable (off) is faster, and
+  dots_with_no_batch_dims_saveable suits 32 GiB chips; `--mode=plan
+  --plan_search` tries each policy (figures: benchmarks/RESULTS.md).
   """
   if (variant_name, setting) == ("L/16", "16x448"):
     return "nothing_saveable"

@@ -220,6 +220,13 @@ def test_command_line_overrides_placeholders():
   assert config.heads.kinetics600 == 600
 
 
+def test_every_config_has_one_input_schema():
+  """The mini configs' input has exactly the paper configs' fields."""
+  fields = {name: set(load(name).input) for name in PAPER_CONFIGS +
+            ["timesformer_b16_k400.py", "cover_mini.py", "vit_mini.py"]}
+  assert len({frozenset(f) for f in fields.values()}) == 1, fields
+
+
 def test_the_mini_configs_take_every_model_field_of_the_paper_configs():
   """One schema: what the command line sets on a paper config's model it
   sets on cover_mini's and vit_mini's, and the model builds with it."""
