@@ -5,10 +5,8 @@ step's integer-label loss with everything off."""
 import functools
 import math
 
-from absl import flags
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 import optax
 import pytest
@@ -17,6 +15,7 @@ from configs import args
 from cover_jax.training import mixing
 from cover_jax.training import train
 from cover_jax.training.event_writer import read_scalars
+from tests import configs_test
 from tests import train_test
 
 MEAN, STD = train_test.MEAN, train_test.STD
@@ -224,11 +223,7 @@ def test_the_command_line_sets_them():
   argv = ["main.py", f"--config={args.CONFIG_DIR}/cover_mini.py",
           "--config.datasets.digits_motion.mixup_alpha=0.8",
           "--config.datasets.digits_image.label_smoothing=0.1"]
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
-                                  lock_config=True, sys_argv=argv)
-  flag_values(argv)
-  datasets = flag_values.config.datasets
+  datasets = configs_test.command_line_config(argv).datasets
   assert mixing.from_entry("m", datasets.digits_motion) == mixing.Options(
       mixup_alpha=0.8)
   assert mixing.from_entry("i", datasets.digits_image).label_smoothing == 0.1

@@ -11,14 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from absl import flags
-from ml_collections import config_flags
-
 from configs import args
 from cover_jax.models import create
 from cover_jax.training import checkpointing
 from cover_jax.training import evaluate
 from cover_jax.training import stages
+from tests import configs_test
 from tests import train_test
 
 HEADS = {"digits_image": 10, "digits_motion": 8}
@@ -96,13 +94,7 @@ def test_pretraining_stage_uses_the_runs_model_without_temporal_layers():
 
 def config_of(cmd):
   """The config main.py builds from the command line `cmd`."""
-  argv = cmd[1:]
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
-                                  lock_config=True, sys_argv=argv)
-  flag_values.mark_as_parsed()
-  flag_values(argv, known_only=True)
-  return flag_values.config
+  return configs_test.command_line_config(cmd[1:])
 
 
 def _run_until(cmd, is_marker):
