@@ -264,18 +264,14 @@ def make_train_step(model, tx, schedule, heads: list[Head], *, mean, std,
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    if skip_nonfinite:  # keep the old state where the update is not finite
-      params, opt_state = jax.tree.map(
-          lambda new, old: jnp.where(finite, new, old),
-          (params, opt_state), (state["params"], state["opt_state"]))
-    new_state = {"step": state["step"] + 1, "params": params,
-                 "opt_state": opt_state, "rng": state["rng"]}
+    updated = {"params": params, "opt_state": opt_state}
     if ema_decay:
-      averaged = ema.update(state[ema.PARAMS], params, state["step"],
-                            ema_decay, ema_warmup)
-      new_state[ema.PARAMS] = (jax.tree.map(
-          lambda new, old: jnp.where(finite, new, old), averaged,
-          state[ema.PARAMS]) if skip_nonfinite else averaged)
+      updated[ema.PARAMS] = ema.update(state[ema.PARAMS], params,
+                                       state["step"], ema_decay, ema_warmup)
+    if skip_nonfinite:  # keep the old state where the update is not finite
+      updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                             updated, {k: state[k] for k in updated})
+    new_state = {"step": state["step"] + 1, "rng": state["rng"], **updated}
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
                "learning_rate": schedule(state["step"]), "datasets": sums}
     return new_state, metrics
