@@ -51,6 +51,7 @@ import numpy as np
 from cover_jax import input as inp
 from cover_jax import pixels
 from cover_jax import sharding
+from cover_jax.training import ema
 
 METRICS = ("top1", "top5", "loss")
 REVERSED = "reversed"
@@ -331,7 +332,7 @@ def saved_results(config: ConfigDict, workdir: str, step: int
   saved = json.loads(path.read_text()).get("results", {})
   sources = inp.make.sources(config, "eval_split")
   reverses = (False, True) if config.get("eval_reverse") else (False,)
-  weights = (False, True) if config.get("ema_decay") else (False,)
+  weights = (False, True) if ema.enabled(config) else (False,)
   wanted = {section_name(s.name, reverse, averaged): s for averaged in weights
             for reverse in reverses for s in sources
             if s.kind == "video" or not reverse}
