@@ -6,6 +6,7 @@ before corrupting.)
 """
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -181,6 +182,46 @@ def test_async_saves_write_each_digest_once_the_step_is_committed(
                      if p.is_file() and p.name != checkpoint_digest.MANIFEST)
     assert listed_files(step_dir) == on_disk
     assert checkpoint_digest.verify(epath.Path(step_dir))
+
+
+def test_only_arrays_with_large_replica_slices_are_saved_replica_parallel(
+    tmp_path):
+  """Replicated on 8 devices: an array whose per-replica slice reaches
+  MIN_REPLICA_SLICE_BYTES is saved as 8 slices (a slice program each, which
+  jax logs as it compiles); the small one whole, with no program. Both
+  restore to their values."""
+  mesh = jax.make_mesh((8,), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  # Shapes no other test saves: their slice programs are compiled here.
+  big_rows = checkpointing.MIN_REPLICA_SLICE_BYTES // 4 + 8 * 7
+  host = {"small": np.arange(8 * 13, dtype=np.float32).reshape(8, 13),
+          "big": np.arange(8 * big_rows, dtype=np.float32).reshape(
+              8 * big_rows, 1)}
+  state = jax.tree.map(lambda x: jax.device_put(x, replicated), host)
+  compiled = []
+
+  class Record(logging.Handler):
+    def emit(self, record):
+      message = record.getMessage()
+      if message.startswith("Compiling jit(slice) with global shapes"):
+        compiled.append(re.search(r"float32\[([\d,]+)\]", message)[1])
+
+  handler = Record()
+  logging.getLogger("jax").addHandler(handler)
+  try:
+    with jax.log_compiles(True):
+      mngr = checkpointing.manager(tmp_path / "ckpt", keep=1,
+                                   async_save=False)
+      checkpointing.save(mngr, 1, state, {"step": 1})
+      checkpointing.finish_saves(mngr)
+  finally:
+    logging.getLogger("jax").removeHandler(handler)
+  assert compiled == [f"{8 * big_rows},1"] * 8
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+  restored, _ = checkpointing.restore(mngr, abstract)
+  assert_trees_equal(restored, host)
 
 
 def test_a_step_without_digest_is_used_with_a_one_line_warning(tmp_path,

@@ -49,6 +49,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+# Orbax's default array metadata (not exported; orbax is pinned).
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 from cover_jax import storage
 from cover_jax.training import checkpoint_digest
@@ -67,8 +69,34 @@ def manager(directory: str | epath.Path, *, keep: int | None = None,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, enable_async_checkpointing=async_save,
       create=keep is not None, read_only=keep is None)
+  handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  state_handler = ocp.PyTreeCheckpointHandler(
+      type_handler_registry=_type_handlers())
+  for args in (ocp.args.PyTreeSave, ocp.args.PyTreeRestore):
+    handlers.add(STATE, args, state_handler)
+  json_handler = ocp.JsonCheckpointHandler()
+  for args in (ocp.args.JsonSave, ocp.args.JsonRestore):
+    handlers.add(DATA, args, json_handler)
   return _DigestingManager(storage.resolve(directory), options=options,
-                           item_names=(STATE, DATA))
+                           handler_registry=handlers)
+
+
+# Replica-parallel saving writes each replicated array as one slice per
+# replica, and every slice shape is a device program of its own: worth it
+# for large arrays only. Smaller ones are written whole by one replica.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+
+
+def _type_handlers():
+  """Orbax's default type handlers, replica-parallel only above
+  MIN_REPLICA_SLICE_BYTES per slice."""
+  array = ocp.type_handlers.ArrayHandler(
+      array_metadata_store=array_metadata_store.Store(),
+      min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
+  others = (int, float, bytes, np.number, np.ndarray, str)
+  return ocp.type_handlers.create_type_handler_registry(
+      *[(ty, ocp.type_handlers.get_type_handler(ty)) for ty in others],
+      (jax.Array, array))
 
 
 class _DigestingManager(ocp.CheckpointManager):
@@ -125,7 +153,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any,
   finish_saves(mngr)  # as orbax would, but naming the step that failed
   try:
     mngr.save(step, args=ocp.args.Composite(
-        **{STATE: ocp.args.StandardSave(state),
+        **{STATE: ocp.args.PyTreeSave(state),
            DATA: ocp.args.JsonSave(data)}), force=True)
   except Exception as e:  # pylint: disable=broad-except
     raise SaveFailed(_save_failure(mngr, step, e)) from None
@@ -196,7 +224,9 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any,
   _check_ema_matches(mngr.directory / str(step), abstract_state)
   mngr.reload()  # steps set aside are gone
   restored = mngr.restore(step, args=ocp.args.Composite(
-      **{STATE: ocp.args.StandardRestore(abstract_state),
+      **{STATE: ocp.args.PyTreeRestore(
+          abstract_state, restore_args=ocp.checkpoint_utils.
+          construct_restore_args(abstract_state)),
          DATA: ocp.args.JsonRestore()}))
   return restored[STATE], restored[DATA]
 
