@@ -50,19 +50,34 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-def built_once(tmp_path_factory, worker_id: str, name: str, build) -> str:
-  """A folder `build(path)` fills once per test session, shared by every
-  xdist worker (the first to come builds it while the others wait)."""
+def _session_root(tmp_path_factory, worker_id: str):
+  """The folder every xdist worker of this session shares."""
   base = tmp_path_factory.getbasetemp()
-  root = base if worker_id == "master" else base.parent  # the session's
+  return base if worker_id == "master" else base.parent
+
+
+def built_once(tmp_path_factory, worker_id: str, name: str, build, *,
+               parts: tuple[str, ...] = ("",)) -> str:
+  """A folder that `build(path, part)` fills once per test session for each
+  of `parts` (a subfolder each; "" the whole folder), shared by every xdist
+  worker: the first to come to a part builds it while the others wait.
+  Odd-numbered workers take the parts in reverse order, so that two
+  workers build different parts at once."""
+  root = _session_root(tmp_path_factory, worker_id)
   path = root / name
-  with open(root / f"{name}.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not (path / ".built").exists():
-      shutil.rmtree(path, ignore_errors=True)
-      path.mkdir()
-      build(str(path))
-      (path / ".built").touch()
+  path.mkdir(exist_ok=True)
+  worker = int(worker_id[2:]) if worker_id.startswith("gw") else 0
+  for part in parts[::-1] if worker % 2 else parts:
+    tag = f"{name}.{part}" if part else name
+    with open(root / f"{tag}.lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      done = root / f"{tag}.built"
+      if not done.exists():
+        target = path / part if part else path
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        build(str(path), part)
+        done.touch()
   return str(path)
 
 
@@ -70,11 +85,10 @@ def built_once(tmp_path_factory, worker_id: str, name: str, build) -> str:
 def digits_dir(tmp_path_factory, worker_id):
   """A data dir holding the three built-in mini datasets (built once)."""
   from data import registry  # pylint: disable=import-outside-toplevel
-
-  def build(data_dir):
-    for name in registry.BUILT_ON_FIRST_USE:
-      registry.load_builder(name, data_dir)
-  return built_once(tmp_path_factory, worker_id, "digits", build)
+  return built_once(tmp_path_factory, worker_id, "digits",
+                    lambda data_dir, name: registry.load_builder(name,
+                                                                 data_dir),
+                    parts=registry.BUILT_ON_FIRST_USE)
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +96,7 @@ def synthetic_dir(tmp_path_factory, worker_id):
   """A data dir holding every config of tests.synthetic_data.SyntheticClips."""
   from tests import synthetic_data  # pylint: disable=import-outside-toplevel
   return built_once(tmp_path_factory, worker_id, "synthetic",
-                    synthetic_data.prepare)
+                    lambda path, _: synthetic_data.prepare(path))
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +111,7 @@ def tiny_run(digits_dir, tmp_path_factory, worker_id):
       **{"checkpoint.every_steps": 1, "checkpoint.keep": 3,
          "checkpoint.async_save": False})
 
-  def build(workdir):
+  def build(workdir, _):
     with pytest.MonkeyPatch.context() as patch:
       patch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
       train.train_and_evaluate(config, workdir)

@@ -354,7 +354,7 @@ def test_non_finite_loss_stops_with_step_and_dataset(digits_dir, tmp_path,
 def test_input_wait_fraction_is_the_time_spent_waiting_for_batches(
     digits_dir, tmp_path, monkeypatch, capsys):
   """An iterator slowed by 0.5 s per batch in the second of three log
-  intervals (steps 3-4), the third lengthened by 0.3 s outside input: each
+  intervals (steps 3-4), the third lengthened by 1 s outside input: each
   interval's train/input_wait_fraction equals the time spent in next() and
   to_global, timed here, over the wall time between the log points, and the
   slowed interval's is near 1."""
@@ -391,15 +391,22 @@ def test_input_wait_fraction_is_the_time_spent_waiting_for_batches(
   monkeypatch.setattr(train.inp, "to_global", timed(train.inp.to_global))
 
   def summarized(*args):
-    if len(logs) == 2:  # the last interval: 0.3 s more of no input wait,
-      time.sleep(0.3)  # so that a few ms of scheduling noise stay < 0.02
+    if len(logs) == 2:  # the last interval: 1 s more of no input wait, so
+      time.sleep(1.0)  # that a few ms of scheduling noise stay < 0.02
     out = summarize(*args)
     logs.append(time.perf_counter())
     return out
   monkeypatch.setattr(train, "summarize", summarized)
   config = tiny_config(digits_dir, **{"checkpoint.every_steps": 100})
   workdir = str(tmp_path)
-  train.train_and_evaluate(config, workdir)
+  # The loop's timer and the ones here differ by the threads that take the
+  # GIL between them: switch threads every 0.1 ms, not 5.
+  switch_interval = sys.getswitchinterval()
+  sys.setswitchinterval(1e-4)
+  try:
+    train.train_and_evaluate(config, workdir)
+  finally:
+    sys.setswitchinterval(switch_interval)
   logged = read_scalars(workdir, "train/input_wait_fraction")
   assert sorted(logged) == [2, 4, 6] and len(logs) == 3 and len(waits) == 12
   for (begin, end), step in zip(zip(logs, logs[1:]), (4, 6)):
