@@ -32,6 +32,9 @@ class KnownDataset:
     loss_weight: w_i of the paper's loss (3.3.2).
     per_setting: frames are stored once per input setting (our video
       builders' `short320` / `short512` configs); False: read as it is.
+    train_size: its published number of training examples (paper 4.1 and
+      the datasets' papers; prepared copies may hold a few percent fewer:
+      missing videos), the mixture's weight where a plan cannot count them.
   """
   builder: str
   num_classes: int
@@ -39,24 +42,27 @@ class KnownDataset:
   flip: bool = True
   loss_weight: float = 1.0
   per_setting: bool = True
+  train_size: int | None = None
 
 
 KNOWN_DATASETS: Mapping[str, KnownDataset] = types.MappingProxyType({
     # Paper 4.1: Kinetics-400/600/700 have 400, 600 and 700 classes.
-    "kinetics400": KnownDataset("kinetics400", 400, "video"),
-    "kinetics600": KnownDataset("kinetics600", 600, "video"),
-    "kinetics700": KnownDataset("kinetics700", 700, "video"),
+    "kinetics400": KnownDataset("kinetics400", 400, "video", train_size=240_000),
+    "kinetics600": KnownDataset("kinetics600", 600, "video", train_size=392_000),
+    "kinetics700": KnownDataset("kinetics700", 700, "video", train_size=545_000),
     # Paper 4.1: 174 classes; never flipped, "Pushing something from left to
     # right" and "... right to left" are each other's mirror images.
-    "ssv2": KnownDataset("ssv2", 174, "video", flip=False),
+    "ssv2": KnownDataset("ssv2", 174, "video", flip=False,
+                         train_size=168_913),
     # Moments in Time v1: 339 classes (the paper gives its size, 791K/33K
     # videos, not its classes; v1 is the release it cites [22]).
-    "moments_in_time": KnownDataset("moments_in_time", 339, "video"),
+    "moments_in_time": KnownDataset("moments_in_time", 339, "video",
+                                    train_size=791_000),
     # ImageNet (ILSVRC-2012, TFDS "imagenet2012"), 1000 classes, images as
     # 1-frame videos (paper 3.3.2). Loss weight 0.5: paper Table 6, the best
     # video accuracy (K400 87.2, SSv2 70.8, MiT 46.1, ImageNet 86.1).
     "imagenet": KnownDataset("imagenet2012", 1000, "image", loss_weight=0.5,
-                             per_setting=False),
+                             per_setting=False, train_size=1_281_167),
 })
 
 # The config argument's short names for the Kinetics versions.

@@ -16,7 +16,7 @@ plan for fake CPU devices reports memory and FLOPs only.
 
 No data is read. The split of the batch into video and image parts follows
 the data pipeline's rule (input.mixture_split) with each dataset weighted by
-its sample_weight, else its published training size (PUBLISHED_TRAIN_SIZES),
+its sample_weight, else its published training size (configs/datasets.py),
 else 1 (then the plan says so); config.input.video_share overrides as in
 training. Epoch length uses the same sizes.
 """
@@ -52,11 +52,6 @@ PEAK_BF16_FLOPS = {"v4": 275e12, "v5e": 197e12, "v5p": 459e12,
 _DEVICE_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e",
                  "TPU v5p": "v5p", "TPU v5": "v5p", "TPU v6 lite": "v6e",
                  "TPU v6e": "v6e"}
-# Training examples of the paper's datasets (CoVeR 4.1 and the datasets'
-# papers; prepared copies may hold a few percent fewer: missing videos).
-PUBLISHED_TRAIN_SIZES = {"kinetics400": 240_000, "kinetics600": 392_000,
-                         "kinetics700": 545_000, "ssv2": 168_913,
-                         "moments_in_time": 791_000, "imagenet": 1_281_167}
 # The remat policies the search tries, from least to most recompute
 # (most memory first). Not dots_saveable: it keeps every matmul output, the
 # float32 attention logits too, and so takes more memory and time than no
@@ -145,11 +140,13 @@ def chip(devices: Sequence[jax.Device]) -> dict:
 # The batch, from the config alone.
 # ----------------------------------------------------------------------------
 
-def _dataset_kind(name: str) -> str:
+def _known(name: str):
+  """(kind, published training size or None) of a dataset by its name."""
   from configs import datasets, mini  # pylint: disable=import-outside-toplevel
   if name in datasets.KNOWN_DATASETS:
-    return datasets.KNOWN_DATASETS[name].kind
-  return "image" if name == mini.IMAGES else "video"
+    known = datasets.KNOWN_DATASETS[name]
+    return known.kind, known.train_size
+  return ("image" if name == mini.IMAGES else "video"), None
 
 
 def mixture(config: ConfigDict) -> dict:
@@ -158,8 +155,7 @@ def mixture(config: ConfigDict) -> dict:
   names = list(config.datasets)  # ConfigDict keys: sorted, the heads' order
   kinds, weights, sizes, unknown = {}, {}, {}, []
   for name in names:
-    kinds[name] = _dataset_kind(name)
-    sizes[name] = PUBLISHED_TRAIN_SIZES.get(name)
+    kinds[name], sizes[name] = _known(name)
     if sizes[name] is None:
       unknown.append(name)
     weight = config.datasets[name].get("sample_weight")
