@@ -1,6 +1,7 @@
 """The study (cover_jax/tools/study.py): its runs are the paper's tables, every run
 gets the same steps and schedule, and its summary and plots are right."""
 
+import json
 import os
 
 from absl import flags
@@ -168,3 +169,117 @@ def test_controls_train_as_many_steps_as_co_training(digits_dir, tmp_path):
   evaluate.write_json(str(tmp_path), 7, {"digits_motion": {"top1": 0.5}})
   assert study.finished_results(control, str(tmp_path)) == {
       "digits_motion": {"top1": 0.5}}
+
+
+def _flat(config) -> dict:
+  """{dotted field: value} of a config."""
+  out = {}
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        walk(f"{prefix}{key}.", value)
+      else:
+        out[f"{prefix}{key}"] = value
+  walk("", config.to_dict())
+  return out
+
+
+def test_recipe_runs_each_differ_from_the_plain_run_by_their_fields_only():
+  """Every option's config is the plain co-training run's with exactly its
+  fields changed (per-dataset ones in every dataset); `strong` is
+  configs/recipes.py's; the multi-clip job evaluates the plain run's
+  weights with 5 x 3 views and trains nothing."""
+  jobs = {(j.name, j.seed): j for j in study.recipe_jobs([0, 2], BUDGET)}
+  plain_job = jobs[study.PLAIN, 2]
+  # The same run as the paper tables' co-training run, so shared.
+  assert plain_job == {(j.name, j.seed): j for j in study.all_jobs(
+      [2], BUDGET)}[study.PLAIN, 2]
+  plain = _flat(study.job_config(plain_job, "/runs", None))
+  datasets = study.job_config(plain_job, "/runs", None).datasets
+  assert len(datasets) == 3
+  for name, (_, fields) in study.RECIPE_RUNS.items():
+    job = jobs[name, 2]
+    assert job.init_from == "seed2/image_pretrain" and job.stage is None
+    got = _flat(study.job_config(job, "/runs", None))
+    changed = {k: v for k, v in got.items() if plain.get(k) != v}
+    want = {}
+    for key, value in fields.items():
+      for dataset in (datasets if "*" in key else [None]):
+        want[key.replace("*", dataset) if dataset else key] = value
+    if name == "strong":
+      from configs import recipes  # pylint: disable=import-outside-toplevel
+      config = study.job_config(plain_job, "/runs", None)
+      recipes.apply(config, "strong")
+      want = {k: v for k, v in _flat(config).items() if plain.get(k) != v}
+      assert "input.randaugment" in want and len(want) > 10
+    assert changed == want, name
+  [(eval_name, (run, fields))] = study.RECIPE_EVALS.items()
+  evaluation = jobs[eval_name, 0]
+  assert evaluation.stage == "eval" and run == study.PLAIN
+  assert evaluation.init_from == jobs[study.PLAIN, 0].workdir
+  config = study.job_config(evaluation, "/runs", None)
+  assert config.init_from == "/runs/seed0/videos_images"
+  assert (config.input.eval_clips, config.input.eval_views) == (5, 3)
+
+
+def test_set_fields_names_a_field_the_config_lacks():
+  config = study.study_config("configs/cover_mini.py", seed=0, epochs=1,
+                              data_dir=None)
+  study.set_fields(config, {"datasets.*.label_smoothing": 0.2})
+  assert {d.label_smoothing for d in config.datasets.values()} == {0.2}
+  with pytest.raises(KeyError, match="datasets.*.label_smoothin: the config "
+                     "has no field 'label_smoothin' there"):
+    study.set_fields(config, {"datasets.*.label_smoothin": 0.1})
+
+
+def test_recipes_table_puts_plain_first_and_ema_weights_on_a_row(tmp_path):
+  rng = np.random.default_rng(1)
+  records = []
+  for name in ["image_pretrain", "mixup", study.PLAIN, "ema"]:
+    keys = ["digits_appearance", "digits_motion", "digits_image"]
+    if name == "ema":
+      keys += [f"{k}/ema" for k in keys]
+    for seed in (0, 1):
+      records.append(dict(name=name, seed=seed, results={
+          k: {"top1": float(rng.uniform())} for k in keys}))
+  summary = study.summarize(records)
+  paths = study_plots.plot_recipes(
+      dict(summary=summary, protocol=dict(plain=study.PLAIN)), str(tmp_path))
+  table = (tmp_path / "recipes.md").read_text().splitlines()
+  assert [r.split("|")[1].strip() for r in table[2:]] == [
+      study.PLAIN, "mixup", "ema", "ema (EMA weights)"]
+  ema_row = [c.strip() for c in table[-1].strip("|").split("|")]
+  cell = summary["ema"]["digits_motion/ema"]
+  header = [c.strip() for c in table[0].strip("|").split("|")]
+  assert ema_row[header.index("digits_motion")] == (
+      f"{cell['mean']:.3f} ± {cell['std']:.3f}")
+  pixels = matplotlib.image.imread(paths[0])
+  assert pixels.shape[1] > 600 and pixels[..., :3].std() > 0.05
+
+
+def test_runs_in_the_report_with_the_same_config_are_not_run_again(
+    tmp_path, monkeypatch):
+  """run_jobs reads a job back from the committed report when its config is
+  the same (more seeds on another machine), and runs it when it differs."""
+  from cover_jax.training import train  # pylint: disable=import-outside-toplevel
+  plain = next(j for j in study.recipe_jobs([0], BUDGET)
+               if j.name == study.PLAIN)
+  runs = str(tmp_path / "runs")
+  same = json.loads(study.job_config(plain, runs, None).to_json_best_effort())
+  other = dict(same, seed=99)
+  report = tmp_path / "recipes.json"
+  trained = []
+  monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: (
+      trained.append(workdir) or {"digits_motion": {"top1": 0.25}}))
+  monkeypatch.setattr(study, "num_steps", lambda config: 7)
+  for config, want_trained in ((same, []),
+                               (other, [f"{runs}/seed0/{plain.name}"])):
+    trained.clear()
+    kept = dict(name=plain.name, seed=0, config=config, results={
+        "digits_motion": {"top1": 0.5}})
+    report.write_text(json.dumps({"runs": [kept]}))
+    records = study.run_jobs([plain], runs, None, report_path=str(report))
+    assert trained == want_trained
+    assert records[0]["results"]["digits_motion"]["top1"] == (
+        0.5 if not want_trained else 0.25)

@@ -26,6 +26,13 @@ Runs, as the paper's tables:
   3.2      a linear probe on digits_motion of the frozen backbone of
            digits_appearance alone, of appearance + images, and of the full
            co-training (which saw digits_motion).
+
+    python -m cover_jax.tools.study --recipes --out=docs/study
+
+compares instead the fine-tuning options of configs/recipes.py, each alone
+and all together (`strong`), and multi-clip testing, with the plain
+co-training run (the same run as Table 5's videos + images, shared through
+OUT/runs): OUT/recipes.json, recipes.md, recipes.png.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
 import time
 from typing import Sequence
 
@@ -60,6 +68,28 @@ PROBES = ("appearance_alone", "appearance_images", "videos_images")
 IMAGE_WEIGHTS = {"videos": 0.0, "videos_images_w0.25": 0.25,
                  "videos_images": 0.5, "videos_images_w0.75": 0.75,
                  "videos_images_w1": 1.0}
+# `--recipes`: each fine-tuning option of configs/recipes.py alone, then all
+# of them (`strong`), against the plain co-training run (RUNS's
+# videos_images, shared with the tables above), every run from the same image
+# stage at the same budget. Values are `strong`'s. name -> (cover_mini.py
+# argument, config fields set; "datasets.*." sets a field of every dataset).
+PLAIN = "videos_images"
+RECIPE_RUNS = {
+    "label_smoothing": (REGIME, {"datasets.*.label_smoothing": 0.1}),
+    "mixup": (REGIME, {"datasets.*.mixup_alpha": 0.8}),
+    "cutmix": (REGIME, {"datasets.*.cutmix_alpha": 1.0}),
+    "randaugment": (REGIME, {"input.randaugment": "rand-m7-n4-mstd0.5-inc1"}),
+    "layer_decay": (REGIME, {"optimizer.layer_decay": 0.75}),
+    "stochastic_depth": (REGIME, {"model.stochastic_depth_rate": 0.1}),
+    # Not in `strong` (VideoMAE keeps none): an average over about the last
+    # thousand steps, a good part of a run of 1-2 thousand.
+    "ema": (REGIME, {"ema_decay": 0.999, "ema_warmup": True}),
+    "strong": (f"{REGIME},strong", {}),
+}
+# Multi-clip testing needs no training: the plain run's last weights
+# evaluated with `strong`'s 5 clips x 3 crops (the plain run: 1 x 3).
+RECIPE_EVALS = {"plain_5x3_views": (PLAIN, {"input.eval_clips": 5,
+                                            "input.eval_views": 3})}
 LR_DROP_AT = 0.7  # of the epochs
 # Every run of the study checkpoints at one interval (its runs last minutes;
 # a killed study loses at most this many steps of one run).
@@ -91,11 +121,27 @@ def with_epochs(config, epochs: float | None):
   return config
 
 
+def set_fields(config, fields: dict) -> None:
+  """Sets config fields by dotted name; "datasets.*.<field>" sets it in
+  every dataset's entry."""
+  for key, value in fields.items():
+    *path, last = key.split(".")
+    targets = [config]
+    for part in path:
+      targets = ([t[name] for t in targets for name in t] if part == "*"
+                 else [t[part] for t in targets])
+    for target in targets:
+      if last not in target:
+        raise KeyError(f"{key}: the config has no field {last!r} there.")
+      target[last] = value
+
+
 def study_config(path_and_arg: str, *, seed: int, epochs: float | None,
                  data_dir: str | None, init_from: str | None = None,
-                 stage: str | None = None):
-  """A config of the study: a config file with its argument, seeded;
-  with stage="pretrain", that config's pretraining stage."""
+                 stage: str | None = None, fields: dict | None = None):
+  """A config of the study: a config file with its argument, seeded, with
+  `fields` set (set_fields); with stage="pretrain", that config's
+  pretraining stage."""
   from configs import args  # pylint: disable=import-outside-toplevel
   from cover_jax.training import stages  # pylint: disable=import-outside-toplevel
   config = args.load(path_and_arg)
@@ -109,6 +155,7 @@ def study_config(path_and_arg: str, *, seed: int, epochs: float | None,
     config.init_from = init_from
   config.input.seed = seed
   config.checkpoint.every_steps = CHECKPOINT_EVERY_STEPS
+  set_fields(config, fields or {})
   return with_epochs(config, epochs)
 
 
@@ -122,7 +169,10 @@ class Job:
   workdir: str  # relative to OUT/runs
   init_from: str | None = None  # a workdir of the study, relative too
   steps_of: str | None = None  # train as many steps as this job's config
-  stage: str | None = None  # "pretrain": the config's pretraining stage
+  # "pretrain": the config's pretraining stage; "eval": init_from's last
+  # weights evaluated, nothing trained.
+  stage: str | None = None
+  fields: tuple[tuple[str, object], ...] = ()  # config fields set
 
 
 def all_jobs(seeds: Sequence[int], budget: Budget, *,
@@ -154,6 +204,28 @@ def all_jobs(seeds: Sequence[int], budget: Budget, *,
   return jobs
 
 
+def recipe_jobs(seeds: Sequence[int], budget: Budget) -> list[Job]:
+  """The `--recipes` comparison: per seed the image stage, the plain run
+  (the same job as all_jobs's), each of RECIPE_RUNS and RECIPE_EVALS."""
+  jobs = []
+  for seed in seeds:
+    base = f"seed{seed}"
+    pretrain = os.path.join(base, "image_pretrain")
+    jobs.append(Job("image_pretrain", seed, "configs/cover_mini.py",
+                    budget.pretrain, pretrain, stage="pretrain"))
+    runs = {PLAIN: (RUNS[PLAIN], {}), **RECIPE_RUNS}
+    for name, (arg, fields) in runs.items():
+      jobs.append(Job(name, seed, f"configs/cover_mini.py:{arg}",
+                      budget.train, os.path.join(base, name), pretrain,
+                      fields=tuple(fields.items())))
+    for name, (run_name, fields) in RECIPE_EVALS.items():
+      jobs.append(Job(name, seed, f"configs/cover_mini.py:{runs[run_name][0]}",
+                      budget.train, os.path.join(base, name),
+                      os.path.join(base, run_name), stage="eval",
+                      fields=tuple(fields.items())))
+  return jobs
+
+
 def steps_per_epoch(config) -> int:
   from cover_jax import input as inp  # pylint: disable=import-outside-toplevel
   from cover_jax.training import optimizer  # pylint: disable=import-outside-toplevel
@@ -172,7 +244,8 @@ def job_config(job: Job, runs_dir: str, data_dir: str | None):
   config = study_config(
       job.config, seed=job.seed, epochs=job.epochs, data_dir=data_dir,
       init_from=job.init_from and os.path.join(runs_dir, job.init_from),
-      stage=job.stage)
+      stage=job.stage if job.stage == "pretrain" else None,
+      fields=dict(job.fields))
   if job.steps_of:
     steps = num_steps(study_config(job.steps_of, seed=job.seed,
                                    epochs=job.epochs, data_dir=data_dir))
@@ -197,43 +270,98 @@ def finished_results(config, workdir: str) -> dict | None:
     return None
 
 
-def run(out: str, seeds: Sequence[int], budget: Budget,
-        data_dir: str | None, *, controls: bool = False) -> dict:
-  """Runs (or resumes) every job, then writes results.json and the plots.
-
-  A run that already finished in OUT/runs is read back, not run again.
-  """
+def run_jobs(jobs: Sequence[Job], runs_dir: str, data_dir: str | None, *,
+             report_path: str | None = None) -> list[dict]:
+  """Runs each job, or reads it back when it finished in runs_dir or is in
+  the report at `report_path` with the same config (a committed report
+  carries its runs to another machine, where more seeds can be added); one
+  record per job: its config, steps, minutes and final evaluation."""
   from cover_jax.training import train  # pylint: disable=import-outside-toplevel
-  runs_dir = os.path.join(out, "runs")
+  reported = {}
+  if report_path and os.path.exists(report_path):
+    with open(report_path) as f:
+      reported = {(r["name"], r["seed"]): r for r in json.load(f)["runs"]}
   records = []
-  for job in all_jobs(seeds, budget, controls=controls):
+  for job in jobs:
     config = job_config(job, runs_dir, data_dir)
+    config_json = json.loads(config.to_json_best_effort())
     workdir = os.path.join(runs_dir, job.workdir)
     start = time.time()
+    earlier = reported.get((job.name, job.seed))
+    if earlier and earlier["config"] == config_json:
+      print(f"== {job.name} (seed {job.seed}): in {report_path}", flush=True)
+      records.append(earlier)
+      continue
     results = finished_results(config, workdir)
     print(f"== {job.name} (seed {job.seed})"
           f"{': finished earlier' if results else ''}", flush=True)
     if results is None:
-      results = train.train_and_evaluate(config, workdir)
+      results = (train.evaluate_checkpoint(config, workdir)
+                 if job.stage == "eval" else
+                 train.train_and_evaluate(config, workdir))
     records.append(dict(name=job.name, seed=job.seed, workdir=job.workdir,
-                        steps=num_steps(config),
+                        steps=0 if job.stage == "eval" else num_steps(config),
                         minutes=(time.time() - start) / 60, results=results,
-                        config=json.loads(config.to_json_best_effort())))
-  report = dict(machine=f"{platform.processor() or platform.machine()}, "
-                        f"{os.cpu_count()} CPUs",
-                minutes=sum(r["minutes"] for r in records),
-                protocol=dict(regime=REGIME, seeds=list(seeds),
-                              budget=dataclasses.asdict(budget),
-                              lr_drop_at=LR_DROP_AT, runs=RUNS,
-                              image_weights=IMAGE_WEIGHTS,
-                              probe_target=PROBE_TARGET,
-                              probe_sources=list(PROBES),
-                              controls=CONTROLS if controls else {}),
-                summary=summarize(records), runs=records)
-  with open(os.path.join(out, "results.json"), "w") as f:
+                        config=config_json, commit=_commit()))
+  return records
+
+
+def _commit() -> str | None:
+  """The checkout's commit, which a record read back keeps (a code change
+  that leaves the config as it was does not make a run again)."""
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__))
+                          ).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def _report(records: list[dict], seeds: Sequence[int], budget: Budget,
+            **protocol) -> dict:
+  return dict(machine=f"{platform.processor() or platform.machine()}, "
+                      f"{os.cpu_count()} CPUs",
+              minutes=sum(r["minutes"] for r in records),
+              protocol=dict(regime=REGIME, seeds=list(seeds),
+                            budget=dataclasses.asdict(budget),
+                            lr_drop_at=LR_DROP_AT, **protocol),
+              summary=summarize(records), runs=records)
+
+
+def _write(report: dict, path: str) -> None:
+  with open(path, "w") as f:
     json.dump(report, f, indent=1, sort_keys=True)
+
+
+def run(out: str, seeds: Sequence[int], budget: Budget,
+        data_dir: str | None, *, controls: bool = False) -> dict:
+  """Runs (or resumes) the paper's tables, then writes OUT/results.json and
+  the plots. A run that already finished in OUT/runs is read back."""
+  records = run_jobs(all_jobs(seeds, budget, controls=controls),
+                     os.path.join(out, "runs"), data_dir,
+                     report_path=os.path.join(out, "results.json"))
+  report = _report(records, seeds, budget, runs=RUNS,
+                   image_weights=IMAGE_WEIGHTS, probe_target=PROBE_TARGET,
+                   probe_sources=list(PROBES),
+                   controls=CONTROLS if controls else {})
+  _write(report, os.path.join(out, "results.json"))
   from cover_jax.tools import study_plots  # pylint: disable=import-outside-toplevel
   study_plots.plot_all(report, out)
+  return report
+
+
+def run_recipes(out: str, seeds: Sequence[int], budget: Budget,
+                data_dir: str | None) -> dict:
+  """Runs (or resumes) the fine-tuning options' comparison (recipe_jobs),
+  then writes OUT/recipes.json, recipes.md and recipes.png."""
+  records = run_jobs(recipe_jobs(seeds, budget), os.path.join(out, "runs"),
+                     data_dir, report_path=os.path.join(out, "recipes.json"))
+  report = _report(records, seeds, budget, plain=PLAIN,
+                   recipe_runs=RECIPE_RUNS, recipe_evals=RECIPE_EVALS)
+  _write(report, os.path.join(out, "recipes.json"))
+  from cover_jax.tools import study_plots  # pylint: disable=import-outside-toplevel
+  study_plots.plot_recipes(report, out)
   return report
 
 
@@ -266,29 +394,41 @@ def define_flags() -> None:
                       " the mini ones are built on first use).")
   flags.DEFINE_bool("controls", False, "Also the equal-steps controls "
                     "(CONTROLS: single-dataset runs as long as co-training).")
-  flags.DEFINE_bool("replot", False, "Only redraw the plots and results.md "
-                    "from OUT/results.json.")
+  flags.DEFINE_bool("recipes", False, "Instead of the paper's tables, each "
+                    "fine-tuning option against the plain run (RECIPE_RUNS): "
+                    "OUT/recipes.json, recipes.md, recipes.png.")
+  flags.DEFINE_bool("replot", False, "Only redraw the plots and the tables "
+                    "from OUT/results.json (and OUT/recipes.json).")
 
 
 def main(argv):
   del argv
   if FLAGS.replot:
     from cover_jax.tools import study_plots  # pylint: disable=import-outside-toplevel
-    with open(os.path.join(FLAGS.out, "results.json")) as f:
-      print("\n".join(study_plots.plot_all(json.load(f), FLAGS.out)))
+    for name, plot in (("results.json", study_plots.plot_all),
+                       ("recipes.json", study_plots.plot_recipes)):
+      path = os.path.join(FLAGS.out, name)
+      if os.path.exists(path):
+        with open(path) as f:
+          print("\n".join(plot(json.load(f), FLAGS.out)))
     return
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], "GPU")
   start = time.time()
-  report = run(FLAGS.out, [int(s) for s in FLAGS.seeds],
-               Budget(FLAGS.pretrain_epochs, FLAGS.train_epochs,
-                      FLAGS.probe_epochs), FLAGS.data_dir,
-               controls=FLAGS.controls)
+  seeds = [int(s) for s in FLAGS.seeds]
+  budget = Budget(FLAGS.pretrain_epochs, FLAGS.train_epochs,
+                  FLAGS.probe_epochs)
+  if FLAGS.recipes:
+    report = run_recipes(FLAGS.out, seeds, budget, FLAGS.data_dir)
+  else:
+    report = run(FLAGS.out, seeds, budget, FLAGS.data_dir,
+                 controls=FLAGS.controls)
   print(json.dumps(report["summary"], indent=1))
+  name = "recipes.json" if FLAGS.recipes else "results.json"
   print(f"Study done in {(time.time() - start) / 60:.1f} min: "
-        f"{os.path.join(FLAGS.out, 'results.json')}", flush=True)
+        f"{os.path.join(FLAGS.out, name)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -131,3 +131,57 @@ def plot_all(report: dict, out: str) -> list[str]:
   ax.set_title("Frozen backbones, new linear head (paper 3.2)")
   save(fig, "probe.png")
   return paths
+
+
+def recipe_rows(summary: dict, plain: str) -> dict:
+  """The recipes comparison's rows: the plain run first, then the others in
+  order; a run's EMA results ("<dataset>/ema...") as a row of their own,
+  "<run> (EMA weights)"."""
+  rows = {}
+  for name in [plain] + [n for n in summary if n != plain]:
+    raw = {k: v for k, v in summary.get(name, {}).items()
+           if "/ema" not in k}
+    averaged = {k.replace("/ema", ""): v for k, v in
+                summary.get(name, {}).items() if "/ema" in k}
+    if raw:
+      rows[name] = raw
+    if averaged:
+      rows[f"{name} (EMA weights)"] = averaged
+  return rows
+
+
+def plot_recipes(report: dict, out: str) -> list[str]:
+  """Writes recipes.md (the table) and recipes.png (a panel per dataset,
+  each run's mean and seeds against the plain run's mean) into `out`;
+  returns the figure's path."""
+  plain = report["protocol"]["plain"]
+  rows = recipe_rows(report["summary"], plain)
+  rows.pop("image_pretrain", None)
+  with open(os.path.join(out, "recipes.md"), "w") as f:
+    f.write(markdown_table(rows))
+  datasets = VIDEOS + ("digits_image",)
+  names = list(rows)
+  fig, axes = plt.subplots(1, len(datasets), figsize=(12, 0.4 * len(names) + 1.5),
+                           sharey=True)
+  for ax, dataset in zip(axes, datasets):
+    for y, name in enumerate(names):
+      cell = rows[name].get(dataset)
+      if cell is None:
+        continue
+      ax.barh(y, cell["mean"], xerr=cell["std"], capsize=3,
+              color="tab:gray" if name == plain else "tab:blue")
+      ax.plot(cell["values"], [y] * len(cell["values"]), "k.", ms=3)
+    if dataset in rows[plain]:
+      ax.axvline(rows[plain][dataset]["mean"], color="k", ls="--", lw=0.8)
+    ax.set_title(SHORT[dataset], fontsize=9)
+    ax.set_xlabel("test top-1")
+    ax.set_xlim(0, 1.05)
+  axes[0].set_yticks(range(len(names)), names, fontsize=8)
+  axes[0].invert_yaxis()
+  fig.suptitle("Fine-tuning options against the plain co-training run "
+               "(dashed)", fontsize=10)
+  path = os.path.join(out, "recipes.png")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return [path]
