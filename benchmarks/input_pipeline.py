@@ -18,21 +18,13 @@ one accelerator therefore needs.
    throughput is printed. Images: `NUM_IMAGES` ImageNet-sized JPEGs (500x375
    and 375x500, quality 90) of the same texture, stored as they are (as TFDS
    imagenet2012 stores them). Videos and datasets are reused from
-   `--data_dir`. The old pipeline reads a copy of the video records in the
-   layout it was written for (every frame inside its record), written here.
+   `--data_dir`.
 3. Measured, for 8x224 clips from short side 320, 16x448 clips from short
    side 512 and 448 crops of the images (scale jitter (256/224, 320/224) of
    the crop, as TimeSformer's recipe: short side jittered in [256, 320] for
    224), each decoding only the sampled frames' crop window:
    - `TrainIterator`, the real training pipeline, with one tf.data thread and
      with one per core;
-   - the old pipeline (`TrainIterator` of commit 94e31d9, rebuilt here from
-     `cover_jax.input.ops`): a Python call per example reading the whole
-     record, parsed by tfds, float32 frames normalised on the host,
-     antialiased whenever the crop shrinks; then the changes one at a time
-     (frames read from the frame store, one Python call per batch; uint8
-     frames; antialiasing only beyond 2x), the last of which must match
-     `TrainIterator` (a control that old and new compare like with like);
    - the CPU time of one `Source.read` of a batch (the pipeline's Python
      part, which holds the interpreter lock);
    - with `--randaugment=rand-m9-n2` (any config.input.randaugment), also
@@ -80,9 +72,8 @@ from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cover_jax.input import ops
 from cover_jax.input import randaugment
-from cover_jax.input.pipeline import NumpyStream, Preprocessing, TrainIterator
+from cover_jax.input.pipeline import Preprocessing, TrainIterator
 from cover_jax.input.source import Source, open_source
 from cover_jax.models import create, flops
 from cover_jax.runtime import allocator
@@ -269,171 +260,13 @@ class BenchImages(tfds.core.GeneratorBasedBuilder):
                 "id": f"image{i}"}
 
 
-# -- Pipelines -----------------------------------------------------------------
-#
-# Each training clip is made the same way (the sampled frames' crop window
-# decoded, flipped, resized); the pipelines differ in the ways issue 11
-# measured, so that each is measured on its own:
-#   read:   "record"  the whole record, every frame inside, read by a Python
-#                     call per example and parsed by tfds (the old layout);
-#           "batch"   the sampled frames only (frame store), one Python call
-#                     per batch (`Source.read`);
-#   output: "float32" normalised on the host (the old output), or "uint8"
-#                     (normalised in the jitted step);
-#   resize: "shrink"  antialiased whenever it shrinks (the old rule), or
-#           "2x"      only beyond 2x (`ops.resize`).
-# The old pipeline is (record, float32, shrink): `TrainIterator` before this
-# change (commit 94e31d9); the new one is (batch, uint8, 2x), which must
-# match `TrainIterator` (a control that the comparison is like for like).
-
-OLD = ("record", "float32", "shrink")
-NEW = ("batch", "uint8", "2x")
-LADDER = (OLD, ("batch", "float32", "shrink"), ("batch", "uint8", "shrink"),
-          NEW)
-
-
-def write_old_layout(source: Source, path: str, data_dir: str) -> str:
-  """The split's records as the old layout stored them: every frame inside
-  its record, tfds-serialised, ArrayRecord with tfds's options.
-
-  Written by a child process: writing them here would leave this process's
-  allocator in another state (glibc raises its mmap threshold as large
-  blocks are freed), and the old pipeline's speed depends on that state
-  (see --retain_freed_host_memory).
-  """
-  if source.kind == "image" or os.path.exists(path):
-    return path
-  done = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), "--write_old_layout", path,
-       "--data_dir", data_dir,
-       "--dataset", source.dataset], capture_output=True, text=True,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  if done.returncode:
-    raise SystemExit(f"Writing {path} failed:\n{done.stderr[-3000:]}")
-  return path
-
-
-def _write_old_layout_here(source: Source, path: str) -> None:
-  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
-  features = source.builder.info.features
-  writer = array_record_module.ArrayRecordWriter(path + ".partial",
-                                                 "group_size:1")
-  for i in range(source.num_examples):
-    frames, label = source.encoded(i)
-    writer.write(features.serialize_example(
-        {"video": frames, "label": label, "id": f"clip{i}"}))
-  writer.close()
-  os.replace(path + ".partial", path)
-
-
-def old_resize(frames, size: int):
-  """`ops.resize` before this change: antialiased whenever it shrinks."""
-  frames = tf.cast(frames, tf.float32)
-  return tf.cond(
-      tf.shape(frames)[1] > size,
-      lambda: tf.image.resize(frames, [size, size], antialias=True),
-      lambda: tf.image.resize(frames, [size, size], antialias=False))
-
-
-def make_clip(sampled, seed, prep: Preprocessing, output: str, resize: str):
-  """A training clip from its sampled JPEG frames (see the pipelines above)."""
-  _, seed_crop, seed_flip = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 3))
-  height, width = ops.frame_shape(sampled)
-  window = ops.random_crop_window(height, width, prep.crop_size,
-                                  prep.scale_range, seed_crop)
-  frames = ops.random_flip(ops.decode_frames(sampled, window), seed_flip)
-  frames = (ops.resize if resize == "2x" else old_resize)(frames,
-                                                          prep.crop_size)
-  if output == "uint8":
-    return ops.to_uint8(frames)
-  # The old output: normalised on the host, (x / 255 - mean) / std.
-  scale = tf.constant([1 / (255 * s) for s in prep.std], tf.float32)
-  offset = tf.constant([-m / s for m, s in zip(prep.mean, prep.std)],
-                       tf.float32)
-  return frames * scale + offset
-
-
-def ladder_stream(source: Source, prep: Preprocessing, way: tuple[str, ...],
-                  batch: int, threads: int, old_records: str) -> NumpyStream:
-  """Batches of one source made `way` = (read, output, resize), built like
-  TrainIterator's: records in a shuffled order, parallel maps, batch,
-  prefetch(2), a private thread pool of `threads`."""
-  read, output, resize = way
-  n = source.num_examples
-  num_frames = prep.frames_of(source)
-  counts = tf.constant(source.frame_counts())
-
-  def locate(position):
-    record = tf.random.experimental.index_shuffle(
-        position % n, seed=tf.stack([position // n, 0]), max_index=n - 1)
-    seed = tf.stack([position, tf.constant(1, tf.int64)])
-    time_seed = tf.random.experimental.stateless_split(seed, 3)[0]
-    return record, seed, time_seed
-
-  def sample(num_available, time_seed):
-    return ops.sample_frame_indices(num_available, num_frames, training=True,
-                                    seed=time_seed)
-
-  if read == "record":
-    from array_record.python import array_record_data_source  # pylint: disable=import-outside-toplevel
-    if source.kind == "image":
-      reader = source.records
-    else:
-      reader = array_record_data_source.ArrayRecordDataSource([old_records])
-    features = source.builder.info.features
-
-    def load(position):
-      record, seed, time_seed = locate(position)
-      serialized = tf.py_function(lambda r: reader[int(r)], [record],
-                                  tf.string)
-      serialized.set_shape([])
-      example = features.deserialize_example(
-          serialized, decoders={source.kind: tfds.decode.SkipDecoding()})
-      encoded = example[source.kind]
-      if source.kind == "image":
-        encoded = encoded[None]
-      sampled = tf.gather(encoded, sample(tf.shape(encoded)[0], time_seed))
-      return make_clip(sampled, seed, prep, output, resize), example["label"]
-
-    examples = tf.data.Dataset.range(2**62).map(
-        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  else:
-    def locate_frames(position):
-      record, seed, time_seed = locate(position)
-      return record, seed, sample(tf.gather(counts, record), time_seed)
-
-    def read_batch(record, seed, indices):
-      def py_read(r, i):
-        jpegs, labels = source.read(r.numpy(), i.numpy())
-        return np.asarray(jpegs, object), labels
-      encoded, label = tf.py_function(py_read, [record, indices],
-                                      (tf.string, tf.int32))
-      return tf.reshape(encoded, tf.shape(indices)), label, seed
-
-    def clip(encoded, label, seed):
-      return make_clip(encoded, seed, prep, output, resize), label
-
-    examples = (tf.data.Dataset.range(2**62).map(locate_frames)
-                .batch(batch)
-                .map(read_batch, num_parallel_calls=tf.data.AUTOTUNE,
-                     deterministic=True)
-                .unbatch()
-                .map(clip, num_parallel_calls=tf.data.AUTOTUNE,
-                     deterministic=True))
-  options = tf.data.Options()
-  options.threading.private_threadpool_size = threads
-  return NumpyStream(examples.batch(batch, drop_remainder=True).prefetch(2)
-                     .with_options(options))
+# -- Measurement ---------------------------------------------------------------
 
 
 def train_iterator(source: Source, prep: Preprocessing, batch: int,
                    threads: int) -> TrainIterator:
   return TrainIterator([source], prep, flips=[True], global_batch=batch,
                        threads=threads)
-
-
-# -- Measurement ---------------------------------------------------------------
 
 
 def measure(stream, batch: int, seconds: float, rounds: int,
@@ -476,41 +309,24 @@ def read_seconds(source: Source, prep: Preprocessing, batch: int,
   return (time.process_time() - start) / repeats
 
 
-def way_name(way: tuple[str, ...]) -> str:
-  return {OLD: "old", NEW: "new"}.get(way, "+".join(way))
-
-
-def measure_setting(setting: Setting, source: Source, old_records: str,
-                    args) -> list[dict]:
-  """Every pipeline of one setting: rows of the table."""
-  prep = setting.preprocessing()
-  runs = [("TrainIterator", NEW, 1, "")]
+def measure_setting(setting: Setting, source: Source, args) -> list[dict]:
+  """TrainIterator on one setting: one tf.data thread, one per core, and
+  with RandAugment if asked; rows of the table."""
+  runs = [(1, "")]
   if args.randaugment:
-    runs.append(("TrainIterator", NEW, 1, args.randaugment))
+    runs.append((1, args.randaugment))
   if os.cpu_count() > 1:
-    runs.append(("TrainIterator", NEW, os.cpu_count(), ""))
-  runs += [("built here", way, 1, "")
-           for way in (LADDER if not args.quick else (OLD, NEW))]
-  if os.cpu_count() > 1 and not args.quick:
-    runs.append(("built here", OLD, os.cpu_count(), ""))
+    runs.append((os.cpu_count(), ""))
   rows = []
-  for pipeline, way, threads, randaugment in runs:
-    if pipeline == "TrainIterator":
-      stream = train_iterator(source, setting.preprocessing(randaugment),
-                              args.batch, threads)
-    else:
-      stream = ladder_stream(source, prep, way, args.batch, threads,
-                             old_records)
-    # A RandAugment row's way names it, so `rate` tells the two apart.
-    row = dict(setting=setting.name, pipeline=pipeline,
-               way=way_name(way) + (f"+{randaugment}" if randaugment else ""),
-               read=way[0], output=way[1], resize=way[2], threads=threads,
-               randaugment=randaugment)
+  for threads, augment in runs:
+    stream = train_iterator(source, setting.preprocessing(augment),
+                            args.batch, threads)
+    row = dict(setting=setting.name, threads=threads, randaugment=augment)
     row.update(measure(stream, args.batch, args.seconds, args.rounds,
                        args.warmup_seconds))
     print(f"  {format_row(row)}", flush=True)
     rows.append(row)
-  seconds = read_seconds(source, prep, args.batch)
+  seconds = read_seconds(source, setting.preprocessing(), args.batch)
   print(f"  {setting.name}: Source.read of a batch of {args.batch}: "
         f"{seconds * 1e3:.2f} CPU ms (the Python share of the pipeline)",
         flush=True)
@@ -522,10 +338,8 @@ def measure_setting(setting: Setting, source: Source, old_records: str,
 # -- Accelerators --------------------------------------------------------------
 
 
-def accelerator_rows(setting: Setting, per_core: float, old_per_core: float,
-                     mfu: float):
-  """Clips/s a chip trains on at `mfu`, and the cores that feed it (new and
-  old pipeline)."""
+def accelerator_rows(setting: Setting, per_core: float, mfu: float):
+  """Clips/s a chip trains on at `mfu`, and the cores that feed it."""
   rows = []
   for model_name in MODELS:
     model = create({"kinetics400": 400}, model_name,
@@ -537,7 +351,6 @@ def accelerator_rows(setting: Setting, per_core: float, old_per_core: float,
                        train_tflop_per_clip=step_flops / 1e12,
                        clips_per_second=clips,
                        cores_needed=clips / per_core,
-                       old_cores_needed=clips / old_per_core,
                        host_cores_per_chip=host_cores))
   return rows
 
@@ -546,35 +359,29 @@ def accelerator_rows(setting: Setting, per_core: float, old_per_core: float,
 
 
 def format_row(r: dict) -> str:
-  return (f"{r['setting']:8s} {r['pipeline']:13s} {r['way']:22s} "
+  augment = f"+{r['randaugment']}" if r["randaugment"] else ""
+  return (f"{r['setting']:8s} TrainIterator{augment:22s} "
           f"threads {r['threads']}  {r['clips_per_second']:6.2f} clips/s  "
           f"{r['clips_per_cpu_second']:6.2f} clips/s/core  "
           f"{1e3 / r['clips_per_cpu_second']:6.1f} CPU ms/clip  "
           f"(cores busy {r['cores_busy']:.2f}, {r['clips']} clips)")
 
 
-def rate(rows, setting, pipeline, way, threads=1) -> float | None:
-  row = next((r for r in rows if (r["setting"], r["pipeline"], r["way"],
-                                  r["threads"]) ==
-              (setting, pipeline, way, threads)), None)
+def rate(rows, setting, threads=1, randaugment="") -> float | None:
+  row = next((r for r in rows if (r["setting"], r["threads"],
+                                  r["randaugment"]) ==
+              (setting, threads, randaugment)), None)
   return row and row["clips_per_cpu_second"]
 
 
 def print_pipelines(rows: list[dict]):
-  print("\nclips/s/core (clips per CPU second of the process), one tf.data "
-        "thread; new against old, measured side by side:")
+  threads = os.cpu_count()
+  print("\nclips/s/core (clips per CPU second of the process) of "
+        "TrainIterator:")
   for setting in SETTINGS:
-    new = rate(rows, setting.name, "TrainIterator", "new")
-    old = rate(rows, setting.name, "built here", "old")
-    control = rate(rows, setting.name, "built here", "new")
-    print(f"  {setting.name}: TrainIterator {new:.2f}, old pipeline "
-          f"{old:.2f}: {new / old:.2f}x (control, new built here: "
-          f"{control:.2f})")
-    steps = [(way_name(w), rate(rows, setting.name, "built here",
-                                way_name(w))) for w in LADDER]
-    if all(r for _, r in steps):
-      print("    one change at a time: " + " -> ".join(
-          f"{name} {r:.1f}" for name, r in steps))
+    one, many = rate(rows, setting.name), rate(rows, setting.name, threads)
+    print(f"  {setting.name}: one tf.data thread {one:.2f}"
+          + (f", {threads} threads {many:.2f}" if many else ""))
 
 
 def print_randaugment(rows: list[dict], randaugment: str):
@@ -582,9 +389,8 @@ def print_randaugment(rows: list[dict], randaugment: str):
   print(f"\nRandAugment {randaugment!r} (config.input.randaugment): "
         f"TrainIterator, one tf.data thread, clips/s/core without -> with:")
   for setting in SETTINGS:
-    plain = rate(rows, setting.name, "TrainIterator", "new")
-    augmented = rate(rows, setting.name, "TrainIterator",
-                     f"new+{randaugment}")
+    plain = rate(rows, setting.name)
+    augmented = rate(rows, setting.name, randaugment=randaugment)
     print(f"  {setting.name}: {plain:.2f} -> {augmented:.2f} "
           f"({augmented / plain:.2f}x; +{1e3 / augmented - 1e3 / plain:.1f} "
           f"CPU ms/clip)")
@@ -597,21 +403,21 @@ def print_accelerators(rows: list[dict], mfu: float):
         f"bf16 peak ({peaks} TFLOP/s);\n"
         f"  FLOPs per clip = 3 x analytic forward FLOPs "
         f"(cover_jax.models.flops); cores needed = the clips/s it trains on /\n"
-        f"  clips/s/core measured here (new TrainIterator; old pipeline); "
+        f"  clips/s/core measured here (TrainIterator, one thread); "
         f"host cores per chip of a DGX H100 (112 / 8)\n  and a TPU v4 VM "
         f"(120 / 4); images are clips of one frame:")
   for r in rows:
     print(f"  {r['setting']:8s} {r['model']} {r['chip']:7s} "
           f"{r['train_tflop_per_clip']:6.2f} TFLOP/clip  "
           f"{r['clips_per_second']:6.1f} clips/s  needs "
-          f"{r['cores_needed']:5.1f} cores (old: {r['old_cores_needed']:5.1f})"
-          f"  (host has {r['host_cores_per_chip']:.0f})")
+          f"{r['cores_needed']:5.1f} cores  (host has "
+          f"{r['host_cores_per_chip']:.0f})")
 
 
 def print_cpu_training(rows: list[dict]):
   """The share of a core that feeds the CPU training step at 8x224."""
   ours = next(r for r in rows if r["setting"] == "8x224"
-              and r["pipeline"] == "TrainIterator" and r["threads"] == 1)
+              and r["threads"] == 1 and not r["randaugment"])
   clips = CPU_STEP["batch"] / CPU_STEP["step_seconds"]
   print(f"\nCPU training: the {CPU_STEP['config']} step of "
         f"benchmarks/train_step.py (batch {CPU_STEP['batch']}, "
@@ -672,7 +478,7 @@ def main():
                       help="assumed MFU of training on an accelerator")
   parser.add_argument("--quick", action="store_true",
                       help="a smoke check: 4 videos of 4 s, batch 4, one "
-                           "round of 1 s, no control pipelines")
+                           "round of 1 s")
   parser.add_argument("--json", default=None, help="also write figures here")
   parser.add_argument("--randaugment", default="",
                       help="also measure TrainIterator with this "
@@ -680,14 +486,7 @@ def main():
   parser.add_argument("--retain_freed_host_memory", action="store_true",
                       help="apply cover_jax.runtime.allocator.retain_freed_host_memory() "
                            "first (no mmap for large blocks)")
-  parser.add_argument("--write_old_layout", help=argparse.SUPPRESS)
-  parser.add_argument("--dataset", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args.write_old_layout:  # the child process of write_old_layout
-    _write_old_layout_here(open_source(args.dataset, "train",
-                                       data_dir=args.data_dir),
-                           args.write_old_layout)
-    return
   if args.randaugment:
     randaugment.parse(args.randaugment)  # a bad string fails now, not later
   if args.retain_freed_host_memory and not allocator.retain_freed_host_memory():
@@ -715,14 +514,10 @@ def main():
   for setting in SETTINGS:
     source, stats = dataset_of(setting, videos, tag, args.data_dir)
     results["datasets"].append(stats)
-    old_records = write_old_layout(source, os.path.join(
-        args.data_dir, f"old_layout_{source.dataset.replace('/', '_')}"
-                       ".array_record"), args.data_dir)
-    rows = measure_setting(setting, source, old_records, args)
+    rows = measure_setting(setting, source, args)
     results["pipelines"] += rows
     results["accelerators"] += accelerator_rows(
-        setting, rate(rows, setting.name, "TrainIterator", "new"),
-        rate(rows, setting.name, "built here", "old"), args.mfu)
+        setting, rate(rows, setting.name), args.mfu)
 
   print_pipelines(results["pipelines"])
   if args.randaugment:
