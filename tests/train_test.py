@@ -88,9 +88,28 @@ def assert_same_params(a, b):
 
 
 @pytest.mark.slow
-def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
+def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path,
+                                                    monkeypatch):
   config = tiny_config(digits_dir, num_train_steps=2)
+  # The training pipeline is closed before the final evaluation starts.
+  from cover_jax.training import evaluate  # pylint: disable=import-outside-toplevel
+  closes, closed_at_evaluation = [], []
+  for_train, real_evaluate = train.inp.make.for_train, evaluate.evaluate
+
+  def recorded_for_train(*args, **kwargs):
+    it = for_train(*args, **kwargs)
+    close = it.close
+    it.close = lambda: closes.append(1) or close()
+    return it
+
+  def recorded_evaluate(*args, **kwargs):
+    closed_at_evaluation.append(len(closes))
+    return real_evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(train.inp.make, "for_train", recorded_for_train)
+  monkeypatch.setattr(evaluate, "evaluate", recorded_evaluate)
   results = train.train_and_evaluate(config, str(tmp_path))
+  assert closed_at_evaluation == [1], closed_at_evaluation
   assert set(results) >= {"digits_image", "digits_appearance",
                           "digits_motion"}
   steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints")
@@ -122,7 +141,6 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path):
     assert metrics["examples"] == 359, name
     assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0, name
     assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0, name
-  from cover_jax.training import evaluate  # pylint: disable=import-outside-toplevel
   written = evaluate.read_json(str(tmp_path))
   assert written == {"step": 2, "results": results}
   # TensorBoard, read back from the event files: one training summary of

@@ -583,6 +583,8 @@ def _loop(loop: Loop, state, step: int) -> dict:
       # The last step is evaluated once, after the loop.
       if eval_every and step % eval_every == 0 and step < num_steps:
         evaluate_at(step, state)
+    # Its threads would go on filling buffers through the final evaluation.
+    loop.train_iter.close()
     log.flush(step)
     saver.save(step, state, force=True)
     saver.finish()
