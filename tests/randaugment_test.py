@@ -154,6 +154,13 @@ def test_levels_are_timms(m, sign):
     for name, value in table.items():
       got = ra.argument(name, policy, m, sign).numpy()
       assert got == pytest.approx(value, abs=1e-12), (name, policy)
+      # Traced, as tf.data runs it, from the float32 draws (eager mode let
+      # a float32 constant meet a float64 tensor that graph mode refuses).
+      traced = tf.function(lambda m, s, name=name, policy=policy:
+                           ra.argument(name, policy, m, s))(
+                               tf.constant(m, tf.float32),
+                               tf.constant(sign, tf.float32)).numpy()
+      assert traced == pytest.approx(value, abs=1e-6), (name, policy)
     for name in ("AutoContrast", "Equalize", "Invert"):
       assert ra.argument(name, policy, m, sign) is None
   assert ra.NAMES == (
@@ -309,6 +316,29 @@ def test_training_applies_it_after_crop_and_flip_with_the_example_seed():
     got = pipeline.preprocess_train(encoded, seed, flip=tf.constant(True),
                                     prep=AUGMENTED)
     np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_the_named_recipes_randaugment_runs_in_a_traced_pipeline():
+  """`strong`'s string (configs/recipes.py, with inc1) through
+  preprocess_train as tf.data traces it: uint8 clips of the crop's shape,
+  and not the clip without it."""
+  from configs import args  # pylint: disable=import-outside-toplevel
+  spec = args.load("configs/cover_mini.py:strong").input.randaugment
+  assert "inc1" in spec
+  prep = inp.Preprocessing(num_frames=8, crop_size=16,
+                           scale_range=(1.0, 1.2), randaugment=spec)
+  encoded = tf.constant([synthetic_data.jpeg(synthetic_data.frame(t, 24, 32))
+                         for t in range(8)])
+  traced = {p.randaugment: tf.function(
+      lambda seed, p=p: pipeline.preprocess_train(
+          encoded, seed, flip=tf.constant(True), prep=p)) for p in (PREP, prep)}
+  differ = 0
+  for s in range(4):
+    seed = tf.constant([s, 5], tf.int64)
+    got = traced[spec](seed).numpy()
+    assert got.shape == (8, 16, 16, 3) and got.dtype == np.uint8
+    differ += not np.array_equal(got, traced[""](seed).numpy())
+  assert differ >= 3
 
 
 @pytest.mark.slow

@@ -303,7 +303,7 @@ LEVELS = {
     "solarize_add": lambda m, s: tf.floor(_fraction(m) * 110),
     "enhance": lambda m, s: _fraction(m) * 1.8 + 0.1,
     "enhance_increasing": lambda m, s: tf.maximum(
-        0.1, 1.0 + s * _fraction(m) * 0.9),
+        1.0 + s * _fraction(m) * 0.9, 0.1),  # 0.1 takes the tensor's dtype
     "shear": lambda m, s: s * _fraction(m) * 0.3,
     "translate_rel": lambda m, s: s * _fraction(m) * 0.45,
 }
