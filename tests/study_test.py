@@ -283,3 +283,19 @@ def test_runs_in_the_report_with_the_same_config_are_not_run_again(
     assert trained == want_trained
     assert records[0]["results"]["digits_motion"]["top1"] == (
         0.5 if not want_trained else 0.25)
+
+
+def test_only_finished_runs_nothing_and_reports_what_finished(tmp_path,
+                                                              monkeypatch):
+  from cover_jax.training import evaluate  # pylint: disable=import-outside-toplevel
+  from cover_jax.training import train  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(train, "train_and_evaluate", lambda *a, **k: 1 / 0)
+  monkeypatch.setattr(study, "num_steps", lambda config: 7)
+  jobs = [j for j in study.recipe_jobs([0], BUDGET)
+          if j.name in (study.PLAIN, "mixup")]
+  runs = str(tmp_path / "runs")
+  evaluate.write_json(os.path.join(runs, jobs[1].workdir), 9,
+                      {"digits_motion": {"top1": 0.75}})
+  records = study.run_jobs(jobs, runs, None, only_finished=True)
+  assert [(r["name"], r["results"]["digits_motion"]["top1"])
+          for r in records] == [(jobs[1].name, 0.75)]

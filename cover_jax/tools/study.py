@@ -271,11 +271,13 @@ def finished_results(config, workdir: str) -> dict | None:
 
 
 def run_jobs(jobs: Sequence[Job], runs_dir: str, data_dir: str | None, *,
-             report_path: str | None = None) -> list[dict]:
+             report_path: str | None = None,
+             only_finished: bool = False) -> list[dict]:
   """Runs each job, or reads it back when it finished in runs_dir or is in
   the report at `report_path` with the same config (a committed report
   carries its runs to another machine, where more seeds can be added); one
-  record per job: its config, steps, minutes and final evaluation."""
+  record per job: its config, steps, minutes and final evaluation.
+  only_finished: runs nothing; the jobs not finished have no record."""
   from cover_jax.training import train  # pylint: disable=import-outside-toplevel
   reported = {}
   if report_path and os.path.exists(report_path):
@@ -293,6 +295,10 @@ def run_jobs(jobs: Sequence[Job], runs_dir: str, data_dir: str | None, *,
       records.append(earlier)
       continue
     results = finished_results(config, workdir)
+    if results is None and only_finished:
+      print(f"== {job.name} (seed {job.seed}): not run (--only_finished)",
+            flush=True)
+      continue
     print(f"== {job.name} (seed {job.seed})"
           f"{': finished earlier' if results else ''}", flush=True)
     if results is None:
@@ -352,11 +358,13 @@ def run(out: str, seeds: Sequence[int], budget: Budget,
 
 
 def run_recipes(out: str, seeds: Sequence[int], budget: Budget,
-                data_dir: str | None) -> dict:
+                data_dir: str | None, *, only_finished: bool = False) -> dict:
   """Runs (or resumes) the fine-tuning options' comparison (recipe_jobs),
-  then writes OUT/recipes.json, recipes.md and recipes.png."""
+  then writes OUT/recipes.json, recipes.md and recipes.png (only_finished:
+  of the runs finished so far, running none)."""
   records = run_jobs(recipe_jobs(seeds, budget), os.path.join(out, "runs"),
-                     data_dir, report_path=os.path.join(out, "recipes.json"))
+                     data_dir, report_path=os.path.join(out, "recipes.json"),
+                     only_finished=only_finished)
   report = _report(records, seeds, budget, plain=PLAIN,
                    recipe_runs=RECIPE_RUNS, recipe_evals=RECIPE_EVALS)
   _write(report, os.path.join(out, "recipes.json"))
@@ -397,6 +405,9 @@ def define_flags() -> None:
   flags.DEFINE_bool("recipes", False, "Instead of the paper's tables, each "
                     "fine-tuning option against the plain run (RECIPE_RUNS): "
                     "OUT/recipes.json, recipes.md, recipes.png.")
+  flags.DEFINE_bool("only_finished", False, "With --recipes: write the "
+                    "report of the runs finished so far, running none (the "
+                    "rest are added when the study runs again).")
   flags.DEFINE_bool("replot", False, "Only redraw the plots and the tables "
                     "from OUT/results.json (and OUT/recipes.json).")
 
@@ -421,7 +432,8 @@ def main(argv):
   budget = Budget(FLAGS.pretrain_epochs, FLAGS.train_epochs,
                   FLAGS.probe_epochs)
   if FLAGS.recipes:
-    report = run_recipes(FLAGS.out, seeds, budget, FLAGS.data_dir)
+    report = run_recipes(FLAGS.out, seeds, budget, FLAGS.data_dir,
+                         only_finished=FLAGS.only_finished)
   else:
     report = run(FLAGS.out, seeds, budget, FLAGS.data_dir,
                  controls=FLAGS.controls)
