@@ -32,15 +32,15 @@ def clip_indices(n, t, c, reverse=False):
                                      clips=c).numpy().reshape(c, t).tolist()
 
 
-# (n, T, C) -> the clips, by hand: frame t of clip c is the middle of
-# segment t of window c, floor((c T + t + 1/2) n / (C T)), at most n - 1.
+# (n, T, C) -> the clips, by hand: frame t of clip c is at offset
+# (c + 1/2) / C of segment t, floor((t + (c + 1/2) / C) n / T), at most n - 1.
 HAND = {
-    (16, 4, 2): [[1, 3, 5, 7], [9, 11, 13, 15]],  # segments of 2 frames
-    (30, 3, 2): [[2, 7, 12], [17, 22, 27]],  # of 5: middles 2.5, 7.5, ...
-    # n < T C: segments of 3/4 frame, middles 0.375, 1.125, 1.875, ...
-    (6, 4, 2): [[0, 1, 1, 2], [3, 4, 4, 5]],
-    # n < T: segments of 1/4 frame; each clip lies within one frame.
-    (3, 4, 3): [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2]],
+    (16, 4, 2): [[1, 5, 9, 13], [3, 7, 11, 15]],  # segments of 4 frames
+    (30, 3, 2): [[2, 12, 22], [7, 17, 27]],  # of 10: 2.5, 12.5, ... 7.5, ...
+    # n < T C: segments of 1.5 frames: 0.375, 1.875, ... and 1.125, ...
+    (6, 4, 2): [[0, 1, 3, 4], [1, 2, 4, 5]],
+    # n < T: segments of 3/4 frame, offsets 1/6, 1/2, 5/6 of one.
+    (3, 4, 3): [[0, 0, 1, 2], [0, 1, 1, 2], [0, 1, 2, 2]],
     (1, 2, 2): [[0, 0], [0, 0]],
     (19, 8, 1): [[1, 3, 5, 8, 10, 13, 15, 17]],  # one clip: TSN's middles
 }
@@ -55,15 +55,19 @@ def test_clip_indices_equal_the_hand_computation(n, t, c):
 
 
 @pytest.mark.parametrize("t,c", [(1, 4), (2, 2), (4, 2), (4, 4), (8, 2)])
-def test_each_clip_samples_its_window_as_one_clip_samples_a_video(t, c):
-  """Window c of a video [c n / C, (c + 1) n / C), in exact fractions, cut
-  into T segments, their middles: for every n up to 40 (C T a power of two,
-  so float32 holds n / (C T) exactly)."""
+def test_every_clip_spans_the_video_at_the_training_tempo(t, c):
+  """Segment i of T, [i n / T, (i + 1) n / T) in exact fractions, sampled by
+  clip k at (k + 1/2) / C of it: for every n up to 40 (C T a power of two,
+  so float32 holds the positions exactly). Every clip's frames are spread
+  over the whole video, as one training clip's are."""
   for n in range(1, 41):
-    window = Fraction(n, c)
-    expected = [[min(int(k * window + (i + Fraction(1, 2)) * window / t),
-                     n - 1) for i in range(t)] for k in range(c)]
+    segment = Fraction(n, t)
+    expected = [[min(int((i + (k + Fraction(1, 2)) / c) * segment), n - 1)
+                 for i in range(t)] for k in range(c)]
     assert clip_indices(n, t, c) == expected, n
+    if n >= 2 * t * c:  # no repeated frames: each clip spans most of it
+      assert all(clip[-1] - clip[0] >= n * (t - 1) / t - 1
+                 for clip in clip_indices(n, t, c)), n
 
 
 @pytest.mark.parametrize("n,t", [(16, 8), (19, 8), (5, 8), (1, 4), (300, 16)])
@@ -107,9 +111,9 @@ def test_batch_views_are_each_clips_views(synthetic_dir, clips, reverse):
   for views, label, record in zip(batch["frames"], batch["label"],
                                   batch["record"]):
     n = synthetic_data.LENGTHS[label]
-    window = Fraction(n, clips)
+    segment = Fraction(n, 4)
     for c in range(clips):
-      indices = [min(int(c * window + (i + Fraction(1, 2)) * window / 4),
+      indices = [min(int((i + (c + Fraction(1, 2)) / clips) * segment),
                      n - 1) for i in range(4)]
       if clips == 1:  # today's sampling
         assert indices == ops.sample_frame_indices(
@@ -171,7 +175,7 @@ def test_predict_samples_and_crops_as_evaluation(tmp_path):
                            eval_clips=2)
   decoded = predict.decode(path, 24, 3, clips=2)
   assert decoded.error is None
-  assert decoded.indices == [1, 3, 5, 7, 9, 11]  # 13 / 6 per segment
+  assert decoded.indices == [1, 5, 9, 3, 7, 11]  # segments of 13 / 3
   assert decoded.indices == pipeline.eval_frame_indices(
       13, 3, clips=2).numpy().tolist()
   everything = decoding.decode_video(path, 24).frames

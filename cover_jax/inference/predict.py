@@ -5,9 +5,9 @@
         [--output=predictions.jsonl]
     python main.py --mode=features ... --output=features.npz
 
-Each input goes the evaluation's way: the frames evaluation samples (the
-middle frame of each segment of each of config.input.eval_clips clips,
-`input.pipeline.eval_frame_indices`) decoded with PyAV as `python -m
+Each input goes the evaluation's way: the frames evaluation samples (one
+frame of each segment per clip, for config.input.eval_clips clips that each
+span the video, `input.pipeline.eval_frame_indices`) decoded with PyAV as `python -m
 data.prepare` decodes source videos (data/decode.py: JPEG frames at the
 dataset's stored short side), then the evaluation's config.input.eval_views
 crops of each clip (`input.pipeline.eval_views`), then the

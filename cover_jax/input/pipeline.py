@@ -236,27 +236,29 @@ def eval_frame_indices(num_available, num_frames: int, reverse: bool = False,
                        clips: int = 1):
   """The frames evaluation samples: int32 [clips * num_frames], clip by clip.
 
-  The video of n frames is cut into `clips` equal windows, and each window
-  is sampled as one clip is (TSN segments, `ops.sample_frame_indices`): its
-  `num_frames` equal segments' middle frames. Frame t of clip c is
+  Every clip spans the whole video at the training tempo: the video of n
+  frames is cut into `num_frames` equal segments (as `ops.sample_frame_
+  indices` cuts it), and clip c takes in each segment the frame at offset
+  (c + 1/2) / clips of it. Frame t of clip c is
 
-      min(floor((c * num_frames + t + 1/2) * n / (clips * num_frames)), n - 1)
+      min(floor((t + (c + 1/2) / clips) * n / num_frames), n - 1)
 
-  (in float32), i.e. the clips * num_frames segment middles of the whole
-  video, taken num_frames at a time: the clips tile the video without
-  overlap, and clips=1 is the single clip of the paper. A video shorter than
-  clips * num_frames repeats frames. This is mmaction2's test-mode
-  `SampleFrames` (clip_len=1, num_clips=clips * num_frames, as its TSN
-  configs test) grouped into clips; not PySlowFast's or scenic's dense clips
-  whose evenly spaced starts overlap on short videos. `reverse` reverses
-  each clip's frames.
+  (in float32): clips=1 is the paper's single clip (the segments' middles),
+  and the clips together take clips * num_frames evenly spaced frames, as
+  TSN tests with several samples per segment. Windows cut from the video
+  (mmaction2's or PySlowFast's multi-clip testing) would each be denser in
+  time than the whole-video clips the model trains on. A video shorter than
+  clips * num_frames repeats frames. `reverse` reverses each clip's frames.
   """
-  indices = ops.sample_frame_indices(num_available, clips * num_frames,
-                                     training=False)
+  n = tf.cast(num_available, tf.float32)
+  offsets = (tf.range(clips, dtype=tf.float32)[:, None] + 0.5) / clips
+  positions = (tf.range(num_frames, dtype=tf.float32)[None, :] + offsets) * (
+      n / num_frames)
+  indices = tf.minimum(tf.cast(tf.floor(positions), tf.int32),
+                       tf.cast(num_available, tf.int32) - 1)
   if reverse:
-    indices = tf.reshape(tf.reverse(tf.reshape(indices, [clips, num_frames]),
-                                    axis=[1]), [-1])
-  return indices
+    indices = tf.reverse(indices, axis=[1])
+  return tf.reshape(indices, [-1])
 
 
 def preprocess_train(sampled, seed, *, flip, prep: Preprocessing):
