@@ -175,6 +175,12 @@ class Job:
   fields: tuple[tuple[str, object], ...] = ()  # config fields set
 
 
+def _pretrain_job(seed: int, budget: Budget) -> Job:
+  """The seed's image stage, the start of every run of that seed."""
+  return Job("image_pretrain", seed, "configs/cover_mini.py", budget.pretrain,
+             os.path.join(f"seed{seed}", "image_pretrain"), stage="pretrain")
+
+
 def all_jobs(seeds: Sequence[int], budget: Budget, *,
              controls: bool = False) -> list[Job]:
   """Every run of the study, in an order that makes each start before use.
@@ -186,9 +192,8 @@ def all_jobs(seeds: Sequence[int], budget: Budget, *,
   jobs = []
   for seed in seeds:
     base = f"seed{seed}"
-    pretrain = os.path.join(base, "image_pretrain")
-    jobs.append(Job("image_pretrain", seed, "configs/cover_mini.py",
-                    budget.pretrain, pretrain, stage="pretrain"))
+    jobs.append(_pretrain_job(seed, budget))
+    pretrain = jobs[-1].workdir
     for name, arg in RUNS.items():
       jobs.append(Job(name, seed, f"configs/cover_mini.py:{arg}",
                       budget.train, os.path.join(base, name), pretrain))
@@ -210,9 +215,8 @@ def recipe_jobs(seeds: Sequence[int], budget: Budget) -> list[Job]:
   jobs = []
   for seed in seeds:
     base = f"seed{seed}"
-    pretrain = os.path.join(base, "image_pretrain")
-    jobs.append(Job("image_pretrain", seed, "configs/cover_mini.py",
-                    budget.pretrain, pretrain, stage="pretrain"))
+    jobs.append(_pretrain_job(seed, budget))
+    pretrain = jobs[-1].workdir
     runs = {PLAIN: (RUNS[PLAIN], {}), **RECIPE_RUNS}
     for name, (arg, fields) in runs.items():
       jobs.append(Job(name, seed, f"configs/cover_mini.py:{arg}",
