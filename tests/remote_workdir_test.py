@@ -243,11 +243,10 @@ def test_gs_workdir_checkpoints_is_killed_and_resumes_from_the_bucket(
   for name, metrics in final["results"].items():
     ((step, top1),) = view[f"eval/{name}/top1"]
     assert step == STEPS and top1 == pytest.approx(metrics["top1"], rel=1e-6)
-  # Pretraining: finished before the kill; the rerun restores its last
-  # step and reads its evaluation back from the bucket (not evaluated
-  # again): its second file holds only the restart marker.
+  # Pretraining: finished before the kill; the rerun reads its evaluation
+  # back from the bucket (not evaluated again) and writes no event file.
   files = download_events(gcs_emulator, "run/pretrain", tmp_path / "tb_pre")
-  assert len(files) == 2
+  assert len(files) == 1
   view = tensorboard_view(tmp_path / "tb_pre")
   assert [s for s, _ in view["train/loss"]] == [2, 4]
   pretrain = json.loads(read_object(gcs_emulator,

@@ -157,9 +157,11 @@ def test_killed_in_either_stage_resumes_to_bit_identical_parameters(
   assert 2 <= stage1_resume < 10, second
   out = train_test.run(cmd)
   assert out.returncode == 0, out.stderr[-3000:]
-  # Stage 1 had finished: it resumes at its end and only re-evaluates.
-  [stage1_end, stage2_resume] = train_test.resumed_at(out.stdout)
-  assert stage1_end == 10
+  # Stage 1 had finished: its evaluation is read back, nothing restored.
+  stage1_eval = os.path.join(killed, stages.PRETRAIN_DIR, "eval",
+                             "step_10.json")
+  assert f"Finished at step 10; its evaluation: {stage1_eval}" in out.stdout
+  [stage2_resume] = train_test.resumed_at(out.stdout)
   assert 2 <= stage2_resume < 10, out.stdout
   assert "step 10/10" in out.stdout  # it trained on after the restart
   for sub in ("pretrain", ""):

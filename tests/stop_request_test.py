@@ -215,20 +215,22 @@ def _wait_for_line(proc, prefix):
 
 @pytest.mark.slow
 def test_main_sigterm_then_ctrl_c_once_then_twice_then_to_the_end(
-    digits_dir, tmp_path):
-  """main.py in stage 2: SIGTERM saves and exits 0; the same command resumes
-  there, and Ctrl-C saves and exits 130; again, Ctrl-C twice stops at once
-  (status 130) keeping what was saved; again, it trains to the end."""
+    digits_dir, tiny_run, tmp_path):
+  """main.py co-training (from init_from: stage 1's signals are
+  test_signals_in_stage_one_...): SIGTERM saves and exits 0; the same
+  command resumes there, and Ctrl-C saves and exits 130; again, Ctrl-C twice
+  stops at once (status 130) keeping what was saved; again, it trains to the
+  end."""
   workdir = str(tmp_path)
   steps = 40  # far more than the steps a signal takes to be acted on
   cmd = train_test.command(workdir, digits_dir, num_train_steps=steps,
+                           init_from=tiny_run,
                            **{"checkpoint.every_steps": 1000,
-                              "input.eval_views": 1,
-                              "pretrain.input.eval_views": 1})
+                              "input.eval_views": 1})
   saved, stops = 0, []
   for signal_name, status in (("SIGTERM", 0), ("SIGINT", 130)):
     proc = _start(cmd)
-    _wait_for_line(proc, "Stage 2 of 2" if not saved else
+    _wait_for_line(proc, "Start: initialised from" if not saved else
                    f"Start: resumed from this workdir's checkpoint at step "
                    f"{saved}")
     _wait_for_line(proc, "step ")
@@ -273,17 +275,17 @@ def test_main_sigterm_then_ctrl_c_once_then_twice_then_to_the_end(
 
 @pytest.mark.slow
 def test_main_full_disk_is_one_line_naming_the_file_and_the_os_error(
-    digits_dir, tmp_path):
+    digits_dir, tiny_run, tmp_path):
   """The file-size limit of the running process lowered below a checkpoint's
-  data file once step 2 is saved: the OS refuses the write (EFBIG, as a full
-  disk refuses with ENOSPC); the run stops with one line."""
+  data file once step 50 is saved: the OS refuses the write (EFBIG, as a
+  full disk refuses with ENOSPC); the run stops with one line."""
   workdir = str(tmp_path)
   cmd = train_test.command(workdir, digits_dir, num_train_steps=400,
+                           init_from=tiny_run,
                            **{"checkpoint.every_steps": 50, "log_every_steps": 50,
-                              "pretrain.checkpoint.every_steps": 1000,
                               "input.eval_views": 1})
   proc = _start(cmd)
-  _wait_for_line(proc, "Stage 2 of 2")
+  _wait_for_line(proc, "Start: initialised from")
   step_2 = os.path.join(workdir, "checkpoints", "50")
   while not os.path.exists(os.path.join(step_2, checkpoint_digest.MANIFEST)):
     assert proc.poll() is None, proc.communicate()[1][-3000:]

@@ -498,6 +498,9 @@ def _train_and_evaluate(config: ConfigDict, workdir: str,
     raise ValueError(refusal)
   if jax.process_index() == 0:  # class names for predict, with no data
     label_maps.write_label_maps(workdir, mixture.sources)
+  finished = finished_results(config, workdir, start, mixture.num_steps)
+  if finished is not None:
+    return finished
 
   model = model_from_config(config)
   model.validate()
@@ -592,9 +595,7 @@ def _loop(loop: Loop, state, step: int) -> dict:
     results = evaluate.saved_results(config, workdir, step)
     if results is None:
       return evaluate_at(step, state)
-    if jax.process_index() == 0:
-      print(f"Finished at step {step}; its evaluation: "
-            f"{evaluate.json_paths(workdir, step)[0]}", flush=True)
+    _say_finished(workdir, step)
     return results
   except stop_request.Stopped as stopped:
     saver.save(step, state, force=True)
@@ -603,6 +604,29 @@ def _loop(loop: Loop, state, step: int) -> dict:
     stopped.step = step
     logging.info("%s", stopped)
     raise
+
+
+def finished_results(config: ConfigDict, workdir: str,
+                     start: checkpointing.StartPoint, num_steps: int
+                     ) -> dict | None:
+  """The saved final evaluation of a run that has ended (its own latest
+  checkpoint is step `num_steps` and workdir/eval holds that step's results
+  for this config), so that running its command again restores, builds and
+  compiles nothing; None otherwise."""
+  if start.kind != "workdir":
+    return None
+  _, step = checkpointing.checkpoint_step_dir(start.path)
+  results = (evaluate.saved_results(config, workdir, step)
+             if step == num_steps else None)
+  if results is not None:
+    _say_finished(workdir, step)
+  return results
+
+
+def _say_finished(workdir: str, step: int) -> None:
+  if jax.process_index() == 0:
+    print(f"Finished at step {step}; its evaluation: "
+          f"{evaluate.json_paths(workdir, step)[0]}", flush=True)
 
 
 def run_evaluation(model, params, config, mesh, writer, step, workdir,
