@@ -177,7 +177,15 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path,
       0.5 * at_2["train/digits_image/loss"] +
       at_2["train/digits_appearance/loss"] + at_2["train/digits_motion/loss"],
       rel=0.02)
-  # Started again: nothing left to do, the same checkpoint is kept.
+  # Started again: nothing left to do; the saved evaluation comes back
+  # without a restore, an input pipeline or a step being built, and the
+  # same checkpoint is kept.
+  def refuse(*args, **kwargs):
+    raise AssertionError("a finished run restored or built something")
+
+  for module, name in ((checkpointing, "restore"), (train, "step_from_config"),
+                       (train.inp.make, "for_train")):
+    monkeypatch.setattr(module, name, refuse)
   again = train.train_and_evaluate(config, str(tmp_path))
   assert again == results
   assert_same_params(final_params(str(tmp_path)), params)
