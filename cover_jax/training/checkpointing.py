@@ -508,30 +508,26 @@ def init_params_from(path: str, model, fresh_params: dict
   return params, note
 
 
-def has_checkpoint(path) -> bool:
-  """Whether `path` holds a complete checkpoint; raises when it cannot be
-  read (so an unreadable workdir never silently restarts at step 0)."""
-  try:
-    checkpoint_step_dir(path)
-    return True
-  except (ValueError, FileNotFoundError):
-    return False
-
-
 @dataclasses.dataclass(frozen=True)
 class StartPoint:
   """Where a run's weights come from: `kind` "workdir" (its own
-  checkpoints, at `path`), "resume_from", "init_from" (the config's `path`)
-  or "scratch"."""
+  checkpoints, at `path`, the latest complete one being `step`),
+  "resume_from", "init_from" (the config's `path`) or "scratch"."""
   kind: str
   path: str | None = None
+  step: int | None = None
 
 
 def start_point(config, checkpoints_dir) -> StartPoint:
   """The one restore order (module docstring), for a run whose own
-  checkpoints are `checkpoints_dir`."""
-  if has_checkpoint(storage.resolve(checkpoints_dir)):
-    return StartPoint("workdir", str(storage.resolve(checkpoints_dir)))
+  checkpoints are `checkpoints_dir`. Raises when they cannot be read, so an
+  unreadable workdir never silently restarts at step 0."""
+  checkpoints_dir = storage.resolve(checkpoints_dir)
+  try:
+    _, step = checkpoint_step_dir(checkpoints_dir)
+    return StartPoint("workdir", str(checkpoints_dir), step)
+  except (ValueError, FileNotFoundError):  # no complete checkpoint
+    pass
   for field in ("resume_from", "init_from"):
     if config.get(field):
       return StartPoint(field, config.get(field))

@@ -592,11 +592,7 @@ def _loop(loop: Loop, state, step: int) -> dict:
     saver.save(step, state, force=True)
     saver.finish()
     loop.stop.check()
-    results = evaluate.saved_results(config, workdir, step)
-    if results is None:
-      return evaluate_at(step, state)
-    _say_finished(workdir, step)
-    return results
+    return evaluate_at(step, state)
   except stop_request.Stopped as stopped:
     saver.save(step, state, force=True)
     saver.finish()
@@ -610,23 +606,16 @@ def finished_results(config: ConfigDict, workdir: str,
                      start: checkpointing.StartPoint, num_steps: int
                      ) -> dict | None:
   """The saved final evaluation of a run that has ended (its own latest
-  checkpoint is step `num_steps` and workdir/eval holds that step's results
-  for this config), so that running its command again restores, builds and
-  compiles nothing; None otherwise."""
-  if start.kind != "workdir":
+  checkpoint is at step `num_steps` or past it, and workdir/eval holds that
+  step's results for this config), so that running its command again
+  restores, builds and compiles nothing; None otherwise."""
+  if start.kind != "workdir" or start.step < num_steps:
     return None
-  _, step = checkpointing.checkpoint_step_dir(start.path)
-  results = (evaluate.saved_results(config, workdir, step)
-             if step == num_steps else None)
-  if results is not None:
-    _say_finished(workdir, step)
+  results = evaluate.saved_results(config, workdir, start.step)
+  if results is not None and jax.process_index() == 0:
+    print(f"Finished at step {start.step}; its evaluation: "
+          f"{evaluate.json_paths(workdir, start.step)[0]}", flush=True)
   return results
-
-
-def _say_finished(workdir: str, step: int) -> None:
-  if jax.process_index() == 0:
-    print(f"Finished at step {step}; its evaluation: "
-          f"{evaluate.json_paths(workdir, step)[0]}", flush=True)
 
 
 def run_evaluation(model, params, config, mesh, writer, step, workdir,
