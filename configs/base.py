@@ -5,6 +5,11 @@ Numbers are the CoVeR paper's (Zhang et al. 2021, arXiv:2112.07175, 4.1).
 
 import ml_collections
 
+from configs import ablations
+from configs import args
+from configs import datasets
+from configs import settings
+
 # Optional fields are typed placeholders (None by default) so that the command
 # line can set them, e.g. --config.resume_from=/runs/a/checkpoints.
 placeholder = ml_collections.config_dict.placeholder
@@ -77,4 +82,34 @@ def config() -> ml_collections.ConfigDict:
   # XLA:CPU step but a slower input pipeline beside it; the mini config
   # trained slower with it on two free cores (benchmarks/RESULTS.md).
   c.retain_freed_host_memory = False
+  return c
+
+
+def cover(arg: str | None, *, model: str, default_input: str,
+          init_from: str) -> ml_collections.ConfigDict:
+  """A paper config: CoVeR co-training (4.1) of TimeSformer `model` ("B/16",
+  "L/16") from the image ViT .npz `init_from`.
+
+  arg: "KINETICS,INPUT,ABLATION..." (configs/args.py): the Kinetics version
+  of the mixture (k400 by default), the input setting (default_input when
+  not given) and the ablations of configs/ablations.py.
+  """
+  arg = args.parse_arg(
+      arg, groups=dict(kinetics=tuple(datasets.KINETICS),
+                       input=tuple(settings.INPUT_SETTINGS)),
+      defaults=dict(kinetics="k400", input=default_input),
+      with_ablations=True)
+  c = config()
+  c.datasets, c.heads = datasets.mixture(
+      datasets.cover_datasets(arg["kinetics"]), arg["input"])
+  ablations.apply(c, arg["ablations"])
+  c.input = settings.input_config(arg["input"])
+  c.model = settings.model(model, arg["input"])
+  # About one evaluation per epoch of K400+SSv2+MiT+ImageNet (~2.5M
+  # examples, ~19.5k steps at batch 128); forward only over the validation
+  # sets, a small share of an epoch.
+  c.eval_every_steps = 20_000
+  # Spatial layers from an image ViT (4.1); point at yours on the command line.
+  c.init_from = init_from
+  c.requires_init = True
   return c

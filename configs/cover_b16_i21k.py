@@ -38,28 +38,10 @@ Needs:
     ",16x448": the short512 copies (--short_side=512).
 """
 
-from configs import ablations
-from configs import args
+
 from configs import base
-from configs import datasets
-from configs import settings
 
 
 def get_config(arg=None):
-  arg = args.parse_arg(
-      arg, groups=dict(kinetics=tuple(datasets.KINETICS),
-                       input=tuple(settings.INPUT_SETTINGS)),
-      defaults=dict(kinetics="k400", input="8x224"), with_ablations=True)
-  config = base.config()
-  config.datasets, config.heads = datasets.mixture(
-      datasets.cover_datasets(arg["kinetics"]), arg["input"])
-  ablations.apply(config, arg["ablations"])
-  config.input = settings.input_config(arg["input"])
-  config.model = settings.model("B/16", arg["input"])
-  # About one evaluation per epoch of K400+SSv2+MiT+ImageNet (~2.5M
-  # examples, ~19.5k steps at batch 128).
-  config.eval_every_steps = 20_000
-  # Spatial layers from an image ViT (4.1); point at yours on the command line.
-  config.init_from = "ViT-B_16.npz"
-  config.requires_init = True
-  return config
+  return base.cover(arg, model="B/16", default_input="8x224",
+                    init_from="ViT-B_16.npz")
