@@ -20,8 +20,7 @@ import pytest
 
 from cover_jax.training import checkpoint_digest
 from cover_jax.training import checkpointing
-from tests import restore_test
-from tests import train_test
+from tests import tiny_runs
 
 # Positions flipped per file (evenly spread, first and last byte included).
 FLIPS_PER_FILE = 16
@@ -102,11 +101,11 @@ def test_corrupt_newest_step_is_set_aside_and_training_resumes_before_it(
   bad = params_file(os.path.join(checkpoints, "5"))
   flip(os.path.join(checkpoints, "5", bad), 100)
   capsys.readouterr()
-  state, data, origin = restore_test.start(
-      monkeypatch, train_test.tiny_config(digits_dir, num_train_steps=5), run)
+  state, data, origin = tiny_runs.loop_start(
+      monkeypatch, tiny_runs.tiny_config(digits_dir, num_train_steps=5), run)
   assert origin == "resumed from this workdir's checkpoint at step 4"
   assert data["step"] == 4
-  assert_trees_equal(state["params"], restore_test.step_params(tiny_run, 4))
+  assert_trees_equal(state["params"], tiny_runs.step_params(tiny_run, 4))
   [line] = corrupt_lines(capsys.readouterr().err)
   assert line.startswith("Checkpoint step 5 is corrupt: ")
   assert f"5/{bad}: content differs from the saved sha256" in line
@@ -129,10 +128,10 @@ def test_eval_predict_export_set_aside_a_damaged_step_with_one_message(
   size = os.path.getsize(path)
   with open(path, "r+b") as f:
     f.truncate(size // 2 if damage == "truncate params" else 0)
-  config = train_test.tiny_config("/nonexistent")
+  config = tiny_runs.tiny_config("/nonexistent")
   params, origin, step = checkpointing.inference_params(config, run, None)
   assert step == 4 and origin.startswith("the checkpoint at step 4 in ")
-  assert_trees_equal(params, restore_test.step_params(tiny_run, 4))
+  assert_trees_equal(params, tiny_runs.step_params(tiny_run, 4))
   [line] = corrupt_lines(capsys.readouterr().err)
   kept = size // 2 if damage == "truncate params" else 0
   assert f"5/{name}: {kept} bytes, {size} when saved" in line

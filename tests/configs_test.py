@@ -12,14 +12,13 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
 from configs import ablations
 from configs import args
 from configs import datasets
 from cover_jax.models import create, flops
 from cover_jax.training import optimizer
+from tests import tiny_runs
 
 CONFIGS = args.CONFIG_DIR
 
@@ -47,17 +46,6 @@ CLASSES = {"kinetics400": 400, "kinetics600": 600, "kinetics700": 700,
 
 def load(name, lock=True):
   return args.load(os.path.join(CONFIGS, name), lock=lock)
-
-
-def command_line_config(argv: list[str]):
-  """The config main.py builds from `argv` (its --config flags; other
-  flags, such as --workdir, are left to main.py)."""
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
-                                  lock_config=True, sys_argv=argv)
-  flag_values.mark_as_parsed()
-  flag_values(argv, known_only=True)
-  return flag_values.config
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -217,7 +205,7 @@ def test_command_line_overrides_placeholders():
       "--config.num_train_steps=10",
       "--config.datasets.kinetics600.sample_weight=2.5",
       "--config.input.eval_short_side=480", "--config.batch_size=256"]
-  config = command_line_config(argv)
+  config = tiny_runs.command_line_config(argv)
   assert config.init_from == "/x.npz" and config.data_dir == "/data/tfds"
   assert config.model.representation_size == 1024
   assert config.model.remat_policy == "everything_saveable"  # remat off
@@ -246,7 +234,7 @@ def test_the_mini_configs_take_every_model_field_of_the_paper_configs():
           "--config.model.remat_policy=nothing_saveable",
           "--config.model.scan_layers=True", "--config.model.dtype=bfloat16",
           "--config.model.representation_size=32"]
-  model = train.model_from_config(command_line_config(argv))
+  model = train.model_from_config(tiny_runs.command_line_config(argv))
   assert (model.remat_policy, model.scan_layers, model.representation_size,
           model.dtype) == ("nothing_saveable", True, 32, jnp.bfloat16)
   # Unset, the mini model is the model's defaults (float32, exact GELU).
@@ -407,7 +395,7 @@ def test_command_line_takes_ablations_and_a_checkpoint_path():
           ":k400,no_images,ssv2_weight=0.5",
           "--config.init_from=/ckpt/ViT-L_16_JFT-3B.npz",
           "--config.loss_reduction=weighted_average"]
-  config = command_line_config(argv)
+  config = tiny_runs.command_line_config(argv)
   assert "imagenet" not in config.heads
   assert config.datasets.ssv2.loss_weight == 0.5
   assert config.init_from == "/ckpt/ViT-L_16_JFT-3B.npz"

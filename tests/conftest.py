@@ -101,12 +101,12 @@ def synthetic_dir(tmp_path_factory, worker_id):
 
 @pytest.fixture(scope="session")
 def tiny_run(digits_dir, tmp_path_factory, worker_id):
-  """Workdir of a 5-step run of tests.train_test.tiny_config (evaluation
+  """Workdir of a 5-step run of tests.tiny_runs.tiny_config (evaluation
   stubbed out), checkpointed every step with keep=3: steps 3, 4, 5. Shared
   by every worker: read it, or copy it before writing (shutil.copytree)."""
   from cover_jax.training import evaluate, train  # pylint: disable=import-outside-toplevel
-  from tests import train_test  # pylint: disable=import-outside-toplevel
-  config = train_test.tiny_config(
+  from tests import tiny_runs  # pylint: disable=import-outside-toplevel
+  config = tiny_runs.tiny_config(
       digits_dir, num_train_steps=5,
       **{"checkpoint.every_steps": 1, "checkpoint.keep": 3,
          "checkpoint.async_save": False})

@@ -13,6 +13,7 @@ import pytest
 from cover_jax import input as inp
 from data import frame_store
 from tests import damaged_data
+from tests import tiny_runs
 
 PREP = inp.Preprocessing(num_frames=8, crop_size=16, scale_range=(1.0, 1.2))
 DATASET = "synthetic_clips/video"
@@ -220,14 +221,13 @@ def test_training_logs_the_replaced_rows_per_dataset(digits_dir, tmp_path,
   """What the iterator counts reaches TensorBoard at every log step."""
   from cover_jax.training import evaluate, train  # pylint: disable=import-outside-toplevel
   from cover_jax.training.event_writer import read_scalars  # pylint: disable=import-outside-toplevel
-  from tests import train_test  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
   counts = iter([{"digits_image": 0, "digits_motion": 1},
                  {"digits_image": 2, "digits_motion": 1}])
   monkeypatch.setattr(inp.TrainIterator, "corrupt_skipped",
                       lambda self: next(counts))
   workdir = str(tmp_path)
-  train.train_and_evaluate(train_test.tiny_config(
+  train.train_and_evaluate(tiny_runs.tiny_config(
       digits_dir, num_train_steps=4, **{"checkpoint.every_steps": 4}),
                            workdir)
   assert read_scalars(workdir, "train/digits_image/corrupt_skipped") == {

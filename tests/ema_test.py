@@ -20,7 +20,7 @@ from cover_jax.training import ema
 from cover_jax.training import evaluate
 from cover_jax.training import train
 from cover_jax.training.event_writer import read_scalars
-from tests import train_test
+from tests import tiny_runs
 
 DECAY = 0.2  # with the warm-up: decays 0.1, 2/11, 0.2, 0.2 over 4 steps
 STEPS = 4
@@ -72,7 +72,7 @@ def test_off_by_default_and_on_sharded_like_params(tmp_path):
   mesh = train.sharding.make_mesh(data=4, fsdp=2)
   shapes = {}
   for decay in (0.0, 0.999):
-    config = train_test.tiny_config(str(tmp_path), ema_decay=decay)
+    config = tiny_runs.tiny_config(str(tmp_path), ema_decay=decay)
     model = train.model_from_config(config)
     shapes[decay] = train.step_from_config(config, model, [], 10, mesh)
   from configs import base  # pylint: disable=import-outside-toplevel
@@ -85,7 +85,7 @@ def test_off_by_default_and_on_sharded_like_params(tmp_path):
           jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding),
                        on.abstract["params"]))
   with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
-    ema.enabled(train_test.tiny_config(str(tmp_path), ema_decay=1.0))
+    ema.enabled(tiny_runs.tiny_config(str(tmp_path), ema_decay=1.0))
 
 
 @pytest.mark.slow
@@ -93,7 +93,7 @@ def test_step_keeps_the_closed_form_and_the_same_params_as_without():
   """A tiny model's jitted step, 3 times with and without the EMA (decay
   0.75, no warm-up): the same parameters and metrics bit for bit, and the
   EMA after each step is the closed form of the parameters recorded."""
-  model = create({"a": 3}, num_frames=2, image_size=16, **train_test.TINY)
+  model = create({"a": 3}, num_frames=2, image_size=16, **tiny_runs.TINY)
   heads = [train.Head("a", "video", 1.0)]
   tx = optax.sgd(0.5)
   rng = np.random.default_rng(0)
@@ -110,17 +110,17 @@ def test_step_keeps_the_closed_form_and_the_same_params_as_without():
     if decay:
       states[decay][ema.PARAMS] = params
     steps[decay] = jax.jit(train.make_train_step(
-        model, tx, lambda s: 0.5, heads, mean=train_test.MEAN,
-        std=train_test.STD, ema_decay=decay))
+        model, tx, lambda s: 0.5, heads, mean=tiny_runs.MEAN,
+        std=tiny_runs.STD, ema_decay=decay))
   recorded = [jax.device_get(params)]
   for n in range(1, 4):
     outputs = {d: steps[d](states[d], batch) for d in steps}
     (off, off_metrics), (on, on_metrics) = outputs[0.0], outputs[0.75]
     assert ema.PARAMS not in off
-    train_test.assert_same_params(jax.device_get(off["params"]),
-                                  jax.device_get(on["params"]))
-    train_test.assert_same_params(jax.device_get(off_metrics),
-                                  jax.device_get(on_metrics))
+    tiny_runs.assert_same_params(jax.device_get(off["params"]),
+                                 jax.device_get(on["params"]))
+    tiny_runs.assert_same_params(jax.device_get(off_metrics),
+                                 jax.device_get(on_metrics))
     recorded.append(jax.device_get(on["params"]))
     for (path, got), *sequence in zip(
         jax.tree_util.tree_leaves_with_path(jax.device_get(on[ema.PARAMS])),
@@ -143,7 +143,7 @@ def ema_config(digits_dir, **overrides):
             "optimizer.warmup_epochs": 0.0,
             "checkpoint.every_steps": 1, "checkpoint.keep": 10,
             "checkpoint.async_save": False}
-  return train_test.tiny_config(digits_dir, **{**fields, **overrides})
+  return tiny_runs.tiny_config(digits_dir, **{**fields, **overrides})
 
 
 def fake_evaluations(patch) -> list:
@@ -208,7 +208,7 @@ def test_evaluation_reports_raw_and_ema_weights(ema_run):
   assert [(s, r, e) for s, r, e, _ in calls] == [
       (s, r, e) for s in (2, 4) for e in (False, True) for r in (False, True)]
   for step, _, averaged, params in calls:
-    train_test.assert_same_params(params, saved(workdir, step)[averaged])
+    tiny_runs.assert_same_params(params, saved(workdir, step)[averaged])
   assert set(results) == {"digits_motion", "digits_motion/reversed",
                           "digits_motion/ema", "digits_motion/ema/reversed"}
   table = train.results_table({
@@ -231,7 +231,7 @@ def test_resume_is_bit_exact(digits_dir, ema_run, tmp_path, monkeypatch):
                                       num_train_steps=STEPS // 2), workdir)
   train.train_and_evaluate(ema_config(digits_dir), workdir)
   for got, want in zip(saved(workdir, STEPS), saved(ema_run[0], STEPS)):
-    train_test.assert_same_params(got, want)
+    tiny_runs.assert_same_params(got, want)
   # Resumed without its EMA: refused, naming the fix (before any compute).
   with pytest.raises(ValueError, match=r"saved with an EMA of the parameters"
                      r" \(ema_params\), but this config has ema_decay 0"):
@@ -251,12 +251,12 @@ def test_inference_and_init_from_take_the_ema(digits_dir, ema_run):
   assert step == STEPS
   assert origin.startswith(f"the EMA weights (ema_params) of the checkpoint "
                            f"at step {STEPS} in ")
-  train_test.assert_same_params(params, averaged)
+  tiny_runs.assert_same_params(params, averaged)
   fresh = jax.tree.map(np.zeros_like, raw)
   loaded, note = checkpointing.init_params_from(workdir, model, fresh)
   assert note.startswith("initialised from the EMA weights (ema_params) of "
                          "cover-jax checkpoint")
-  train_test.assert_same_params(loaded, averaged)
+  tiny_runs.assert_same_params(loaded, averaged)
   assert not np.array_equal(averaged["embedding"]["kernel"],
                             raw["embedding"]["kernel"])
 

@@ -6,71 +6,22 @@ images, 3 classes) and the digits images (10 classes, varied enough that the
 predictions vary), with eval batches that leave a padded last batch.
 """
 
-import functools
 import json
 
-import flax.linen as nn
-import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from cover_jax import input as inp
 from cover_jax import sharding
-from cover_jax.models import abstract_variables, create
+from cover_jax.models import create
 from cover_jax.training import evaluate as ev
+from tests import eval_reference
 from tests import synthetic_data  # pylint: disable=unused-import
-
-HEADS = {"clips": 3, "stills": 3, "digits_image": 10}
-MODEL = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=8,
-             num_frames=4, image_size=16)
-
-
-def dataset(name, split):
-  return dict(dataset=name, train_split="train", eval_split=split, flip=False,
-              loss_weight=1.0)
-
-
-def tiny_config(data_dir, datasets=None, split="test", eval_batch_size=8):
-  """Clips (videos) and stills (images) of the synthetic data by default."""
-  if datasets is None:
-    clips = "video_large" if split == "train" else "video"
-    datasets = {"clips": dataset(f"synthetic_clips/{clips}", split),
-                "stills": dataset("synthetic_clips/image", split)}
-  config = ml_collections.ConfigDict()
-  config.data_dir = data_dir
-  config.datasets = ml_collections.ConfigDict(datasets)
-  config.heads = {name: HEADS[name] for name in datasets}
-  config.input = ml_collections.ConfigDict(dict(
-      num_frames=4, crop_size=16, scale_range=(1.0, 1.0), eval_views=3,
-      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), seed=0))
-  config.model = ml_collections.ConfigDict(MODEL)
-  config.batch_size = 8
-  config.eval_batch_size = eval_batch_size
-  return config
-
-
-def model_and_params(seed=0):
-  """The tiny model and random numpy parameters, all of them.
-
-  (At init the temporal branch's output layer and the time embedding are
-  zero, and the model could not tell frame order.)
-  """
-  model = create(HEADS, **MODEL)
-  shapes = nn.unbox(abstract_variables(model))["params"]
-  rng = np.random.default_rng(seed)
-
-  def draw(path, x):
-    centre = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
-    return (centre + 0.5 * rng.standard_normal(x.shape)).astype(np.float32)
-
-  return model, jax.tree_util.tree_map_with_path(draw, shapes)
-
 
 @pytest.fixture(scope="module")
 def tiny():
   """(model, params), one model object for every test: compiled once."""
-  return model_and_params()
+  return eval_reference.model_and_params()
 
 
 @pytest.fixture(scope="module")
@@ -82,45 +33,6 @@ def digits_image_dir(tmp_path_factory):
   return data_dir
 
 
-@functools.lru_cache(maxsize=None)
-def head_logits(static_model, name):
-  """A jitted apply of one head, cached per model (hashed by identity)."""
-  model = static_model.module
-  return jax.jit(lambda p, x: model.apply({"params": p}, x)[name])
-
-
-def numpy_scores(model, params, config, name, reverse=False):
-  """The metrics recomputed batch by batch on one device, then in numpy;
-  the pipeline's uint8 frames normalised here ((x / 255 - mean) / std)."""
-  (source,) = [s for s in inp.make.sources(config, "eval_split")
-               if s.name == name]
-  apply = head_logits(ev._Static(model), name)  # pylint: disable=protected-access
-  top1 = top5 = loss = examples = 0.0
-  records = []
-  mean, std = np.array(config.input.mean), np.array(config.input.std)
-  for batch in inp.make.for_eval(config, source, reverse=reverse):
-    assert batch["frames"].dtype == np.uint8
-    b, views = batch["frames"].shape[:2]
-    x = ((batch["frames"] / 255.0 - mean) / std).astype(np.float32)
-    logits = np.asarray(apply(params, x.reshape((b * views,) + x.shape[2:])),
-                        np.float64)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs = (probs / probs.sum(-1, keepdims=True)).reshape(b, views, -1)
-    probs = probs.mean(axis=1)
-    valid, label = batch["mask"] == 1, batch["label"]
-    ranked = np.argsort(-probs, axis=-1)
-    top1 += np.sum((ranked[:, 0] == label)[valid])
-    top5 += np.sum(np.any(ranked[:, :5] == label[:, None], -1)[valid])
-    loss -= np.sum(np.log(probs[np.arange(b), label])[valid])
-    examples += valid.sum()
-    records += list(batch["record"][valid])
-  assert sorted(records) == list(range(source.num_examples))
-  clips = config.input.get("eval_clips", 1) if source.kind == "video" else 1
-  return {"top1": top1 / examples, "top5": top5 / examples,
-          "loss": loss / examples, "examples": int(examples),
-          "clips": clips, "views": config.input.eval_views}
-
-
 @pytest.mark.slow
 def test_scores_equal_numpy_on_the_same_logits(tiny, synthetic_dir,
                                                digits_image_dir):
@@ -128,15 +40,17 @@ def test_scores_equal_numpy_on_the_same_logits(tiny, synthetic_dir,
   mesh = sharding.make_mesh(data=-1)
   # 359 digits in 6 batches of 64; 7 clips and 5 stills in one batch of 8:
   # every last batch is padded.
-  digits = tiny_config(digits_image_dir, {"digits_image": dataset(
-      "digits_image", "test")}, eval_batch_size=64)
-  synthetic = tiny_config(synthetic_dir)
+  digits = eval_reference.synthetic_config(
+      digits_image_dir,
+      {"digits_image": eval_reference.dataset("digits_image", "test")},
+      eval_batch_size=64)
+  synthetic = eval_reference.synthetic_config(synthetic_dir)
   for config, sizes in ((digits, {"digits_image": 359}),
                         (synthetic, {"clips": 7, "stills": 5})):
     results = ev.evaluate(model, params, config, mesh=mesh)
     assert set(results) == set(sizes)
     for name, size in sizes.items():
-      expected = numpy_scores(model, params, config, name)
+      expected = eval_reference.numpy_scores(model, params, config, name)
       assert results[name]["examples"] == expected["examples"] == size
       assert results[name]["top1"] == expected["top1"]
       assert results[name]["top5"] == expected["top5"]
@@ -152,7 +66,8 @@ def test_scores_equal_numpy_on_the_same_logits(tiny, synthetic_dir,
 @pytest.mark.slow
 def test_constant_head_scores_the_share_of_its_class(tiny, synthetic_dir):
   model, params = tiny
-  config = tiny_config(synthetic_dir)  # test splits: labels i % 3
+  # Test splits: labels i % 3.
+  config = eval_reference.synthetic_config(synthetic_dir)
   big = 5.0
   heads = dict(params["heads"])
   for name, c in (("clips", 0), ("stills", 2)):
@@ -175,7 +90,7 @@ def test_constant_head_scores_the_share_of_its_class(tiny, synthetic_dir):
 def test_reversed_frames_equal_a_reversed_time_embedding(tiny,
                                                          synthetic_dir):
   model, params = tiny
-  config = tiny_config(synthetic_dir)
+  config = eval_reference.synthetic_config(synthetic_dir)
   mesh = sharding.make_mesh(data=-1)
   plain = ev.evaluate(model, params, config, mesh=mesh, names=["clips"])
   reversed_ = ev.evaluate(model, params, config, mesh=mesh, reverse=True)
@@ -184,7 +99,8 @@ def test_reversed_frames_equal_a_reversed_time_embedding(tiny,
   assert reversed_["clips/reversed"]["loss"] != pytest.approx(
       plain["clips"]["loss"], rel=1e-3)
   assert reversed_["clips/reversed"] == pytest.approx(
-      numpy_scores(model, params, config, "clips", reverse=True), rel=1e-5)
+      eval_reference.numpy_scores(model, params, config, "clips", reverse=True),
+      rel=1e-5)
   # The model sees frame order only through the time embedding: reversing
   # the frames is reversing the embedding.
   flipped = dict(params, time_embedding=params["time_embedding"][::-1])
@@ -211,7 +127,7 @@ def test_results_go_to_json_and_the_writer_compiled_once(tiny, synthetic_dir,
                                                          tmp_path):
   """Results in JSON and TensorBoard; one program per architecture."""
   model, params = tiny
-  config = tiny_config(synthetic_dir)
+  config = eval_reference.synthetic_config(synthetic_dir)
   mesh = sharding.make_mesh(data=-1)
   writer, workdir = RecordingWriter(), str(tmp_path)
   results = ev.evaluate(model, params, config, mesh=mesh, writer=writer,
@@ -244,7 +160,7 @@ def test_results_go_to_json_and_the_writer_compiled_once(tiny, synthetic_dir,
 
 def test_bad_settings_are_refused_with_the_fix(tiny, synthetic_dir):
   model, params = tiny
-  config = tiny_config(synthetic_dir, eval_batch_size=12)
+  config = eval_reference.synthetic_config(synthetic_dir, eval_batch_size=12)
   mesh = sharding.make_mesh(data=-1)
   with pytest.raises(ValueError, match=r"config.eval_batch_size = 12 is not "
                      r"divisible by the 8 batch shards.*--config."
@@ -255,7 +171,7 @@ def test_bad_settings_are_refused_with_the_fix(tiny, synthetic_dir):
     ev.evaluate(model, params, config, mesh=mesh, names=["kinetics"])
   with pytest.raises(ValueError, match="needs the step"):
     ev.evaluate(model, params, config, mesh=mesh, writer=RecordingWriter())
-  wrong = create({"clips": 4, "stills": 3}, **MODEL)
+  wrong = create({"clips": 4, "stills": 3}, **eval_reference.MODEL)
   with pytest.raises(ValueError, match=r"config.heads.clips = 4, but "
                      r"dataset 'synthetic_clips/video' has 3 classes: set "
                      r"config.heads.clips=3"):
@@ -264,7 +180,7 @@ def test_bad_settings_are_refused_with_the_fix(tiny, synthetic_dir):
 
 
 def test_an_example_scored_twice_or_missed_is_an_error(synthetic_dir):
-  config = tiny_config(synthetic_dir)
+  config = eval_reference.synthetic_config(synthetic_dir)
   (source,) = [s for s in inp.make.sources(config, "eval_split")
                if s.name == "clips"]
   totals = {"top1": 3, "top5": 8, "examples": 8, "loss": 1.0, "skipped": 0}

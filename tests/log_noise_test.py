@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cover_jax.cli import log_noise
-from tests import preflight_test
+from tests import unprepared
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISE_VARIABLES = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")
@@ -32,7 +32,7 @@ def main_py(tmp_path, *args):
 @pytest.mark.slow
 def test_default_output_is_only_the_runs_own(tmp_path):
   lines = "\n".join(f"  - {line}"
-                    for line in preflight_test.expected(tmp_path / "tfds"))
+                    for line in unprepared.headline_missing(tmp_path / "tfds"))
   assert main_py(tmp_path) == f"This run cannot start; 5 missing:\n{lines}\n"
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from cover_jax.training import checkpointing
 from cover_jax.training import evaluate
-from tests import train_test
+from tests import tiny_runs
 
-ROOT = train_test.ROOT
+ROOT = tiny_runs.ROOT
 
 
 class _Flags:
@@ -46,9 +46,9 @@ def run_main(monkeypatch, digits_dir):
   monkeypatch.setattr(main.allocator, "retain_freed_host_memory", lambda: False)
 
   def run(workdir, mode, **overrides):
-    """main.main with --config=configs/cover_mini.py, train_test.TINY and
+    """main.main with --config=configs/cover_mini.py, tiny_runs.TINY and
     `overrides` as --config.FIELD=VALUE flags would set them."""
-    config = train_test.tiny_config(digits_dir, **overrides)
+    config = tiny_runs.tiny_config(digits_dir, **overrides)
     monkeypatch.setattr(main, "FLAGS", _Flags(config=config, mode=mode,
                                               workdir=str(workdir)))
     main.main([])
@@ -67,7 +67,7 @@ def test_eval_mode_evaluates_the_last_checkpoint_without_training(
   # frames (eval_reverse); nothing trained or saved.
   assert [(s, r) for s, r, _ in run_main.calls] == [(5, False), (5, True)]
   for _, _, params in run_main.calls:
-    train_test.assert_same_params(params, checkpointing.read_params(
+    tiny_runs.assert_same_params(params, checkpointing.read_params(
         os.path.join(tiny_run, "checkpoints", "5")))
   assert sorted(os.listdir(os.path.join(tiny_run, "checkpoints"))) == before
   assert not os.path.exists(os.path.join(tiny_run, "pretrain"))
@@ -83,7 +83,7 @@ def test_eval_mode_evaluates_the_last_checkpoint_without_training(
   run_main(tmp_path / "other", "eval", eval_reverse=True,
            resume_from=f"{tiny_run}/checkpoints/3")
   assert [(s, r) for s, r, _ in run_main.calls] == [(3, False), (3, True)]
-  train_test.assert_same_params(run_main.calls[0][2], checkpointing.read_params(
+  tiny_runs.assert_same_params(run_main.calls[0][2], checkpointing.read_params(
       os.path.join(tiny_run, "checkpoints", "3")))
   assert not os.path.exists(tmp_path / "other" / "checkpoints")
   with pytest.raises(ValueError, match=r"no checkpoint in .*empty.*neither "

@@ -1,34 +1,17 @@
 """Input iterators from the experiment config (configs/cover_mini.py)."""
 
-import importlib.util
-import os
 import re
 
 import numpy as np
 import pytest
 
 from cover_jax import input as inp
+from tests import tiny_runs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def config_file(name: str, data_dir: str):
-  """configs/<name>.py's get_config(), reading data from data_dir."""
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.data_dir = data_dir
-  return config
-
-
-def mini_config(data_dir):
-  return config_file("cover_mini", data_dir)
 
 
 def test_mini_config_trains_on_all_three_datasets(digits_dir):
-  config = mini_config(digits_dir)
+  config = tiny_runs.mini_config(digits_dir)
   it = inp.make.for_train(config, granule=8)
   # Equal sizes: 2 of 3 datasets are videos -> 2/3 of 32, rounded to 8s.
   assert it.global_batch_sizes == {"video": 24, "image": 8}
@@ -47,14 +30,14 @@ def test_mini_config_trains_on_all_three_datasets(digits_dir):
 
 
 def test_motion_set_is_never_flipped_and_flip_is_refused(digits_dir):
-  config = mini_config(digits_dir)
+  config = tiny_runs.mini_config(digits_dir)
   config.datasets.digits_motion.flip = True
   with pytest.raises(ValueError, match="'digits_motion'.*set flip=False"):
     inp.make.for_train(config)
 
 
 def test_unknown_input_field_is_named(digits_dir):
-  config = mini_config(digits_dir)
+  config = tiny_runs.mini_config(digits_dir)
   config.input.unlock()
   config.input.crop = 32
   with pytest.raises(ValueError, match=r"Unknown config.input fields "
@@ -63,7 +46,7 @@ def test_unknown_input_field_is_named(digits_dir):
 
 
 def test_crop_larger_than_the_mini_frames_is_refused(digits_dir):
-  config = mini_config(digits_dir)
+  config = tiny_runs.mini_config(digits_dir)
   config.input.crop_size = 48
   with pytest.raises(ValueError, match="short side of 40 px, smaller than "
                      "the crop 48"):
@@ -71,7 +54,7 @@ def test_crop_larger_than_the_mini_frames_is_refused(digits_dir):
 
 
 def test_eval_views_every_test_example_once(digits_dir):
-  config = mini_config(digits_dir)
+  config = tiny_runs.mini_config(digits_dir)
   config.eval_batch_size = 128
   (source,) = [s for s in inp.make.sources(config, "eval_split")
                if s.name == "digits_image"]
@@ -84,7 +67,7 @@ def test_eval_views_every_test_example_once(digits_dir):
 
 def test_main_describes_the_data_and_placeholders_override(digits_dir):
   import main  # pylint: disable=import-outside-toplevel
-  config = mini_config(digits_dir)
+  config = tiny_runs.mini_config(digits_dir)
   report = main.describe_data(config)
   # 2/3 of 32 rounded to the 8 batch shards of this host's mesh: training's.
   assert report["batch"] == {"video": 24, "image": 8}
@@ -100,7 +83,7 @@ def test_describe_reports_the_split_training_uses(digits_dir):
   shape the split; describe reports the iterator's own."""
   import main  # pylint: disable=import-outside-toplevel
   from cover_jax import sharding  # pylint: disable=import-outside-toplevel
-  config = mini_config(digits_dir)
+  config = tiny_runs.mini_config(digits_dir)
   config.batch_size = 48
   config.datasets.digits_image.sample_weight = 5000.0  # images: 5000 of 10752
   config.mesh.update(data=2, fsdp=2, tensor=2)  # 4 batch shards
@@ -114,7 +97,7 @@ def test_describe_reports_the_split_training_uses(digits_dir):
 
 def test_a_head_that_does_not_fit_its_dataset_is_named(digits_dir):
   """inp.check_head: training's and evaluation's one check."""
-  (source,) = [s for s in inp.make.sources(mini_config(digits_dir),
+  (source,) = [s for s in inp.make.sources(tiny_runs.mini_config(digits_dir),
                                            "eval_split")
                if s.name == "digits_motion"]
   inp.check_head({"digits_motion": 8}, source)

@@ -15,10 +15,9 @@ from configs import args
 from cover_jax.training import mixing
 from cover_jax.training import train
 from cover_jax.training.event_writer import read_scalars
-from tests import configs_test
-from tests import train_test
+from tests import tiny_runs
 
-MEAN, STD = train_test.MEAN, train_test.STD
+MEAN, STD = tiny_runs.MEAN, tiny_runs.STD
 # Two datasets in one part, mixed in the batch's rows, and one alone.
 IDS = np.array([0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 2, 0])
 HEIGHT, WIDTH = 12, 20  # not square: rows and columns are told apart
@@ -223,7 +222,7 @@ def test_the_command_line_sets_them():
   argv = ["main.py", f"--config={args.CONFIG_DIR}/cover_mini.py",
           "--config.datasets.digits_motion.mixup_alpha=0.8",
           "--config.datasets.digits_image.label_smoothing=0.1"]
-  datasets = configs_test.command_line_config(argv).datasets
+  datasets = tiny_runs.command_line_config(argv).datasets
   assert mixing.from_entry("m", datasets.digits_motion) == mixing.Options(
       mixup_alpha=0.8)
   assert mixing.from_entry("i", datasets.digits_image).label_smoothing == 0.1
@@ -383,7 +382,7 @@ def test_mixing_is_a_function_of_the_seed_and_step(accumulation_steps):
 def test_mini_run_with_mixing_trains(digits_dir, tmp_path, monkeypatch):
   """tiny_config with mixup, cutmix and label smoothing on its three
   datasets: a few steps, finite losses logged."""
-  config = train_test.tiny_config(digits_dir, **{
+  config = tiny_runs.tiny_config(digits_dir, **{
       "num_train_steps": 4, "datasets.digits_motion.mixup_alpha": 0.8,
       "datasets.digits_appearance.cutmix_alpha": 1.0,
       "datasets.digits_appearance.mixup_alpha": 0.8,

@@ -21,9 +21,8 @@ from cover_jax.inference import predict
 from cover_jax.input import ops
 from cover_jax.input import pipeline
 from cover_jax.training import evaluate as ev
-from tests import evaluate_test
+from tests import eval_reference
 from tests import media_files
-from tests import pipeline_test
 from tests import synthetic_data
 
 
@@ -100,7 +99,7 @@ def test_batch_views_are_each_clips_views(synthetic_dir, clips, reverse):
   single-clip views (today's eval_views, composed from the ops), bit for
   bit, and show the clip's hand-computed frames. One batch: clips of 5, 8,
   19 and 5 frames (5 < T C for C > 1)."""
-  source = pipeline_test.source(synthetic_dir, "video", "test")
+  source = synthetic_data.source(synthetic_dir, "video", "test")
   prep = inp.Preprocessing(num_frames=4, crop_size=16,
                            scale_range=(1.0, 1.0), eval_views=3,
                            eval_clips=clips)
@@ -124,11 +123,11 @@ def test_batch_views_are_each_clips_views(synthetic_dir, clips, reverse):
       np.testing.assert_array_equal(clip_views, one_clip_views(
           np.asarray(jpegs, object).ravel(), prep))
       for view in clip_views:
-        assert list(pipeline_test.sampled_indices(view)) == indices
+        assert list(synthetic_data.sampled_indices(view)) == indices
 
 
 def test_images_have_one_clip(synthetic_dir):
-  source = pipeline_test.source(synthetic_dir, "image", "test")
+  source = synthetic_data.source(synthetic_dir, "image", "test")
   prep = inp.Preprocessing(num_frames=4, crop_size=16,
                            scale_range=(1.0, 1.0), eval_views=3,
                            eval_clips=4)
@@ -192,8 +191,8 @@ def test_predict_samples_and_crops_as_evaluation(tmp_path):
 
 @pytest.mark.slow
 def test_the_eval_json_records_clips_and_views(synthetic_dir, tmp_path):
-  model, params = evaluate_test.model_and_params()
-  config = evaluate_test.tiny_config(synthetic_dir)
+  model, params = eval_reference.model_and_params()
+  config = eval_reference.synthetic_config(synthetic_dir)
   config.input.eval_clips, config.input.eval_views = 2, 1
   results = ev.evaluate(model, params, config,
                         mesh=sharding.make_mesh(data=-1), step=3,
@@ -203,7 +202,7 @@ def test_the_eval_json_records_clips_and_views(synthetic_dir, tmp_path):
   assert (results["clips"]["clips"], results["clips"]["views"]) == (2, 1)
   assert (results["stills"]["clips"], results["stills"]["views"]) == (1, 1)
   # The scores are those of the 2 x 1 views averaged in numpy.
-  expected = evaluate_test.numpy_scores(model, params, config, "clips")
+  expected = eval_reference.numpy_scores(model, params, config, "clips")
   assert results["clips"]["top1"] == expected["top1"]
   assert results["clips"]["loss"] == pytest.approx(expected["loss"],
                                                    rel=1e-5)

@@ -5,7 +5,7 @@ on 1 process); init_from places a checkpoint's parameters across processes;
 processes sharing a batch shard load the same rows.
 
 The workers (this file run as a script) call the real loop,
-`train.train_and_evaluate`, on the tiny mini config of train_test.
+`train.train_and_evaluate`, on the tiny mini config of tests/tiny_runs.py.
 """
 
 import glob
@@ -29,7 +29,7 @@ from cover_jax.training import evaluate
 from cover_jax.training import optimizer
 from cover_jax.training import train
 from tests import distributed
-from tests import train_test
+from tests import tiny_runs
 
 # Attention heads and MLP divisible by 8: the tensor axis can span 8 devices.
 WIDE_HEADS = dict(num_heads=8)
@@ -43,8 +43,8 @@ RESUME_MARK = "Start: resumed from this workdir's checkpoint at step "
 def config_for(data_dir, mesh, **overrides):
   overrides = {**{f"model.{k}": v for k, v in WIDE_HEADS.items()},
                **overrides}
-  config = train_test.tiny_config(data_dir, batch_size=BATCH_SIZE,
-                                  **overrides)
+  config = tiny_runs.tiny_config(data_dir, batch_size=BATCH_SIZE,
+                                 **overrides)
   config.mesh.update(dict(zip(("data", "fsdp", "tensor"), mesh)))
   config.checkpoint.async_save = False
   config.log_every_steps = 1
@@ -252,7 +252,7 @@ def test_two_processes_train_as_one_after_ctrl_c_kill_and_a_new_mesh(
   (every tensor group spans both processes, both hold the one batch shard):
   the parameters of one process that never stopped, on 8 devices; the
   2-process checkpoint of step 2 restores on one process as its own."""
-  want = train_test.final_params(one_process_run)
+  want = tiny_runs.final_params(one_process_run)
   config = {"eval_every_steps": 2, "checkpoint.every_steps": 3}
   first = launch(tmp_path, "two", digits_dir, (2, 2, 2), statuses=(130, 0),
                  signal_at_evaluation="SIGINT", config=config)
@@ -276,7 +276,7 @@ def test_two_processes_train_as_one_after_ctrl_c_kill_and_a_new_mesh(
   assert "tensor groups span processes: True" in last
   resumed = [l for l in last.splitlines() if l.startswith(RESUME_MARK)]
   assert resumed and int(resumed[0][len(RESUME_MARK):]) in (2, 3), last
-  assert_close_params(train_test.final_params(workdir), want)
+  assert_close_params(tiny_runs.final_params(workdir), want)
   assert "fsdp round trip: equal" in last
   assert re.search(r"^init_from across processes: equal \(initialised from "
                    r"cover-jax checkpoint", last, re.M), last[-3000:]

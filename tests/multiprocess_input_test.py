@@ -5,7 +5,7 @@ Each process loads the rows of the batch shards its 4 devices hold; the
 global array must be exactly the batch one process computes for the whole
 mesh: the global batch of a step does not depend on the number of processes.
 Evaluation across the two processes scores every example once
-(tests/evaluate_test.py's tiny model and synthetic clips).
+(tests/eval_reference.py's tiny model and synthetic clips).
 """
 
 import json
@@ -17,8 +17,12 @@ import pytest
 
 from cover_jax import input as inp
 from tests import distributed
-from tests import evaluate_test
-from tests import pipeline_test
+from tests import eval_reference
+from tests import synthetic_data
+
+# 8-frame clips at 16x16, as tests/pipeline_test.py reads them.
+PREP = inp.Preprocessing(num_frames=8, crop_size=16, scale_range=(1.0, 1.0),
+                         eval_views=3)
 
 
 def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
@@ -46,8 +50,9 @@ def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
   # processes; 7 clips in one batch of 8: process 0 reads 4, process 1 3 and
   # a pad.
   from cover_jax.training import evaluate as ev  # pylint: disable=import-outside-toplevel
-  model, params = evaluate_test.model_and_params()
-  results = ev.evaluate(model, params, evaluate_test.tiny_config(data_dir),
+  model, params = eval_reference.model_and_params()
+  results = ev.evaluate(model, params,
+                        eval_reference.synthetic_config(data_dir),
                         names=["clips"], mesh=sharding.make_mesh(), step=1,
                         workdir=out)
   with open(os.path.join(out, f"process_{process_id}.json"), "w") as f:
@@ -56,9 +61,9 @@ def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
 
 
 def make_iterator(data_dir, shards=None):
-  sources = [pipeline_test.source(data_dir, "video_large", name="large"),
-             pipeline_test.source(data_dir, "image")]
-  return inp.TrainIterator(sources, pipeline_test.PREP, flips=[True, True],
+  sources = [synthetic_data.source(data_dir, "video_large", name="large"),
+             synthetic_data.source(data_dir, "image")]
+  return inp.TrainIterator(sources, PREP, flips=[True, True],
                            global_batch=16, granule=8, seed=1, shards=shards)
 
 
@@ -84,9 +89,9 @@ def test_global_batch_and_evaluation_from_two_processes(synthetic_dir,
   # Evaluation: every process gets the global results, those of numpy on
   # one device, every example scored once.
   from cover_jax.training import evaluate as ev  # pylint: disable=import-outside-toplevel
-  model, params = evaluate_test.model_and_params()
-  scores = evaluate_test.numpy_scores(
-      model, params, evaluate_test.tiny_config(synthetic_dir), "clips")
+  model, params = eval_reference.model_and_params()
+  scores = eval_reference.numpy_scores(
+      model, params, eval_reference.synthetic_config(synthetic_dir), "clips")
   for p in range(2):
     with open(tmp_path / f"process_{p}.json") as f:
       assert json.load(f)["clips"] == pytest.approx(scores, rel=1e-5)

@@ -19,22 +19,10 @@ FEW_FRAMES = inp.Preprocessing(num_frames=2, crop_size=16,
                                scale_range=(1.0, 1.0))
 
 
-def source(data_dir, config, split="train", name=None):
-  return inp.open_source(name or config, split,
-                         dataset=f"synthetic_clips/{config}",
-                         data_dir=data_dir)
-
-
 def pixels(frames):
   """The pipeline's uint8 frames as float 0..255."""
   assert np.asarray(frames).dtype == np.uint8
   return np.asarray(frames, np.float64)
-
-
-def sampled_indices(clip):
-  """Frame index of each frame of [T, H, W, 3], read off its bright side."""
-  bright = pixels(clip)[:, :, -4:].mean(axis=(1, 2, 3))
-  return synthetic_data.frame_index(bright)
 
 
 def mirrored(clip):
@@ -44,28 +32,30 @@ def mirrored(clip):
 
 
 def test_training_frames_cover_the_clip_uniformly(synthetic_dir):
-  it = inp.TrainIterator([source(synthetic_dir, "video")], PREP,
+  it = inp.TrainIterator([synthetic_data.source(synthetic_dir, "video")], PREP,
                          flips=[False], global_batch=6)
   for _ in range(4):
     batch = next(it)["video"]
     assert batch["frames"].shape == (6, 8, 16, 16, 3)
     for clip, label in zip(batch["frames"], batch["label"]):
       n = synthetic_data.LENGTHS[label]
-      got = sampled_indices(clip)
+      got = synthetic_data.sampled_indices(clip)
       assert not mirrored(clip)  # flip off: never mirrored
       for segment, index in enumerate(got):
         assert index < (segment + 1) * n / 8 and index + 1 > segment * n / 8
 
 
 def test_flip_mirrors_about_half_when_allowed(synthetic_dir):
-  it = inp.TrainIterator([source(synthetic_dir, "video_large")], PREP,
-                         flips=[True], global_batch=16)
+  it = inp.TrainIterator([synthetic_data.source(synthetic_dir, "video_large")],
+                         PREP,
+                         flips=[True],
+                         global_batch=16)
   flips = [mirrored(c) for _ in range(8) for c in next(it)["video"]["frames"]]
   assert 0.3 < np.mean(flips) < 0.7
 
 
 def test_eval_takes_segment_middles_in_order_and_reversed(synthetic_dir):
-  src = source(synthetic_dir, "video", "test")
+  src = synthetic_data.source(synthetic_dir, "video", "test")
   for reverse in (False, True):
     batches = list(inp.eval_batches(src, PREP, global_batch=4,
                                     reverse=reverse))
@@ -81,7 +71,8 @@ def test_eval_takes_segment_middles_in_order_and_reversed(synthetic_dir):
           expected = expected[::-1]
         # Views of one video stay together: same frames, different crops.
         for view in views:
-          np.testing.assert_array_equal(sampled_indices(view), expected)
+          np.testing.assert_array_equal(
+              synthetic_data.sampled_indices(view), expected)
         # 24x32 frames, short side to 16, 3 crops of 16: windows of 24 source
         # columns from x = 0, 4, 8, holding 12, 8, 4 of the dark columns.
         dark = [np.mean(pixels(v).mean(axis=(0, 1, 3)) < 20) for v in views]
@@ -110,7 +101,7 @@ def stored_frames(indices, window=None):
 
 
 def test_training_frames_are_rounded_resized_uint8_crops(synthetic_dir):
-  it = inp.TrainIterator([source(synthetic_dir, "video")], PREP,
+  it = inp.TrainIterator([synthetic_data.source(synthetic_dir, "video")], PREP,
                          flips=[False], global_batch=6)
   batch = next(it)["video"]
   it.close()
@@ -119,14 +110,17 @@ def test_training_frames_are_rounded_resized_uint8_crops(synthetic_dir):
     # Scale 1: a 24x24 window of the 24x32 frames (y = 0, x in 0..8),
     # resized to 16; exactly one x matches.
     errors = [np.abs(clip.astype(int) - resized_pixels(stored_frames(
-        sampled_indices(clip), window=[0, x, 24, 24]), 16)).max()
+        synthetic_data.sampled_indices(clip), window=[0, x, 24, 24]), 16)).max()
               for x in range(9)]
     assert min(errors) <= 1 and sorted(errors)[1] > 1, errors
 
 
 def test_eval_frames_are_rounded_resized_uint8_views(synthetic_dir):
-  batches = list(inp.eval_batches(source(synthetic_dir, "video", "test"),
-                                  PREP, global_batch=4))
+  batches = list(
+      inp.eval_batches(
+          synthetic_data.source(synthetic_dir, "video", "test"),
+          PREP,
+          global_batch=4))
   for batch in batches:
     assert batch["frames"].dtype == np.uint8
     for views, label, mask in zip(batch["frames"], batch["label"],
@@ -144,7 +138,7 @@ def test_eval_frames_are_rounded_resized_uint8_views(synthetic_dir):
 
 @pytest.mark.slow
 def test_eval_visits_every_example_once_across_processes(synthetic_dir):
-  src = source(synthetic_dir, "video", "test")  # 7 examples
+  src = synthetic_data.source(synthetic_dir, "video", "test")  # 7 examples
   seen = []
   counts = set()
   for p in range(3):  # each process holds one of 3 batch shards
@@ -164,7 +158,7 @@ def test_eval_visits_every_example_once_across_processes(synthetic_dir):
 
 
 def test_every_epoch_reads_every_record_once_in_a_new_order(synthetic_dir):
-  src = source(synthetic_dir, "video_large")  # 90 examples
+  src = synthetic_data.source(synthetic_dir, "video_large")  # 90 examples
   records = inp.pipeline._Records([src])  # pylint: disable=protected-access
   order = np.array([records.record(tf.constant(0), tf.constant(j, tf.int64),
                                    shuffle_seed=5).numpy()
@@ -190,9 +184,10 @@ def test_global_batch_does_not_depend_on_how_processes_split_it(
   four processes of one shard each, two holding the same two shards (a
   tensor group across them), or one process of all, give the same batches
   and the same state."""
-  sources = [source(synthetic_dir, "video", name="small"),      # 12
-             source(synthetic_dir, "video_large", name="large"),  # 90
-             source(synthetic_dir, "image")]                     # 60
+  sources = [  # 12, 90 and 60 examples
+      synthetic_data.source(synthetic_dir, "video", name="small"),
+      synthetic_data.source(synthetic_dir, "video_large", name="large"),
+      synthetic_data.source(synthetic_dir, "image")]
   make = lambda shards, state=None: inp.TrainIterator(
       sources, PREP, flips=[False, False, True], global_batch=16, granule=4,
       shards=shards, seed=2, state=state)
@@ -229,7 +224,8 @@ def test_global_batch_does_not_depend_on_how_processes_split_it(
 
 def test_accumulation_makes_every_part_a_multiple_of_shards_times_steps(
     synthetic_dir):
-  sources = [source(synthetic_dir, "video"), source(synthetic_dir, "image")]
+  sources = [synthetic_data.source(synthetic_dir, "video"),
+             synthetic_data.source(synthetic_dir, "image")]
   it = inp.TrainIterator(sources, PREP, flips=[False, True], global_batch=16,
                          granule=2, micro_batches=4)
   assert it.global_batch_sizes == {"video": 8, "image": 8}
@@ -246,9 +242,10 @@ def test_accumulation_makes_every_part_a_multiple_of_shards_times_steps(
 
 @pytest.mark.slow
 def test_mixture_follows_dataset_sizes(synthetic_dir):
-  sources = [source(synthetic_dir, "video", name="small"),      # 12
-             source(synthetic_dir, "video_large", name="large"),  # 90
-             source(synthetic_dir, "image")]                     # 60
+  sources = [  # 12, 90 and 60 examples
+      synthetic_data.source(synthetic_dir, "video", name="small"),
+      synthetic_data.source(synthetic_dir, "video_large", name="large"),
+      synthetic_data.source(synthetic_dir, "image")]
   it = inp.TrainIterator(sources, FEW_FRAMES, flips=[False, False, True],
                          global_batch=27)
   # Parts by size: videos 102 / 162 of the batch -> 17 of 27.
@@ -272,8 +269,8 @@ def test_mixture_follows_dataset_sizes(synthetic_dir):
 
 @pytest.mark.slow
 def test_mixture_follows_config_weights(synthetic_dir):
-  sources = [source(synthetic_dir, "video", name="small"),
-             source(synthetic_dir, "video_large", name="large")]
+  sources = [synthetic_data.source(synthetic_dir, "video", name="small"),
+             synthetic_data.source(synthetic_dir, "video_large", name="large")]
   it = inp.TrainIterator(sources, FEW_FRAMES, flips=[False, False],
                          global_batch=20, weights=[1.0, 1.0])
   counts = collections.Counter()
@@ -285,8 +282,8 @@ def test_mixture_follows_config_weights(synthetic_dir):
 
 @pytest.mark.slow
 def test_restored_iterator_continues_exactly(synthetic_dir):
-  sources = [source(synthetic_dir, "video", name="small"),
-             source(synthetic_dir, "image")]
+  sources = [synthetic_data.source(synthetic_dir, "video", name="small"),
+             synthetic_data.source(synthetic_dir, "image")]
   make = lambda state=None, seed=3: inp.TrainIterator(
       sources, PREP, flips=[True, True], global_batch=8, seed=seed,
       state=state)
@@ -309,7 +306,7 @@ def test_restored_iterator_continues_exactly(synthetic_dir):
 
 
 def test_state_for_another_mixture_is_refused(synthetic_dir):
-  sources = [source(synthetic_dir, "video", name="small")]
+  sources = [synthetic_data.source(synthetic_dir, "video", name="small")]
   with pytest.raises(ValueError, match="different mixture"):
     inp.TrainIterator(sources, PREP, flips=[False], global_batch=4,
                       state={"step": 3, "consumed": {"other": 5}})
@@ -329,7 +326,7 @@ def test_split_batch():
 
 
 def test_crop_larger_than_stored_frames_is_refused(synthetic_dir):
-  src = source(synthetic_dir, "small_frames")  # short side 16
+  src = synthetic_data.source(synthetic_dir, "small_frames")  # short side 16
   prep = inp.Preprocessing(num_frames=8, crop_size=24)
   with pytest.raises(ValueError, match=r"short side of 16 px, smaller than "
                      r"the crop 24\. Prepare it again with --short_side=24"):
@@ -337,7 +334,8 @@ def test_crop_larger_than_stored_frames_is_refused(synthetic_dir):
 
 
 def test_flipping_a_dataset_whose_labels_mirror_is_refused(synthetic_dir):
-  src = source(synthetic_dir, "mirrored_classes", name="ssv2_like")
+  src = synthetic_data.source(
+      synthetic_dir, "mirrored_classes", name="ssv2_like")
   with pytest.raises(ValueError, match="'ssv2_like'.*set flip=False"):
     inp.TrainIterator([src], PREP, flips=[True], global_batch=4)
 
@@ -348,7 +346,7 @@ def test_unknown_dataset_and_split_errors(synthetic_dir):
     inp.open_source("kinetcs400", "train", data_dir=synthetic_dir)
   with pytest.raises(ValueError, match=r"no split 'validation'.*\['test', "
                      r"'train'\]"):
-    source(synthetic_dir, "video", "validation")
+    synthetic_data.source(synthetic_dir, "video", "validation")
   with pytest.raises(ValueError, match=r"'kinetics400' is not prepared.*"
                      r"python -m data.prepare kinetics400 --manual_dir"):
     inp.open_source("kinetics400", "train", data_dir=synthetic_dir)
@@ -356,7 +354,7 @@ def test_unknown_dataset_and_split_errors(synthetic_dir):
 
 def test_global_batch_is_sharded_over_the_mesh(synthetic_dir):
   mesh = sharding.make_mesh(data=4, fsdp=2)
-  it = inp.TrainIterator([source(synthetic_dir, "video")], PREP,
+  it = inp.TrainIterator([synthetic_data.source(synthetic_dir, "video")], PREP,
                          flips=[False], global_batch=8, granule=8)
   local = next(it)
   batch = inp.to_global(local, mesh)

@@ -16,9 +16,8 @@ import pytest
 from cover_jax.inference import commands
 from cover_jax.inference import predict
 from cover_jax.input import make
-from tests import make_test
 from tests import media_files
-from tests import train_test
+from tests import tiny_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +64,7 @@ def inputs(tmp_path_factory):
 
 def tiny_flags(workdir, data_dir):
   return [f"--workdir={workdir}", f"--config.data_dir={data_dir}"] + [
-      f"--config.model.{k}={v}" for k, v in train_test.TINY.items()]
+      f"--config.model.{k}={v}" for k, v in tiny_runs.TINY.items()]
 
 
 @pytest.mark.slow
@@ -114,7 +113,7 @@ def test_predictions_are_the_view_averaged_softmax(tiny_run, digits_dir,
   """Independent of the batching: each input's probabilities are the mean
   over its views of the softmax of the model's logits on those views
   (uint8, normalised here)."""
-  config = train_test.tiny_config(digits_dir)
+  config = tiny_runs.tiny_config(digits_dir)
   model, params, infos, origin = commands.load(config, tiny_run)
   assert "step 5" in origin
   paths = predict.expand_inputs([inputs])
@@ -143,7 +142,7 @@ def test_predictions_are_the_view_averaged_softmax(tiny_run, digits_dir,
 @pytest.mark.slow
 def test_features_are_the_models_clip_embeddings(tiny_run, digits_dir,
                                                  inputs, tmp_path):
-  config = train_test.tiny_config(digits_dir)
+  config = tiny_runs.tiny_config(digits_dir)
   out = tmp_path / "features.npz"
   status = commands.main(config, tiny_run, mode="features", inputs=[inputs],
                       output=str(out))
@@ -152,7 +151,7 @@ def test_features_are_the_models_clip_embeddings(tiny_run, digits_dir,
   assert [os.path.basename(i) for i in saved["ids"]] == [
       "clip.mp4", "digit.png", "clip.webm"]
   assert [os.path.basename(i) for i in saved["failed"]] == ["broken.mp4"]
-  assert saved["cls"].shape == (3, train_test.TINY["width"])
+  assert saved["cls"].shape == (3, tiny_runs.TINY["width"])
   # The embedding feeds the heads: the head applied to it gives the logits.
   model, params, infos, _ = commands.load(config, tiny_run)
   prep = make.preprocessing(config)
@@ -171,7 +170,7 @@ def test_features_are_the_models_clip_embeddings(tiny_run, digits_dir,
 
 
 def test_nothing_to_predict_is_refused(tiny_run, digits_dir, tmp_path):
-  config = train_test.tiny_config(digits_dir)
+  config = tiny_runs.tiny_config(digits_dir)
   with pytest.raises(ValueError, match=r"--mode=predict needs --inputs"):
     commands.main(config, tiny_run, mode="predict")
   with pytest.raises(FileNotFoundError, match=r"--inputs: '.*nowhere' does "
@@ -193,7 +192,7 @@ def test_nothing_to_predict_is_refused(tiny_run, digits_dir, tmp_path):
 # ----------------------------------------------------------------------------
 
 def pyth_config(pyth, data_dir):
-  config = make_test.config_file("timesformer_b16_k400", data_dir)
+  config = tiny_runs.config_file("timesformer_b16_k400", data_dir)
   config.init_from = pyth
   config.heads.kinetics400 = 7
   config.model.update(dict(width=32, depth=2, num_heads=4, mlp_dim=64,
@@ -286,7 +285,7 @@ print(json.dumps(assets))
 @pytest.mark.slow
 def test_export_reloads_in_a_fresh_process_with_predicts_numbers(
     tiny_run, digits_dir, tmp_path):
-  config = train_test.tiny_config(digits_dir)
+  config = tiny_runs.tiny_config(digits_dir)
   out = str(tmp_path / "export")
   assert commands.main(config, tiny_run, mode="export", export_dir=out) == 0
   # Frames as the model takes them, for two batch sizes (free batch).
@@ -477,7 +476,7 @@ def test_predict_scores_a_long_video_from_its_sampled_frames(
   frame decoded (the evaluation's path on the whole list), from 9 JPEGs."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from cover_jax import input as inp  # pylint: disable=import-outside-toplevel
-  config = train_test.tiny_config(digits_dir)
+  config = tiny_runs.tiny_config(digits_dir)
   model, params, infos, _ = commands.load(config, tiny_run)
   prep = make.preprocessing(config)
   path = write_gop_video(tmp_path / "long.mp4", 200, gop=10)
@@ -596,7 +595,7 @@ def test_the_decoding_pool_is_bounded_whatever_the_cores(monkeypatch):
 def test_inputs_from_a_list_file_are_checked_before_the_model_loads(
     tmp_path, monkeypatch, digits_dir):
   monkeypatch.setattr(commands, "load", lambda *a, **k: pytest.fail("loaded"))
-  config = train_test.tiny_config(digits_dir)
+  config = tiny_runs.tiny_config(digits_dir)
   with pytest.raises(FileNotFoundError) as error:
     commands.main(config, str(tmp_path), mode="predict",
                inputs=[str(tmp_path / "gone.mp4")])

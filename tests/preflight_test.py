@@ -10,6 +10,7 @@ import pytest
 from configs import args
 from cover_jax.cli import preflight
 from data import registry
+from tests import unprepared
 
 
 def jft_config(data_dir, **fields):
@@ -18,25 +19,6 @@ def jft_config(data_dir, **fields):
     config.data_dir = str(data_dir)
     config.update(fields)
   return config
-
-
-def expected(data_dir):
-  prepare = f"--manual_dir=DIR --data_dir={data_dir}"
-  return [
-      f"dataset 'imagenet2012' (config.datasets.imagenet, split 'train') is "
-      f"not prepared: tfds build imagenet2012 {prepare} "
-      f"--file_format=array_record",
-      f"dataset 'kinetics400/short512' (config.datasets.kinetics400, split "
-      f"'train') is not prepared: python -m data.prepare kinetics400 "
-      f"{prepare} --short_side=512",
-      f"dataset 'moments_in_time/short512' (config.datasets.moments_in_time,"
-      f" split 'train') is not prepared: python -m data.prepare "
-      f"moments_in_time {prepare} --short_side=512",
-      f"dataset 'ssv2/short512' (config.datasets.ssv2, split 'train') is not "
-      f"prepared: python -m data.prepare ssv2 {prepare} --short_side=512",
-      "config.init_from ViT-L_16_JFT-3B.npz does not exist: give "
-      "--config.init_from=PATH (a ViT .npz, a TimeSformer .pyth or a run of "
-      "ours)."]
 
 
 def fake_prepared(data_dir, *parts):
@@ -49,7 +31,7 @@ def test_headline_config_lists_everything_missing(tmp_path):
   data_dir = tmp_path / "tfds"
   workdir = tmp_path / "run"
   assert preflight.missing(jft_config(data_dir), str(workdir), "train") == (
-      expected(data_dir))
+      unprepared.headline_missing(data_dir))
   assert not os.path.exists(data_dir) and not os.path.exists(workdir)
 
 
@@ -64,7 +46,8 @@ def test_what_is_there_is_not_listed(tmp_path):
   (tmp_path / "vit.npz").touch()
   config = jft_config(data_dir, init_from=str(tmp_path / "vit.npz"))
   assert preflight.missing(config, str(tmp_path / "run"), "train") == [
-      expected(data_dir)[1], expected(data_dir)[2]]
+      unprepared.headline_missing(data_dir)[1],
+      unprepared.headline_missing(data_dir)[2]]
 
 
 def test_main_exits_with_the_list_before_writing(tmp_path, monkeypatch):
@@ -78,7 +61,8 @@ def test_main_exits_with_the_list_before_writing(tmp_path, monkeypatch):
   monkeypatch.setattr(main.allocator, "retain_freed_host_memory", lambda: False)
   with pytest.raises(SystemExit) as exit_:
     main.main([])
-  lines = "\n".join(f"  - {line}" for line in expected(tmp_path / "tfds"))
+  lines = "\n".join(
+      f"  - {line}" for line in unprepared.headline_missing(tmp_path / "tfds"))
   assert str(exit_.value) == f"This run cannot start; 5 missing:\n{lines}"
   assert not os.path.exists(tmp_path / "run")
 

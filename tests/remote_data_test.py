@@ -28,6 +28,7 @@ from cover_jax.cli import preflight
 from data import prepare
 from data import registry
 from tests import media_files
+from tests import tiny_runs
 from tests.gcs import BUCKET, bucket_objects, read_object
 
 GS = f"gs://{BUCKET}/tfds"
@@ -260,8 +261,7 @@ def write_kinetics(root):
 
 
 def two_video_config(data_dir):
-  from tests import train_test  # pylint: disable=import-outside-toplevel
-  config = train_test.tiny_config(data_dir, num_train_steps=2,
+  config = tiny_runs.tiny_config(data_dir, num_train_steps=2,
                                   log_every_steps=1, eval_batch_size=16)
   del config.pretrain
   config.datasets = {

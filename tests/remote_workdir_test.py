@@ -19,7 +19,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import urllib.parse
 import urllib.request
 
@@ -32,7 +31,7 @@ from cover_jax import storage
 from cover_jax.training import checkpointing
 from cover_jax.training import event_writer
 from tests.gcs import BUCKET, bucket_objects, finished_steps, read_object
-from tests.train_test import ROOT, command
+from tests.tiny_runs import ROOT, command
 
 
 def tensorboard_view(folder) -> dict[str, list[tuple[int, float]]]:
@@ -105,7 +104,7 @@ def test_relative_local_workdir_and_resume_from_still_work(digits_dir,
                                                           monkeypatch):
   """Local paths as before: relative to where the run starts."""
   from cover_jax.training import evaluate, train  # pylint: disable=import-outside-toplevel
-  from tests.train_test import tiny_config  # pylint: disable=import-outside-toplevel
+  from tests.tiny_runs import tiny_config  # pylint: disable=import-outside-toplevel
   monkeypatch.chdir(tmp_path)
   one_view = {"input.eval_views": 1}  # evaluation is not what is tested
   train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=2,

@@ -15,36 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from cover_jax.training import checkpointing
 from cover_jax.training import train
 from tests import reference_vit
-from tests import train_test
-
-
-class _Started(Exception):
-  """Raised once the run has restored its state: nothing is trained."""
-
-
-def start(monkeypatch, config, workdir):
-  """(state on the host, data state, origin) the run's loop starts from."""
-  seen = []
-  real = train.restore_or_init
-
-  def record_and_stop(*args, **kwargs):
-    seen.append(real(*args, **kwargs))
-    raise _Started
-
-  monkeypatch.setattr(train, "restore_or_init", record_and_stop)
-  with pytest.raises(_Started):
-    train.train_and_evaluate(config, str(workdir))
-  monkeypatch.setattr(train, "restore_or_init", real)
-  state, data, origin = seen[0]
-  return jax.device_get(state), data, origin
-
-
-def step_params(run, step):
-  return checkpointing.read_params(os.path.join(run, "checkpoints",
-                                                str(step)))
+from tests import tiny_runs
 
 
 def optimizer_moments(state):
@@ -58,7 +31,7 @@ def optimizer_moments(state):
 
 @pytest.fixture(scope="module")
 def vit_npz(tmp_path_factory):
-  """A ViT .npz whose shapes fit train_test.TINY at 32x32 (4x4 patches)."""
+  """A ViT .npz whose shapes fit tiny_runs.TINY at 32x32 (4x4 patches)."""
   vit = reference_vit.random_vit(np.random.default_rng(0), width=16, depth=1,
                                  num_heads=2, mlp_dim=32, patch=8, grid=4)
   path = tmp_path_factory.mktemp("vit") / "vit.npz"
@@ -67,7 +40,7 @@ def vit_npz(tmp_path_factory):
 
 
 def test_checkpoints_beyond_keep_are_deleted(tiny_run):
-  assert train_test.saved_steps(tiny_run) == [3, 4, 5]
+  assert tiny_runs.saved_steps(tiny_run) == [3, 4, 5]
 
 
 @pytest.mark.slow
@@ -77,24 +50,28 @@ def test_restore_order_workdir_resume_from_init_from_scratch(
   the run refuses before any compute, and without requires_init it starts
   from scratch."""
   vit, npz = vit_npz
-  config = train_test.tiny_config(
+  config = tiny_runs.tiny_config(
       digits_dir, resume_from=os.path.join(tiny_run, "checkpoints", "3"),
       init_from=npz, requires_init=True)
   # 1. This workdir's latest checkpoint, whatever resume_from and init_from.
-  state, data, origin = start(monkeypatch, config, tiny_run)
+  state, data, origin = tiny_runs.loop_start(monkeypatch, config, tiny_run)
   assert origin.startswith("resumed from this workdir's checkpoint at step 5")
   assert int(state["step"]) == 5 and data["step"] == 5
-  train_test.assert_same_params(state["params"], step_params(tiny_run, 5))
+  tiny_runs.assert_same_params(state["params"],
+                               tiny_runs.step_params(tiny_run, 5))
   # 2. No checkpoint here: resume_from (state, optimizer and data), not
   # init_from.
-  state, data, origin = start(monkeypatch, config, tmp_path / "a")
+  state, data, origin = tiny_runs.loop_start(monkeypatch, config,
+                                             tmp_path / "a")
   assert origin.startswith("resumed from ") and "at step 3" in origin
   assert int(state["step"]) == 3 and data["step"] == 3
-  train_test.assert_same_params(state["params"], step_params(tiny_run, 3))
+  tiny_runs.assert_same_params(state["params"],
+                               tiny_runs.step_params(tiny_run, 3))
   assert any(np.abs(m).max() > 0 for m in optimizer_moments(state))
   # 3. No resume_from: init_from's weights, a fresh optimizer and data.
   config.resume_from = None
-  state, data, origin = start(monkeypatch, config, tmp_path / "b")
+  state, data, origin = tiny_runs.loop_start(monkeypatch, config,
+                                             tmp_path / "b")
   assert origin.startswith("initialised from ViT .npz")
   assert int(state["step"]) == 0 and data is None
   assert all(not np.any(m) for m in optimizer_moments(state))
@@ -116,7 +93,8 @@ def test_restore_order_workdir_resume_from_init_from_scratch(
     train.train_and_evaluate(config, str(tmp_path / "c"))
   assert not os.path.exists(tmp_path / "c" / "checkpoints")
   config.requires_init = False
-  state, data, origin = start(monkeypatch, config, tmp_path / "c")
+  state, data, origin = tiny_runs.loop_start(monkeypatch, config,
+                                             tmp_path / "c")
   assert origin == f"initialised from scratch (seed {config.seed})"
   assert int(state["step"]) == 0 and data is None
   assert not np.array_equal(state["params"]["embedding"]["kernel"],
@@ -137,13 +115,13 @@ def test_resume_from_a_workdir_its_checkpoints_or_one_step(
           "checkpoints": os.path.join(tiny_run, "checkpoints"),
           "step": os.path.join(tiny_run, "checkpoints", "4")}[form]
   step = 4 if form == "step" else 5
-  config = train_test.tiny_config(digits_dir, resume_from=path)
-  state, data, origin = start(monkeypatch, config, tmp_path)
+  config = tiny_runs.tiny_config(digits_dir, resume_from=path)
+  state, data, origin = tiny_runs.loop_start(monkeypatch, config, tmp_path)
   assert origin == (f"resumed from {os.path.join(tiny_run, 'checkpoints')}"
                     f" at step {step}")
   assert int(state["step"]) == step and data["step"] == step
-  train_test.assert_same_params(state["params"], step_params(tiny_run,
-                                                             step))
+  tiny_runs.assert_same_params(state["params"], tiny_runs.step_params(tiny_run,
+                                                                      step))
 
 
 def test_init_from_a_timesformer_pyth(digits_dir, tmp_path, monkeypatch):
@@ -154,8 +132,9 @@ def test_init_from_a_timesformer_pyth(digits_dir, tmp_path, monkeypatch):
       patch=8, grid=4, frames=8, classes=8)
   path = tmp_path / "ts.pyth"
   torch.save({"model_state": {"model." + k: v for k, v in sd.items()}}, path)
-  config = train_test.tiny_config(digits_dir, init_from=str(path))
-  state, data, origin = start(monkeypatch, config, tmp_path / "run")
+  config = tiny_runs.tiny_config(digits_dir, init_from=str(path))
+  state, data, origin = tiny_runs.loop_start(monkeypatch, config,
+                                             tmp_path / "run")
   assert origin.startswith("initialised from TimeSformer .pyth")
   assert int(state["step"]) == 0 and data is None
   params = state["params"]

@@ -16,8 +16,7 @@ from cover_jax.models import create
 from cover_jax.training import checkpointing
 from cover_jax.training import evaluate
 from cover_jax.training import stages
-from tests import configs_test
-from tests import train_test
+from tests import tiny_runs
 
 HEADS = {"digits_image": 10, "digits_motion": 8}
 
@@ -28,7 +27,7 @@ def test_image_model_inflates_to_a_timesformer_computing_the_same():
   image model's logits on images and on videos of one repeated frame, and
   its temporal attention is the spatial one, temporal_fc zero."""
   from cover_jax.models import abstract_variables, unboxed  # pylint: disable=import-outside-toplevel
-  vit = create(HEADS, attention_type="space_only", **train_test.TINY,
+  vit = create(HEADS, attention_type="space_only", **tiny_runs.TINY,
                num_frames=4, image_size=16)
   # The image model's parameter tree (init's, by abstract evaluation: init's
   # random draws would compile for seconds): ones for the LayerNorm scales
@@ -94,13 +93,13 @@ def test_pretraining_stage_uses_the_runs_model_without_temporal_layers():
 
 def config_of(cmd):
   """The config main.py builds from the command line `cmd`."""
-  return configs_test.command_line_config(cmd[1:])
+  return tiny_runs.command_line_config(cmd[1:])
 
 
 def _run_until(cmd, is_marker):
   """Runs `cmd`, SIGKILLs it at the first stdout line where is_marker."""
-  proc = subprocess.Popen(cmd, cwd=train_test.ROOT, text=True,
-                          env=dict(os.environ, PYTHONPATH=train_test.ROOT),
+  proc = subprocess.Popen(cmd, cwd=tiny_runs.ROOT, text=True,
+                          env=dict(os.environ, PYTHONPATH=tiny_runs.ROOT),
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
   seen = []
   for line in proc.stdout:
@@ -140,7 +139,7 @@ def test_killed_in_either_stage_resumes_to_bit_identical_parameters(
            # randomness too must resume exactly.
            **RECIPES}
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-  cmd = train_test.command(killed, digits_dir, **steps)
+  cmd = tiny_runs.command(killed, digits_dir, **steps)
   # The run never killed: the same command line's config, trained here
   # (its evaluations stubbed out: parameters do not depend on them).
   with monkeypatch.context() as patch:
@@ -153,24 +152,24 @@ def test_killed_in_either_stage_resumes_to_bit_identical_parameters(
   first = _run_until(cmd, in_stage("digits_image"))
   assert "Stage 2" not in first
   second = _run_until(cmd, in_stage("digits_motion"))  # stage 2's line
-  [stage1_resume] = train_test.resumed_at(second)
+  [stage1_resume] = tiny_runs.resumed_at(second)
   assert 2 <= stage1_resume < 10, second
-  out = train_test.run(cmd)
+  out = tiny_runs.run(cmd)
   assert out.returncode == 0, out.stderr[-3000:]
   # Stage 1 had finished: its evaluation is read back, nothing restored.
   stage1_eval = os.path.join(killed, stages.PRETRAIN_DIR, "eval",
                              "step_10.json")
   assert f"Finished at step 10; its evaluation: {stage1_eval}" in out.stdout
-  [stage2_resume] = train_test.resumed_at(out.stdout)
+  [stage2_resume] = tiny_runs.resumed_at(out.stdout)
   assert 2 <= stage2_resume < 10, out.stdout
   assert "step 10/10" in out.stdout  # it trained on after the restart
   for sub in ("pretrain", ""):
-    train_test.assert_same_params(
-        train_test.final_params(os.path.join(straight, sub)),
-        train_test.final_params(os.path.join(killed, sub)))
+    tiny_runs.assert_same_params(
+        tiny_runs.final_params(os.path.join(straight, sub)),
+        tiny_runs.final_params(os.path.join(killed, sub)))
   _, ema_straight = checkpointing.read_weights(
       os.path.join(straight, "checkpoints"))
   _, ema_killed = checkpointing.read_weights(
       os.path.join(killed, "checkpoints"))
   assert ema_straight is not None
-  train_test.assert_same_params(ema_straight, ema_killed)
+  tiny_runs.assert_same_params(ema_straight, ema_killed)

@@ -7,11 +7,11 @@ import pytest
 
 from cover_jax.tools import plan
 from cover_jax.training import train
-from tests import make_test
+from tests import tiny_runs
 
 
 def test_training_and_plan_refuse_an_unknown_nonfinite_policy(tmp_path):
-  config = make_test.mini_config(str(tmp_path))
+  config = tiny_runs.mini_config(str(tmp_path))
   config.nonfinite = "ignore"
   message = "config.nonfinite must be 'stop' or 'skip', not 'ignore'"
   with pytest.raises(ValueError, match=message):

@@ -20,7 +20,7 @@ from cover_jax.training import checkpointing
 from cover_jax.training import evaluate
 from cover_jax.training import stages
 from cover_jax.training import train
-from tests import train_test
+from tests import tiny_runs
 
 
 def signal_on_first_call(monkeypatch, module, name, signum, *, after=True):
@@ -69,7 +69,7 @@ def test_sigint_during_a_save_stops_after_it_and_resumes_exactly(
   there (status 130, the handlers given back); resumed, it ends with the
   parameters of the run never interrupted (tiny_run)."""
   monkeypatch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
-  config = train_test.tiny_config(
+  config = tiny_runs.tiny_config(
       digits_dir, num_train_steps=5,
       **{"checkpoint.every_steps": 1, "checkpoint.keep": 3,
          "checkpoint.async_save": False})
@@ -89,8 +89,8 @@ def test_sigint_during_a_save_stops_after_it_and_resumes_exactly(
           signal.getsignal(signal.SIGTERM)) == before
   train.train_and_evaluate(config, workdir)
   assert checkpoint_steps(workdir) == [3, 4, 5]
-  train_test.assert_same_params(train_test.final_params(workdir),
-                                train_test.final_params(tiny_run))
+  tiny_runs.assert_same_params(tiny_runs.final_params(workdir),
+                                tiny_runs.final_params(tiny_run))
 
 
 @pytest.mark.slow
@@ -100,7 +100,7 @@ def test_sigterm_during_an_evaluation_saves_that_step_and_evaluates_it_on_resume
   evaluation starts stops it before its first batch, saves step 2 (not a
   checkpoint step) and writes no results; the resumed run evaluates step 2
   first, then trains to the end."""
-  config = train_test.tiny_config(
+  config = tiny_runs.tiny_config(
       digits_dir, num_train_steps=4, eval_every_steps=2,
       **{"checkpoint.every_steps": 3, "input.eval_views": 1})
   workdir = str(tmp_path)
@@ -131,7 +131,7 @@ def test_signals_in_stage_one_and_between_the_stages_are_honoured(
   (it used to start stage 2 and train to the end); Ctrl-C as stage 1
   returns stops it between the stages; the third launch skips the finished
   stage 1 (its evaluation read back) and trains stage 2."""
-  config = train_test.tiny_config(
+  config = tiny_runs.tiny_config(
       digits_dir, **{"pretrain.num_train_steps": 2,
                      "pretrain.log_every_steps": 1,
                      "pretrain.eval_batch_size": 128,
@@ -169,7 +169,7 @@ def test_a_failed_asynchronous_save_stops_the_run_at_the_next_step(
   written: no space): the next step raises SaveFailed naming the file and
   the OS's error; step 2 stays intact and no step past it is saved."""
   monkeypatch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
-  config = train_test.tiny_config(digits_dir, num_train_steps=8)
+  config = tiny_runs.tiny_config(digits_dir, num_train_steps=8)
   workdir = str(tmp_path)
   real = checkpoint_digest.write
   target = os.path.join(workdir, "checkpoints", "4",
@@ -200,8 +200,8 @@ def test_a_failed_asynchronous_save_stops_the_run_at_the_next_step(
 # ----------------------------------------------------------------------------
 
 def _start(cmd, **kwargs):
-  return subprocess.Popen(cmd, cwd=train_test.ROOT,
-                          env=dict(os.environ, PYTHONPATH=train_test.ROOT),
+  return subprocess.Popen(cmd, cwd=tiny_runs.ROOT,
+                          env=dict(os.environ, PYTHONPATH=tiny_runs.ROOT),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, **kwargs)
 
@@ -223,9 +223,9 @@ def test_main_sigterm_then_ctrl_c_once_then_twice_then_to_the_end(
   end."""
   workdir = str(tmp_path)
   steps = 40  # far more than the steps a signal takes to be acted on
-  cmd = train_test.command(workdir, digits_dir, num_train_steps=steps,
-                           init_from=tiny_run,
-                           **{"checkpoint.every_steps": 1000,
+  cmd = tiny_runs.command(workdir, digits_dir, num_train_steps=steps,
+                          init_from=tiny_run,
+                          **{"checkpoint.every_steps": 1000,
                               "input.eval_views": 1})
   saved, stops = 0, []
   for signal_name, status in (("SIGTERM", 0), ("SIGINT", 130)):
@@ -266,9 +266,9 @@ def test_main_sigterm_then_ctrl_c_once_then_twice_then_to_the_end(
   assert saved in checkpoint_steps(workdir)
   assert_all_verify(workdir)
   # And to the end, from the newest checkpoint.
-  out = train_test.run(cmd)
+  out = tiny_runs.run(cmd)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert train_test.resumed_at(out.stdout)[-1] == saved, out.stdout
+  assert tiny_runs.resumed_at(out.stdout)[-1] == saved, out.stdout
   assert f"step {steps}/{steps}" in out.stdout
   assert f"Evaluation at step {steps}" in out.stdout
 
@@ -280,10 +280,10 @@ def test_main_full_disk_is_one_line_naming_the_file_and_the_os_error(
   data file once step 50 is saved: the OS refuses the write (EFBIG, as a
   full disk refuses with ENOSPC); the run stops with one line."""
   workdir = str(tmp_path)
-  cmd = train_test.command(workdir, digits_dir, num_train_steps=400,
-                           init_from=tiny_run,
-                           **{"checkpoint.every_steps": 50, "log_every_steps": 50,
-                              "input.eval_views": 1})
+  cmd = tiny_runs.command(workdir, digits_dir, num_train_steps=400,
+                          init_from=tiny_run,
+                          **{"checkpoint.every_steps": 50,
+                             "log_every_steps": 50, "input.eval_views": 1})
   proc = _start(cmd)
   _wait_for_line(proc, "Start: initialised from")
   step_2 = os.path.join(workdir, "checkpoints", "50")

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from cover_jax import input as inp
 from data import features
 from data import frame_store
 
@@ -29,6 +30,21 @@ def brightness(frame_index):
 def frame_index(value):
   """The frame index a brightness (0..255) encodes."""
   return np.round((np.asarray(value, np.float64) - 40) / 8).astype(int)
+
+
+def sampled_indices(clip) -> np.ndarray:
+  """Frame index of each uint8 frame of a clip [T, H, W, 3], read off its
+  bright side."""
+  clip = np.asarray(clip)
+  assert clip.dtype == np.uint8
+  return frame_index(clip[:, :, -4:].astype(np.float64).mean(axis=(1, 2, 3)))
+
+
+def source(data_dir, config: str, split: str = "train", name=None):
+  """The input pipeline's source for synthetic_clips/<config>."""
+  return inp.open_source(name or config, split,
+                         dataset=f"synthetic_clips/{config}",
+                         data_dir=data_dir)
 
 
 def jpeg(frame: np.ndarray) -> bytes:

@@ -4,8 +4,6 @@ tests/stop_request_test.py; SIGKILL: tests/stages_test.py.)"""
 
 import math
 import os
-import re
-import subprocess
 import sys
 import time
 
@@ -19,78 +17,13 @@ from cover_jax.models import create, init_params
 from cover_jax.training import checkpointing
 from cover_jax.training import train
 from cover_jax.training.event_writer import read_scalars
-from tests import make_test
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A model small enough that a step takes milliseconds.
-TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=8)
-# Per-channel pixel normalisation (ImageNet's): channels told apart.
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def tiny_config(data_dir, **overrides):
-  config = make_test.mini_config(data_dir)
-  config.model.update(TINY)
-  config.batch_size = 16
-  config.eval_batch_size = 128
-  config.eval_reverse = False
-  config.num_train_steps = 6
-  config.checkpoint.every_steps = 2
-  config.log_every_steps = 2
-  for key, value in overrides.items():
-    target = config
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
-  return config
-
-
-def flags_of(config_overrides: dict) -> list[str]:
-  return [f"--config.{k}={v}" for k, v in config_overrides.items()]
-
-
-def command(workdir, data_dir, **overrides):
-  # cover_mini.py runs its image stage first (cover_jax/training/stages.py): short.
-  base = {"data_dir": data_dir, "batch_size": 16, "eval_batch_size": 128,
-          "eval_reverse": False, "num_train_steps": 6,
-          "checkpoint.every_steps": 2, "log_every_steps": 2,
-          "pretrain.num_train_steps": 4, "pretrain.log_every_steps": 2,
-          "pretrain.eval_batch_size": 128,
-          **{f"model.{k}": v for k, v in TINY.items()}, **overrides}
-  return ([sys.executable, os.path.join(ROOT, "main.py"),
-           f"--config={os.path.join(ROOT, 'configs', 'cover_mini.py')}",
-           f"--workdir={workdir}"] + flags_of(base))
-
-
-def run(cmd, **kwargs):
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                        timeout=600, env=dict(os.environ, PYTHONPATH=ROOT),
-                        **kwargs)
-
-
-def resumed_at(output: str) -> list[int]:
-  """The steps main.py's output says it resumed from, in order."""
-  return [int(s) for s in re.findall(
-      r"resumed from this workdir's checkpoint at step (\d+)", output)]
-
-
-def final_params(workdir):
-  return checkpointing.read_params(os.path.join(workdir, "checkpoints"))
-
-
-def assert_same_params(a, b):
-  flat_a = jax.tree_util.tree_leaves_with_path(a)
-  flat_b = jax.tree_util.tree_leaves_with_path(b)
-  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
-  for (path, x), (_, y) in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+from tests import tiny_runs
 
 
 @pytest.mark.slow
 def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path,
                                                     monkeypatch):
-  config = tiny_config(digits_dir, num_train_steps=2)
+  config = tiny_runs.tiny_config(digits_dir, num_train_steps=2)
   # The training pipeline is closed before the final evaluation starts.
   from cover_jax.training import evaluate  # pylint: disable=import-outside-toplevel
   closes, closed_at_evaluation = [], []
@@ -115,7 +48,7 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path,
   steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints")
                  if d.isdigit())
   assert steps[-1] == 2
-  params = final_params(str(tmp_path))
+  params = tiny_runs.final_params(str(tmp_path))
   assert params["heads"]["digits_motion"]["kernel"].shape == (16, 8)
   # Trained: every head and the backbone moved from the seed's init.
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -188,7 +121,7 @@ def test_smoke_run_trains_checkpoints_and_evaluates(digits_dir, tmp_path,
     monkeypatch.setattr(module, name, refuse)
   again = train.train_and_evaluate(config, str(tmp_path))
   assert again == results
-  assert_same_params(final_params(str(tmp_path)), params)
+  tiny_runs.assert_same_params(tiny_runs.final_params(str(tmp_path)), params)
 
 
 def record_evaluations(monkeypatch) -> list:
@@ -216,24 +149,26 @@ def test_linear_probe_moves_only_heads_evaluated_on_current_params(
   evaluated, each with and without reversed frames, once, on the parameters
   of that step (as checkpointed then; they differ between the two)."""
   calls = record_evaluations(monkeypatch)
-  config = tiny_config(digits_dir, num_train_steps=4, eval_every_steps=2,
-                       eval_reverse=True, **{"optimizer.trainable": "heads"})
+  config = tiny_runs.tiny_config(digits_dir, num_train_steps=4,
+                                 eval_every_steps=2, eval_reverse=True,
+                                 **{"optimizer.trainable": "heads"})
   results = train.train_and_evaluate(config, str(tmp_path))
   assert [(s, r) for s, r, _ in calls] == [(2, False), (2, True), (4, False),
                                            (4, True)]
   assert set(results) == {"digits_motion", "digits_motion/reversed"}
   for step, _, params in calls:
-    assert_same_params(params, checkpointing.read_params(
+    tiny_runs.assert_same_params(params, checkpointing.read_params(
         os.path.join(tmp_path, "checkpoints", str(step))))
   assert not np.array_equal(calls[0][2]["heads"]["digits_motion"]["kernel"],
                             calls[2][2]["heads"]["digits_motion"]["kernel"])
-  after = final_params(str(tmp_path))
+  after = tiny_runs.final_params(str(tmp_path))
   model = train.model_from_config(config)
   # Same init (same seed and split): backbone untouched, heads trained.
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   before = jax.device_get(init_params(model, init_rng))
-  assert_same_params({k: v for k, v in after.items() if k != "heads"},
-                     {k: v for k, v in before.items() if k != "heads"})
+  tiny_runs.assert_same_params(
+      {k: v for k, v in after.items() if k != "heads"},
+      {k: v for k, v in before.items() if k != "heads"})
   assert set(after["heads"]) == {"digits_image", "digits_appearance",
                                  "digits_motion"}
   for name, head in after["heads"].items():
@@ -244,8 +179,8 @@ def test_linear_probe_moves_only_heads_evaluated_on_current_params(
 
 def test_restore_onto_fewer_devices(digits_dir, tiny_run):
   """The 8-device (data=8) run tiny_run (tests/conftest.py) onto 4."""
-  config = tiny_config(digits_dir)
-  saved = final_params(tiny_run)
+  config = tiny_runs.tiny_config(digits_dir)
+  saved = tiny_runs.final_params(tiny_run)
   model = train.model_from_config(config)
   tx, _ = train.optimizer.make(config, 10)
   mesh = train.sharding.make_mesh(data=2, fsdp=2,
@@ -255,7 +190,7 @@ def test_restore_onto_fewer_devices(digits_dir, tiny_run):
   state, data = checkpointing.restore(mngr, abstract)
   kernel = state["params"]["encoderblock_0"]["mlp"]["Dense_0"]["kernel"]
   assert len(kernel.sharding.device_set) == 4
-  assert_same_params(jax.device_get(state["params"]), saved)
+  tiny_runs.assert_same_params(jax.device_get(state["params"]), saved)
   assert data["step"] == 5 and data["process_count"] == 1
 
 
@@ -309,25 +244,20 @@ def test_loss_reduction_is_the_papers_sum_or_appendix_a_average(reduction):
 
 def test_unknown_loss_reduction_is_refused():
   with pytest.raises(ValueError, match="loss_reduction must be one of"):
-    train.make_train_step(None, None, None, [], mean=MEAN, std=STD,
-                          loss_reduction="mean")
+    train.make_train_step(None, None, None, [], mean=tiny_runs.MEAN,
+                          std=tiny_runs.STD, loss_reduction="mean")
 
 
 def nonfinite_config(digits_dir, **overrides):
   """Learning rate 1e30 from step 1: step 1 is finite, a later one is not.
   A checkpoint every step, written before the next step runs."""
-  return tiny_config(digits_dir, num_train_steps=4,
-                     **{"optimizer.learning_rates": (1e30, 1e30),
+  return tiny_runs.tiny_config(digits_dir, num_train_steps=4,
+                               **{"optimizer.learning_rates": (1e30, 1e30),
                         "optimizer.grad_clip_norm": None,
                         "optimizer.warmup_epochs": 0.0,
                         "checkpoint.every_steps": 1, "checkpoint.keep": 10,
                         "checkpoint.async_save": False, **overrides})
 
-
-def saved_steps(workdir):
-  return sorted(int(d) for d in os.listdir(os.path.join(workdir,
-                                                        "checkpoints"))
-                if d.isdigit())
 
 
 @pytest.mark.slow
@@ -339,9 +269,10 @@ def test_non_finite_loss_stops_with_step_and_dataset(digits_dir, tmp_path,
   stops naming step 3 and digits_motion, and keeps no checkpoint at or
   after it: with logs only at the end, each save must itself check the
   steps since the last log."""
-  config = tiny_config(digits_dir, num_train_steps=4, log_every_steps=100,
-                       **{"checkpoint.every_steps": 1, "checkpoint.keep": 10,
-                          "checkpoint.async_save": False})
+  config = tiny_runs.tiny_config(
+      digits_dir, num_train_steps=4, log_every_steps=100,
+      **{"checkpoint.every_steps": 1, "checkpoint.keep": 10,
+         "checkpoint.async_save": False})
   motion = [s.name for s in train.inp.make.sources(
       config, "train_split")].index("digits_motion")  # its "dataset" id
   corrupted = []
@@ -373,7 +304,7 @@ def test_non_finite_loss_stops_with_step_and_dataset(digits_dir, tmp_path,
                      r"\(dataset: digits_motion; .*config.nonfinite='skip'"):
     train.train_and_evaluate(config, workdir)
   assert len(corrupted) == 1 and corrupted[0] > 0
-  assert saved_steps(workdir) == [1, 2]
+  assert tiny_runs.saved_steps(workdir) == [1, 2]
 
 
 @pytest.mark.slow
@@ -423,7 +354,7 @@ def test_input_wait_fraction_is_the_time_spent_waiting_for_batches(
     logs.append(time.perf_counter())
     return out
   monkeypatch.setattr(train, "summarize", summarized)
-  config = tiny_config(digits_dir, **{"checkpoint.every_steps": 100})
+  config = tiny_runs.tiny_config(digits_dir, **{"checkpoint.every_steps": 100})
   workdir = str(tmp_path)
   # The loop's timer and the ones here differ by the threads that take the
   # GIL between them: switch threads every 0.1 ms, not 5.
@@ -456,8 +387,8 @@ def test_non_finite_steps_are_skipped_and_counted(digits_dir, tmp_path,
   results = train.train_and_evaluate(config, workdir)
   assert [(s, r) for s, r, _ in calls] == [(4, False)]
   assert set(results) == {"digits_motion"}
-  assert saved_steps(workdir) == [1, 2, 3, 4]
-  assert_same_params(calls[0][2], checkpointing.read_params(
+  assert tiny_runs.saved_steps(workdir) == [1, 2, 3, 4]
+  tiny_runs.assert_same_params(calls[0][2], checkpointing.read_params(
       os.path.join(workdir, "checkpoints", "4")))
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   params = [jax.device_get(init_params(train.model_from_config(config),
@@ -476,12 +407,12 @@ def test_non_finite_steps_are_skipped_and_counted(digits_dir, tmp_path,
 
 
 def test_config_errors_come_before_compute(digits_dir, tmp_path):
-  config = tiny_config(digits_dir)
+  config = tiny_runs.tiny_config(digits_dir)
   config.heads.digits_motion = 9
   with pytest.raises(ValueError, match=r"config.heads.digits_motion = 9, but "
                      r"dataset 'digits_motion' has 8 classes"):
     train.train_and_evaluate(config, str(tmp_path))
-  config = tiny_config(digits_dir, batch_size=12)
+  config = tiny_runs.tiny_config(digits_dir, batch_size=12)
   with pytest.raises(ValueError, match="not divisible by the 8 batch shards"):
     train.train_and_evaluate(config, str(tmp_path))
 
@@ -510,12 +441,12 @@ def test_transfer_from_our_checkpoint_keeps_backbone_adds_fresh_head(
   and the run's own fresh probe head; after 2 steps only that head moved;
   the probe head is evaluated on digits_motion's whole test set."""
   source_run = tiny_run  # tests/conftest.py: a co-training run
-  trained = final_params(source_run)
+  trained = tiny_runs.final_params(source_run)
   from configs import args  # pylint: disable=import-outside-toplevel
-  config = args.load(os.path.join(ROOT, "configs",
+  config = args.load(os.path.join(tiny_runs.ROOT, "configs",
                                   "linear_probe.py:digits_motion"))
   config.data_dir = digits_dir
-  config.model.update(TINY)
+  config.model.update(tiny_runs.TINY)
   config.update(dict(batch_size=16, eval_batch_size=128, eval_reverse=False,
                      num_train_steps=2, log_every_steps=2))
   config.init_from = source_run
@@ -532,16 +463,18 @@ def test_transfer_from_our_checkpoint_keeps_backbone_adds_fresh_head(
   [(path, fresh, params, note)] = seen
   assert path == source_run
   assert "new heads, initialised fresh: digits_motion_probe" in note
-  assert_same_params({k: v for k, v in params.items() if k != "heads"},
-                     {k: v for k, v in trained.items() if k != "heads"})
+  tiny_runs.assert_same_params(
+      {k: v for k, v in params.items() if k != "heads"},
+      {k: v for k, v in trained.items() if k != "heads"})
   assert list(params["heads"]) == ["digits_motion_probe"]
   np.testing.assert_array_equal(
       params["heads"]["digits_motion_probe"]["kernel"],
       fresh["heads"]["digits_motion_probe"]["kernel"])
   assert results["digits_motion_probe"]["examples"] == 359
-  probed = final_params(str(tmp_path / "probe"))
-  assert_same_params({k: v for k, v in probed.items() if k != "heads"},
-                     {k: v for k, v in trained.items() if k != "heads"})
+  probed = tiny_runs.final_params(str(tmp_path / "probe"))
+  tiny_runs.assert_same_params(
+      {k: v for k, v in probed.items() if k != "heads"},
+      {k: v for k, v in trained.items() if k != "heads"})
   assert not np.array_equal(probed["heads"]["digits_motion_probe"]["kernel"],
                             fresh["heads"]["digits_motion_probe"]["kernel"])
   # A same-named head of another size is refused, naming the fix.
@@ -566,7 +499,7 @@ def test_step_loss_and_update_match_an_independent_computation():
   the others no b, and each one image: per-micro-batch counts would be
   caught as well."""
   classes = {"a": 3, "b": 5, "c": 4}
-  model = create(classes, num_frames=4, image_size=16, **TINY)
+  model = create(classes, num_frames=4, image_size=16, **tiny_runs.TINY)
   heads = [train.Head("a", "video", 1.0), train.Head("b", "video", 0.5),
            train.Head("c", "image", 0.5)]
   lr = 1.0  # a large step: old - new recovers lr * grad to float precision
@@ -580,8 +513,9 @@ def test_step_loss_and_update_match_an_independent_computation():
                 "label": video_labels, "dataset": video_ids},
       "image": {"frames": rng.integers(0, 256, (4, 1, 16, 16, 3), np.uint8),
                 "label": image_labels, "dataset": np.full(4, 2)}}
-  normalised = {part: ((batch[part]["frames"] / 255.0 - np.array(MEAN)) /
-                       np.array(STD)).astype(np.float32) for part in batch}
+  mean, std = np.array(tiny_runs.MEAN), np.array(tiny_runs.STD)
+  normalised = {part: ((batch[part]["frames"] / 255.0 - mean) /
+                       std).astype(np.float32) for part in batch}
   batch = jax.tree.map(jnp.asarray, batch)
   # Random parameters of the model's shapes (no init to compile), none zero:
   # unlike init's zero temporal_fc, every leaf has a gradient to check.
@@ -609,7 +543,7 @@ def test_step_loss_and_update_match_an_independent_computation():
   whole = None  # (params, loss) with 1 micro-batch
   for accumulation_steps in (1, 4):
     step = jax.jit(train.make_train_step(
-        model, tx, lambda s: lr, heads, mean=MEAN, std=STD,
+        model, tx, lambda s: lr, heads, mean=tiny_runs.MEAN, std=tiny_runs.STD,
         accumulation_steps=accumulation_steps))
     new_state, metrics = step(state, batch)
     loss = float(metrics["loss"])

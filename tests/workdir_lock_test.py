@@ -15,7 +15,7 @@ import pytest
 
 from cover_jax import storage
 from cover_jax.training import workdir_lock
-from tests.train_test import ROOT, command
+from tests.tiny_runs import ROOT, command
 
 
 def local_lock(workdir, lease=60.0):
