@@ -261,19 +261,21 @@ def test_recipes_table_puts_plain_first_and_ema_weights_on_a_row(tmp_path):
 def test_runs_in_the_report_with_the_same_config_are_not_run_again(
     tmp_path, monkeypatch):
   """run_jobs reads a job back from the committed report when its config is
-  the same (more seeds on another machine), and runs it when it differs."""
+  the same (more seeds on another machine, whose datasets are elsewhere),
+  and runs it when it differs."""
   from cover_jax.training import train  # pylint: disable=import-outside-toplevel
   plain = next(j for j in study.recipe_jobs([0], BUDGET)
                if j.name == study.PLAIN)
   runs = str(tmp_path / "runs")
   same = json.loads(study.job_config(plain, runs, None).to_json_best_effort())
+  elsewhere = dict(same, data_dir="/another/machine/tfds")
   other = dict(same, seed=99)
   report = tmp_path / "recipes.json"
   trained = []
   monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: (
       trained.append(workdir) or {"digits_motion": {"top1": 0.25}}))
   monkeypatch.setattr(study, "num_steps", lambda config: 7)
-  for config, want_trained in ((same, []),
+  for config, want_trained in ((same, []), (elsewhere, []),
                                (other, [f"{runs}/seed0/{plain.name}"])):
     trained.clear()
     kept = dict(name=plain.name, seed=0, config=config, results={

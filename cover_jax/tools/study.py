@@ -294,7 +294,7 @@ def run_jobs(jobs: Sequence[Job], runs_dir: str, data_dir: str | None, *,
     workdir = os.path.join(runs_dir, job.workdir)
     start = time.time()
     earlier = reported.get((job.name, job.seed))
-    if earlier and earlier["config"] == config_json:
+    if earlier and _same_run(earlier["config"], config_json):
       print(f"== {job.name} (seed {job.seed}): in {report_path}", flush=True)
       records.append(earlier)
       continue
@@ -314,6 +314,13 @@ def run_jobs(jobs: Sequence[Job], runs_dir: str, data_dir: str | None, *,
                         minutes=(time.time() - start) / 60, results=results,
                         config=config_json, commit=_commit()))
   return records
+
+
+def _same_run(recorded: dict, config_json: dict) -> bool:
+  """Whether a recorded run's config is this job's, wherever each machine
+  keeps the datasets (data_dir is where the data is read, not what)."""
+  return ({k: v for k, v in recorded.items() if k != "data_dir"} ==
+          {k: v for k, v in config_json.items() if k != "data_dir"})
 
 
 def _commit() -> str | None:
