@@ -127,9 +127,11 @@ def test_summary_is_mean_and_spread_over_seeds_and_plots_are_written(
   assert cell["mean"] == pytest.approx(sum(values) / 3)
   assert cell["std"] == pytest.approx(
       (sum((v - sum(values) / 3) ** 2 for v in values) / 3) ** 0.5)
-  report = dict(summary=summary, protocol=dict(
-      image_weights=study.IMAGE_WEIGHTS, probe_target="digits_motion",
-      probe_sources=list(study.PROBES)))
+  # The report as read back: summary keys sorted, runs in the order run.
+  report = dict(summary=dict(sorted(summary.items())), runs=records,
+                protocol=dict(image_weights=study.IMAGE_WEIGHTS,
+                              probe_target="digits_motion",
+                              probe_sources=list(study.PROBES)))
   paths = study_plots.plot_all(report, str(tmp_path))
   assert sorted(os.path.basename(p) for p in paths) == [
       "probe.png", "table2_reversal.png", "table5_cotraining.png",
@@ -140,6 +142,9 @@ def test_summary_is_mean_and_spread_over_seeds_and_plots_are_written(
   cells = [c.strip() for c in videos_row.strip("|").split("|")]
   assert cells[header.index("digits_motion")] == (
       f"{cell['mean']:.3f} ± {cell['std']:.3f}")
+  assert cells[header.index("seeds")] == "3"
+  assert [r.split("|")[1].strip() for r in table[2:]] == list(
+      dict.fromkeys(r["name"] for r in records))
   for path in paths:
     pixels = matplotlib.image.imread(path)
     assert pixels.shape[0] > 200 and pixels.shape[1] > 300
@@ -240,7 +245,7 @@ def test_recipes_table_puts_plain_first_and_ema_weights_on_a_row(tmp_path):
     keys = ["digits_appearance", "digits_motion", "digits_image"]
     if name == "ema":
       keys += [f"{k}/ema" for k in keys]
-    for seed in (0, 1):
+    for seed in (0, 1) if name != "mixup" else (0, 1, 2):
       records.append(dict(name=name, seed=seed, results={
           k: {"top1": float(rng.uniform())} for k in keys}))
   summary = study.summarize(records)
@@ -254,6 +259,8 @@ def test_recipes_table_puts_plain_first_and_ema_weights_on_a_row(tmp_path):
   header = [c.strip() for c in table[0].strip("|").split("|")]
   assert ema_row[header.index("digits_motion")] == (
       f"{cell['mean']:.3f} ± {cell['std']:.3f}")
+  # How many seeds each row averages: mixup has a third.
+  assert [r.split("|")[2].strip() for r in table[2:]] == ["2", "3", "2", "2"]
   pixels = matplotlib.image.imread(paths[0])
   assert pixels.shape[1] > 600 and pixels[..., :3].std() > 0.05
 

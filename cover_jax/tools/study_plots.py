@@ -51,15 +51,17 @@ COLUMNS = ("digits_appearance", "digits_appearance/reversed",
 
 
 def markdown_table(summary: dict) -> str:
-  """Every run's test top-1, mean +- std over seeds, as a Markdown table."""
+  """Every run's test top-1, mean +- std over its seeds (how many: the
+  `seeds` column), as a Markdown table."""
   columns = [c for c in COLUMNS if any(c in keys for keys in
                                        summary.values())]
-  rows = ["| run | " + " | ".join(columns) + " |",
-          "|---|" + "---|" * len(columns)]
+  rows = ["| run | seeds | " + " | ".join(columns) + " |",
+          "|---|---|" + "---|" * len(columns)]
   for name, keys in summary.items():
     cells = [f"{keys[c]['mean']:.3f} ± {keys[c]['std']:.3f}" if c in keys
              else "" for c in columns]
-    rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    seeds = max(cell["n"] for cell in keys.values())
+    rows.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
   return "\n".join(rows) + "\n"
 
 
@@ -68,8 +70,11 @@ def plot_all(report: dict, out: str) -> list[str]:
   figures' paths."""
   summary = report["summary"]
   paths = []
+  # In the order the runs ran (the JSON's keys are sorted), also on --replot.
+  order = list(dict.fromkeys(r["name"] for r in report.get("runs", ())))
+  rows = {name: summary[name] for name in order if name in summary}
   with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(markdown_table(summary))
+    f.write(markdown_table({**rows, **summary}))
 
   def save(fig, name):
     path = os.path.join(out, name)
