@@ -38,7 +38,6 @@ Needs:
     ",16x448": the short512 copies (--short_side=512).
 """
 
-
 from configs import base
 
 

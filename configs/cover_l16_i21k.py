@@ -36,7 +36,6 @@ Needs:
     700), ssv2/short512, moments_in_time/short512 and imagenet2012.
 """
 
-
 from configs import base
 
 

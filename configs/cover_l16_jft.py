@@ -57,7 +57,6 @@ Needs:
     data.prepare default).
 """
 
-
 from configs import base
 
 

@@ -20,9 +20,6 @@ from tests import distributed
 from tests import eval_reference
 from tests import synthetic_data
 
-# 8-frame clips at 16x16, as tests/pipeline_test.py reads them.
-PREP = inp.Preprocessing(num_frames=8, crop_size=16, scale_range=(1.0, 1.0),
-                         eval_views=3)
 
 
 def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
@@ -63,7 +60,7 @@ def worker(data_dir: str, port: int, process_id: int, out: str) -> None:
 def make_iterator(data_dir, shards=None):
   sources = [synthetic_data.source(data_dir, "video_large", name="large"),
              synthetic_data.source(data_dir, "image")]
-  return inp.TrainIterator(sources, PREP, flips=[True, True],
+  return inp.TrainIterator(sources, synthetic_data.PREP, flips=[True, True],
                            global_batch=16, granule=8, seed=1, shards=shards)
 
 

@@ -11,8 +11,7 @@ from cover_jax import input as inp
 from cover_jax import sharding
 from tests import synthetic_data
 
-PREP = inp.Preprocessing(num_frames=8, crop_size=16, scale_range=(1.0, 1.0),
-                         eval_views=3)
+PREP = synthetic_data.PREP
 # For the mixture's statistics, which do not depend on the frames: 2 frames
 # of a clip to decode instead of 8.
 FEW_FRAMES = inp.Preprocessing(num_frames=2, crop_size=16,

@@ -32,6 +32,11 @@ def frame_index(value):
   return np.round((np.asarray(value, np.float64) - 40) / 8).astype(int)
 
 
+# The input pipeline's preprocessing of the tests that read clips back:
+# 8 frames at 16x16, whole frames, 3 evaluation views.
+PREP = inp.Preprocessing(num_frames=8, crop_size=16, scale_range=(1.0, 1.0),
+                         eval_views=3)
+
 def sampled_indices(clip) -> np.ndarray:
   """Frame index of each uint8 frame of a clip [T, H, W, 3], read off its
   bright side."""
