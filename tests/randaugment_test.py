@@ -19,6 +19,12 @@ FILL = (124, 116, 104)  # timm's img_mean for ImageNet's mean
 BILINEAR = dict(resample=Image.BILINEAR, fillcolor=FILL)
 
 
+def as_tf_data_traces(fn, **kwargs):
+  """fn as a tf.function traced the way the input pipeline's maps are
+  (pipeline._traced: no autograph rewrite, which also costs seconds)."""
+  return tf.function(fn, autograph=False, **kwargs)
+
+
 def images(height=40, width=48):
   """uint8 [3, h, w, 3]: smooth colour blobs with noise (every level used),
   a low-contrast one (autocontrast and equalize stretch it) and a nearly
@@ -156,8 +162,8 @@ def test_levels_are_timms(m, sign):
       assert got == pytest.approx(value, abs=1e-12), (name, policy)
       # Traced, as tf.data runs it, from the float32 draws (eager mode let
       # a float32 constant meet a float64 tensor that graph mode refuses).
-      traced = tf.function(lambda m, s, name=name, policy=policy:
-                           ra.argument(name, policy, m, s))(
+      traced = as_tf_data_traces(lambda m, s, name=name, policy=policy:
+                                 ra.argument(name, policy, m, s))(
                                tf.constant(m, tf.float32),
                                tf.constant(sign, tf.float32)).numpy()
       assert traced == pytest.approx(value, abs=1e-6), (name, policy)
@@ -175,7 +181,7 @@ def test_draws_follow_timms_distribution():
   [0, mmax or 10], uniform in [0, M] for mstd > 100."""
   def many(spec, n=400):
     policy = ra.parse(spec)
-    draw = tf.function(lambda seed: ra.draws(policy, seed))
+    draw = as_tf_data_traces(lambda seed: ra.draws(policy, seed))
     rows = [d for s in range(n) for d in draw(tf.constant([s, 7], tf.int64))]
     return [np.array([r[k].numpy() for r in rows]) for k in range(4)]
 
@@ -248,10 +254,10 @@ def test_configs_take_the_field_off_by_default():
 SEEDS = [tf.constant([s, 11], tf.int64) for s in range(40)]
 STRONG = ra.parse("rand-m9-n3-mstd0.5")
 # Traced once (eager calls would trace every op's branch each time).
-strong = tf.function(lambda clip, seed: ra.augment(clip, STRONG, seed, FILL),
-                     input_signature=[
-                         tf.TensorSpec([None, None, None, 3], tf.uint8),
-                         tf.TensorSpec([2], tf.int64)])
+strong = as_tf_data_traces(
+    lambda clip, seed: ra.augment(clip, STRONG, seed, FILL),
+    input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8),
+                     tf.TensorSpec([2], tf.int64)])
 
 
 def test_a_clip_of_identical_frames_stays_identical_frames():
@@ -329,7 +335,7 @@ def test_the_named_recipes_randaugment_runs_in_a_traced_pipeline():
                            scale_range=(1.0, 1.2), randaugment=spec)
   encoded = tf.constant([synthetic_data.jpeg(synthetic_data.frame(t, 24, 32))
                          for t in range(8)])
-  traced = {p.randaugment: tf.function(
+  traced = {p.randaugment: as_tf_data_traces(
       lambda seed, p=p: pipeline.preprocess_train(
           encoded, seed, flip=tf.constant(True), prep=p)) for p in (PREP, prep)}
   differ = 0
