@@ -20,8 +20,8 @@ BILINEAR = dict(resample=Image.BILINEAR, fillcolor=FILL)
 
 
 def as_tf_data_traces(fn, **kwargs):
-  """fn as a tf.function traced the way the input pipeline's maps are
-  (pipeline._traced: no autograph rewrite, which also costs seconds)."""
+  """fn as a tf.function traced as the input pipeline's maps are
+  (`pipeline._traced`): as written, without autograph's rewrite."""
   return tf.function(fn, autograph=False, **kwargs)
 
 
