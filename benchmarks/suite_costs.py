@@ -1,7 +1,8 @@
 """Where the test suite's CPU goes: the fixed costs its processes pay.
 
 Prints the CPU seconds (user + system) of
-- imports: `import tensorflow`, and the training modules, in a fresh process;
+- imports: numpy, numpy with ml_dtypes, `import tensorflow`, and the
+  training modules, in a fresh process;
 - main.py's tiny run (`tests.tiny_runs.command`, one eval view) as a
   subprocess, on 8 and on 1 fake devices, with an empty compilation cache
   and again with the warm one;
@@ -33,6 +34,8 @@ sys.path.insert(0, ROOT)
 from tests import distributed  # pylint: disable=wrong-import-position  (no JAX)
 
 IMPORTS = {
+    "import numpy": "import numpy",
+    "import numpy, ml_dtypes": "import numpy, ml_dtypes",
     "import tensorflow": "import tensorflow",
     "import the training modules":
         "from cover_jax.training import stages, train, evaluate",
