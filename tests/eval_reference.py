@@ -25,8 +25,10 @@ def dataset(name, split):
               loss_weight=1.0)
 
 
-def synthetic_config(data_dir, datasets=None, split="test", eval_batch_size=8):
-  """Clips (videos) and stills (images) of the synthetic data by default."""
+def synthetic_config(data_dir, datasets=None, split="test", eval_batch_size=8,
+                     heads=None):
+  """Clips (videos) and stills (images) of the synthetic data by default;
+  `heads` (default: HEADS) holds each dataset's head size."""
   if datasets is None:
     clips = "video_large" if split == "train" else "video"
     datasets = {"clips": dataset(f"synthetic_clips/{clips}", split),
@@ -34,7 +36,7 @@ def synthetic_config(data_dir, datasets=None, split="test", eval_batch_size=8):
   config = ml_collections.ConfigDict()
   config.data_dir = data_dir
   config.datasets = ml_collections.ConfigDict(datasets)
-  config.heads = {name: HEADS[name] for name in datasets}
+  config.heads = {name: (heads or HEADS)[name] for name in datasets}
   config.input = ml_collections.ConfigDict(dict(
       num_frames=4, crop_size=16, scale_range=(1.0, 1.0), eval_views=3,
       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), seed=0))
@@ -44,13 +46,14 @@ def synthetic_config(data_dir, datasets=None, split="test", eval_batch_size=8):
   return config
 
 
-def model_and_params(seed=0):
-  """The tiny model and random numpy parameters, all of them.
+def model_and_params(seed=0, heads=None):
+  """The tiny model with `heads` (default: HEADS) and random numpy
+  parameters, all of them.
 
   (At init the temporal branch's output layer and the time embedding are
   zero, and the model could not tell frame order.)
   """
-  model = create(HEADS, **MODEL)
+  model = create(heads or HEADS, **MODEL)
   shapes = nn.unbox(abstract_variables(model))["params"]
   rng = np.random.default_rng(seed)
 

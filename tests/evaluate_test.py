@@ -123,6 +123,28 @@ class RecordingWriter:
 
 
 @pytest.mark.slow
+def test_datasets_of_one_input_shape_share_one_program(synthetic_dir):
+  """Two video datasets on heads of their own (listed out of sorted order):
+  one program between them, and each is scored on its own head, as numpy
+  scores it."""
+  heads = {"clips_b": 3, "clips_a": 3}
+  model, params = eval_reference.model_and_params(seed=1, heads=heads)
+  video = eval_reference.dataset("synthetic_clips/video", "test")
+  config = eval_reference.synthetic_config(
+      synthetic_dir, {name: video for name in heads}, heads=heads)
+  compiled = ev._accumulate._cache_size()  # pylint: disable=protected-access
+  results = ev.evaluate(model, params, config, mesh=sharding.make_mesh(
+      data=-1))
+  assert ev._accumulate._cache_size() == compiled + 1  # pylint: disable=protected-access
+  for name in heads:
+    expected = eval_reference.numpy_scores(model, params, config, name)
+    assert results[name]["top1"] == expected["top1"]
+    assert results[name]["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+  assert results["clips_a"]["loss"] != pytest.approx(
+      results["clips_b"]["loss"], rel=1e-3)  # the heads differ
+
+
+@pytest.mark.slow
 def test_results_go_to_json_and_the_writer_compiled_once(tiny, synthetic_dir,
                                                          tmp_path):
   """Results in JSON and TensorBoard; one program per architecture."""

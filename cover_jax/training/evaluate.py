@@ -22,9 +22,11 @@ datasets only: an image has one frame); the EMA of the parameters
                        step=step, workdir=workdir)
     results["kinetics400"]["top1"]
 
-One jitted function per model scores a batch and adds its sums to running
-totals on the devices; it compiles once per dataset head and input shape and
-is reused by later calls with the same model object (periodic evaluation).
+One jitted function per architecture scores a batch and adds its sums to
+running totals on the devices. The head is an argument of it, not part of
+the program: the program compiles once per input shape, whatever the number
+of datasets of that shape (the video datasets of a paper config share one),
+and is reused by later calls (periodic evaluation).
 Only the final totals, a few scalars, leave the devices. With several
 processes, each feeds the rows of its batch shards of every global batch
 (all run the same number of batches) and the sums run over the global arrays, so every process
@@ -138,14 +140,20 @@ def view_averaged_log_probs(logits, views: int):
   return jax.nn.logsumexp(log_probs, axis=1) - math.log(views)
 
 
-def _averaged_log_probs(model, head, params, frames, mean, std):
-  """log of the view-averaged softmax of `head`: [b, classes], from uint8
-  frames [b, clips * views, T, H, W, 3] normalised with `mean`, `std`."""
+def _all_logits(model, params, frames, mean, std):
+  """(every head's logits [b * views, classes], views) of uint8 frames
+  [b, clips * views, T, H, W, 3] normalised with `mean`, `std`."""
   b, views = frames.shape[:2]
   x = pixels.normalize(frames.reshape((b * views,) + frames.shape[2:]),
                        mean, std)
-  logits = model.apply({"params": params}, x, train=False)[head]
-  return view_averaged_log_probs(logits, views)
+  return model.apply({"params": params}, x, train=False), views
+
+
+def _averaged_log_probs(model, head, params, frames, mean, std):
+  """log of the view-averaged softmax of `head`: [b, classes], from uint8
+  frames [b, clips * views, T, H, W, 3] normalised with `mean`, `std`."""
+  logits, views = _all_logits(model, params, frames, mean, std)
+  return view_averaged_log_probs(logits[head], views)
 
 
 def _batch_sums(log_probs, label, mask, broken):
@@ -165,14 +173,27 @@ def _batch_sums(log_probs, label, mask, broken):
           "skipped": jnp.sum(broken, dtype=jnp.int32)}
 
 
-@functools.partial(jax.jit, static_argnames=("model", "head", "mean", "std"))
-def _accumulate(totals, params, batch, *, model: _Static, head: str,
+def _head_index(model: nn.Module, head: str) -> int:
+  """`head`'s branch in `_accumulate`: its place among the sorted head names
+  (sorted: `_Static` compares heads as sorted items, so models equal to it
+  share its program whatever order their heads dict has)."""
+  return sorted(model.heads).index(head)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mean", "std"))
+def _accumulate(totals, params, batch, head, *, model: _Static,
                 mean: tuple[float, ...], std: tuple[float, ...]):
-  """`totals` plus the sums of one global batch on `head`."""
-  log_probs = _averaged_log_probs(model.module, head, params, batch["frames"],
-                                  mean, std)
-  sums = _batch_sums(log_probs, batch["label"], batch["mask"],
-                     batch["broken"])
+  """`totals` plus the sums of one global batch on head number `head`
+  (`_head_index`): every head's logits, the sums of the one chosen."""
+  logits, views = _all_logits(model.module, params, batch["frames"], mean,
+                              std)
+
+  def sums_of(name):
+    return lambda: _batch_sums(view_averaged_log_probs(logits[name], views),
+                               batch["label"], batch["mask"], batch["broken"])
+
+  sums = jax.lax.switch(head, [sums_of(name)
+                               for name in sorted(model.module.heads)])
   return jax.tree.map(jnp.add, totals, sums)
 
 
@@ -196,7 +217,7 @@ def evaluate_source(model: nn.Module, params, config: ConfigDict,
   inp.check_head(model.heads, source)
   eval_batch_size(config, mesh)
   totals = _zero_totals(mesh)
-  static = _Static(model)
+  static, head = _Static(model), np.int32(_head_index(model, source.name))
   prep = inp.make.preprocessing(config)
   stream = inp.make.for_eval(config, source, mesh=mesh,
                                 reverse=reverse)
@@ -207,8 +228,7 @@ def evaluate_source(model: nn.Module, params, config: ConfigDict,
           stop.check(f" during the evaluation of {source.name}")
         local = {k: local[k] for k in ("frames", "label", "mask", "broken")}
         totals = _accumulate(totals, params, inp.to_global(local, mesh),
-                             model=static, head=source.name,
-                             mean=prep.mean, std=prep.std)
+                             head, model=static, mean=prep.mean, std=prep.std)
   finally:
     stream.close()
   return {**_finalize(jax.device_get(totals), source),
