@@ -24,24 +24,15 @@ def tiny():
   return eval_reference.model_and_params()
 
 
-@pytest.fixture(scope="module")
-def digits_image_dir(tmp_path_factory):
-  """A data dir with the digits images alone (quicker than `digits_dir`)."""
-  from data import registry  # pylint: disable=import-outside-toplevel
-  data_dir = str(tmp_path_factory.mktemp("digits_image"))
-  registry.load_builder("digits_image", data_dir)
-  return data_dir
-
-
 @pytest.mark.slow
 def test_scores_equal_numpy_on_the_same_logits(tiny, synthetic_dir,
-                                               digits_image_dir):
+                                               digits_dir):
   model, params = tiny
   mesh = sharding.make_mesh(data=-1)
   # 359 digits in 6 batches of 64; 7 clips and 5 stills in one batch of 8:
   # every last batch is padded.
   digits = eval_reference.synthetic_config(
-      digits_image_dir,
+      digits_dir,
       {"digits_image": eval_reference.dataset("digits_image", "test")},
       eval_batch_size=64)
   synthetic = eval_reference.synthetic_config(synthetic_dir)
