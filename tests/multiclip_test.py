@@ -151,8 +151,10 @@ def test_averaged_softmax_is_numpys_mean_over_all_views():
   params = model.init(jax.random.key(0), frames[:, 0])["params"]
   params = jax.tree.map(lambda p: p + 0.05, params)  # non-zero bias
   mean, std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)
-  got = np.exp(np.asarray(ev._averaged_log_probs(  # pylint: disable=protected-access
-      model, "h", params, frames, mean, std), np.float64))
+  # As evaluate's program scores a batch: every head's logits, then one.
+  logits, n = ev._all_logits(model, params, frames, mean, std)  # pylint: disable=protected-access
+  got = np.exp(np.asarray(ev.view_averaged_log_probs(logits["h"], n),
+                          np.float64))
   want = np.zeros((b, 5))
   for v in range(clips * views):  # each view on its own
     x = ((frames[:, v] / 255.0 - np.array(mean)) / np.array(std))

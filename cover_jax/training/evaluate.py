@@ -149,13 +149,6 @@ def _all_logits(model, params, frames, mean, std):
   return model.apply({"params": params}, x, train=False), views
 
 
-def _averaged_log_probs(model, head, params, frames, mean, std):
-  """log of the view-averaged softmax of `head`: [b, classes], from uint8
-  frames [b, clips * views, T, H, W, 3] normalised with `mean`, `std`."""
-  logits, views = _all_logits(model, params, frames, mean, std)
-  return view_averaged_log_probs(logits[head], views)
-
-
 def _batch_sums(log_probs, label, mask, broken):
   """Masked sums of a batch: correct top-1 and top-k, examples, loss, and
   the broken records skipped."""
@@ -173,18 +166,18 @@ def _batch_sums(log_probs, label, mask, broken):
           "skipped": jnp.sum(broken, dtype=jnp.int32)}
 
 
-def _head_index(model: nn.Module, head: str) -> int:
-  """`head`'s branch in `_accumulate`: its place among the sorted head names
-  (sorted: `_Static` compares heads as sorted items, so models equal to it
-  share its program whatever order their heads dict has)."""
-  return sorted(model.heads).index(head)
+def _head_names(model: nn.Module) -> list[str]:
+  """The heads in `_accumulate`'s branch order: sorted, as `_Static`
+  compares them, so models equal to it share its program whatever order
+  their heads dict has."""
+  return sorted(model.heads)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "mean", "std"))
 def _accumulate(totals, params, batch, head, *, model: _Static,
                 mean: tuple[float, ...], std: tuple[float, ...]):
-  """`totals` plus the sums of one global batch on head number `head`
-  (`_head_index`): every head's logits, the sums of the one chosen."""
+  """`totals` plus the sums of one global batch on head number `head` of
+  `_head_names`: every head's logits, the sums of the one chosen."""
   logits, views = _all_logits(model.module, params, batch["frames"], mean,
                               std)
 
@@ -193,7 +186,7 @@ def _accumulate(totals, params, batch, head, *, model: _Static,
                                batch["label"], batch["mask"], batch["broken"])
 
   sums = jax.lax.switch(head, [sums_of(name)
-                               for name in sorted(model.module.heads)])
+                               for name in _head_names(model.module)])
   return jax.tree.map(jnp.add, totals, sums)
 
 
@@ -217,7 +210,8 @@ def evaluate_source(model: nn.Module, params, config: ConfigDict,
   inp.check_head(model.heads, source)
   eval_batch_size(config, mesh)
   totals = _zero_totals(mesh)
-  static, head = _Static(model), np.int32(_head_index(model, source.name))
+  static, head = _Static(model), np.int32(
+      _head_names(model).index(source.name))
   prep = inp.make.preprocessing(config)
   stream = inp.make.for_eval(config, source, mesh=mesh,
                                 reverse=reverse)
